@@ -1,0 +1,1 @@
+namespace DriverIsolation.Drivers.Echo; public static class Placeholder {}

@@ -1,0 +1,1 @@
+namespace DriverIsolation.Drivers.Null; public static class Placeholder {}

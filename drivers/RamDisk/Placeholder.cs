@@ -1,0 +1,1 @@
+namespace DriverIsolation.Drivers.RamDisk; public static class Placeholder {}

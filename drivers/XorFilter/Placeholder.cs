@@ -1,0 +1,1 @@
+namespace DriverIsolation.Drivers.XorFilter; public static class Placeholder {}

@@ -1,0 +1,1 @@
+namespace DriverIsolation.Kernel; public static class Placeholder {}

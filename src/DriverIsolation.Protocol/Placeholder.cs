@@ -1,0 +1,1 @@
+namespace DriverIsolation.Protocol; public static class Placeholder {}
