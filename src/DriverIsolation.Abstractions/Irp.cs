@@ -15,10 +15,11 @@ public sealed class Irp
     private IoCompletionRoutine? _completionRoutine;
     private DeviceObject? _completionDevice;
 
-    internal Irp(IDeviceStackPort port, long id, MajorFunction majorFunction, byte minorFunction, long fileId,
+    internal Irp(IDeviceStackPort port, DeviceObject device, long id, MajorFunction majorFunction, byte minorFunction, long fileId,
         long offset, int length, uint ioControlCode, Memory<byte> inputBuffer, Memory<byte> outputBuffer)
     {
         _port = port;
+        Device = device;
         Id = id;
         MajorFunction = majorFunction;
         MinorFunction = minorFunction;
@@ -29,6 +30,9 @@ public sealed class Irp
         InputBuffer = inputBuffer;
         OutputBuffer = outputBuffer;
     }
+
+    /// <summary>The device (stack layer) this IRP was dispatched to.</summary>
+    public DeviceObject Device { get; }
 
     /// <summary>The kernel's identifier for this request (unique per boot).</summary>
     public long Id { get; }

@@ -1,0 +1,148 @@
+using MessagePack;
+
+namespace DriverIsolation.Protocol;
+
+/// <summary>
+/// Every message on a kernel-host pipe. A closed set: the union key is the message kind and is
+/// never reused. Direction is given per message (K = kernel, H = host).
+/// </summary>
+[Union(0, typeof(Hello))]
+[Union(1, typeof(Welcome))]
+[Union(2, typeof(Refused))]
+[Union(3, typeof(LoadDriver))]
+[Union(4, typeof(DriverLoaded))]
+[Union(5, typeof(AddDevice))]
+[Union(6, typeof(DeviceAdded))]
+[Union(7, typeof(Dispatch))]
+[Union(8, typeof(Complete))]
+[Union(9, typeof(PassDown))]
+[Union(10, typeof(LowerCompleted))]
+[Union(11, typeof(Cancel))]
+[Union(12, typeof(Ping))]
+[Union(13, typeof(Pong))]
+[Union(14, typeof(Log))]
+[Union(15, typeof(Shutdown))]
+public abstract record Message;
+
+/// <summary>H→K, first frame: proves the host is the one the kernel spawned.</summary>
+[MessagePackObject]
+public sealed record Hello(
+    [property: Key(0)] int ProtocolVersion,
+    [property: Key(1)] byte[] Token,
+    [property: Key(2)] int ProcessId) : Message;
+
+/// <summary>K→H: the handshake succeeded.</summary>
+[MessagePackObject]
+public sealed record Welcome(
+    [property: Key(0)] int ProtocolVersion,
+    [property: Key(1)] string HostName) : Message;
+
+/// <summary>K→H: the handshake failed; the kernel closes the pipe after it.</summary>
+[MessagePackObject]
+public sealed record Refused([property: Key(0)] string Reason) : Message;
+
+/// <summary>K→H: load a driver assembly into its own load context and run DriverEntry.</summary>
+[MessagePackObject]
+public sealed record LoadDriver(
+    [property: Key(0)] int DriverId,
+    [property: Key(1)] string Name,
+    [property: Key(2)] string AssemblyPath,
+    [property: Key(3)] string? TypeName,
+    [property: Key(4)] Dictionary<string, string> Parameters) : Message;
+
+/// <summary>H→K: the outcome of <see cref="LoadDriver"/>.</summary>
+[MessagePackObject]
+public sealed record DriverLoaded(
+    [property: Key(0)] int DriverId,
+    [property: Key(1)] NtStatus Status,
+    [property: Key(2)] string? Detail) : Message;
+
+/// <summary>K→H: create a device object for a loaded driver and call its AddDevice.</summary>
+[MessagePackObject]
+public sealed record AddDevice(
+    [property: Key(0)] int DriverId,
+    [property: Key(1)] int DeviceId,
+    [property: Key(2)] string Name,
+    [property: Key(3)] DeviceType DeviceType,
+    [property: Key(4)] bool HasLowerDevice,
+    [property: Key(5)] Dictionary<string, string> Parameters) : Message;
+
+/// <summary>H→K: the outcome of <see cref="AddDevice"/>.</summary>
+[MessagePackObject]
+public sealed record DeviceAdded(
+    [property: Key(0)] int DeviceId,
+    [property: Key(1)] NtStatus Status,
+    [property: Key(2)] string? Detail) : Message;
+
+/// <summary>K→H: an IRP for one layer of a device stack. <see cref="Input"/> is the system buffer's
+/// input part; the host allocates <see cref="OutputLength"/> bytes for results.</summary>
+[MessagePackObject]
+public sealed record Dispatch(
+    [property: Key(0)] long IrpId,
+    [property: Key(1)] int DeviceId,
+    [property: Key(2)] MajorFunction MajorFunction,
+    [property: Key(3)] byte MinorFunction,
+    [property: Key(4)] long FileId,
+    [property: Key(5)] long Offset,
+    [property: Key(6)] int Length,
+    [property: Key(7)] uint IoControlCode,
+    [property: Key(8)] ReadOnlyMemory<byte> Input,
+    [property: Key(9)] int OutputLength) : Message;
+
+/// <summary>H→K: the layer (<see cref="DeviceId"/>) that owns the IRP completes it. <see cref="Data"/> is the output it
+/// produced (Read and control requests), never longer than the request's output buffer.</summary>
+[MessagePackObject]
+public sealed record Complete(
+    [property: Key(0)] long IrpId,
+    [property: Key(1)] int DeviceId,
+    [property: Key(2)] NtStatus Status,
+    [property: Key(3)] long Information,
+    [property: Key(4)] ReadOnlyMemory<byte> Data) : Message;
+
+/// <summary>H→K: the layer that owns the IRP passes it to the device below (IoCallDriver), with
+/// the parameters as it left them.</summary>
+[MessagePackObject]
+public sealed record PassDown(
+    [property: Key(0)] long IrpId,
+    [property: Key(1)] int DeviceId,
+    [property: Key(2)] bool WantsCompletion,
+    [property: Key(3)] long Offset,
+    [property: Key(4)] int Length,
+    [property: Key(5)] ReadOnlyMemory<byte> Input) : Message;
+
+/// <summary>K→H: the lower layer completed an IRP this layer passed down with a completion
+/// routine; the IRP belongs to this layer again.</summary>
+[MessagePackObject]
+public sealed record LowerCompleted(
+    [property: Key(0)] long IrpId,
+    [property: Key(1)] int DeviceId,
+    [property: Key(2)] NtStatus Status,
+    [property: Key(3)] long Information,
+    [property: Key(4)] ReadOnlyMemory<byte> Data) : Message;
+
+/// <summary>K→H: cancel an IRP this host owns (its cancel routine runs if it set one).</summary>
+[MessagePackObject]
+public sealed record Cancel(
+    [property: Key(0)] long IrpId,
+    [property: Key(1)] int DeviceId) : Message;
+
+/// <summary>K→H: heartbeat.</summary>
+[MessagePackObject]
+public sealed record Ping([property: Key(0)] long Sequence) : Message;
+
+/// <summary>H→K: heartbeat answer, with the host's working set.</summary>
+[MessagePackObject]
+public sealed record Pong(
+    [property: Key(0)] long Sequence,
+    [property: Key(1)] long WorkingSetBytes) : Message;
+
+/// <summary>H→K: a log line from a driver or the host.</summary>
+[MessagePackObject]
+public sealed record Log(
+    [property: Key(0)] int DriverId,
+    [property: Key(1)] int Level,
+    [property: Key(2)] string Message) : Message;
+
+/// <summary>K→H: unload every driver and exit.</summary>
+[MessagePackObject]
+public sealed record Shutdown([property: Key(0)] string Reason) : Message;

@@ -1,1 +1,0 @@
-namespace DriverIsolation.Protocol; public static class Placeholder {}
