@@ -1,1 +1,80 @@
-return 0;
+using System.Globalization;
+using System.IO.Pipes;
+using DriverIsolation.DriverHost;
+using DriverIsolation.Protocol;
+
+// drvhost --pipe <name> --parent-pid <pid> [--name <host name>]
+// The one-time token arrives on standard input (hex, one line), never on the command line.
+string? pipeName = null;
+string hostName = "drvhost";
+var parentPid = -1;
+for (var i = 0; i + 1 < args.Length; i += 2)
+{
+    switch (args[i])
+    {
+        case "--pipe": pipeName = args[i + 1]; break;
+        case "--parent-pid": parentPid = int.Parse(args[i + 1], CultureInfo.InvariantCulture); break;
+        case "--name": hostName = args[i + 1]; break;
+        default:
+            await Console.Error.WriteLineAsync($"drvhost: unknown option {args[i]}");
+            return ExitCodes.Usage;
+    }
+}
+
+if (pipeName is null || parentPid <= 0)
+{
+    await Console.Error.WriteLineAsync("usage: drvhost --pipe <name> --parent-pid <pid> [--name <host name>]  (token on stdin)");
+    return ExitCodes.Usage;
+}
+
+var tokenLine = await Console.In.ReadLineAsync();
+byte[] token;
+try
+{
+    token = Convert.FromHexString(tokenLine?.Trim() ?? string.Empty);
+}
+catch (FormatException)
+{
+    await Console.Error.WriteLineAsync("drvhost: the token on standard input is not hex");
+    return ExitCodes.Usage;
+}
+
+using var stop = new CancellationTokenSource();
+var parentGone = ParentWatch.WaitForParentExitAsync(parentPid, TimeSpan.FromMilliseconds(250), stop.Token);
+
+var pipe = new NamedPipeClientStream(".", pipeName, PipeDirection.InOut, PipeOptions.Asynchronous | PipeOptions.CurrentUserOnly);
+try
+{
+    await pipe.ConnectAsync(TimeSpan.FromSeconds(30), stop.Token);
+}
+catch (Exception ex) when (ex is TimeoutException or IOException or UnauthorizedAccessException)
+{
+    await Console.Error.WriteLineAsync($"drvhost {hostName}: cannot connect to pipe {pipeName}: {ex.Message}");
+    return ExitCodes.ConnectFailed;
+}
+
+var connection = new FrameConnection(pipe, untrustedPeer: false);
+var server = new HostServer(connection, hostName);
+var serving = server.RunAsync(token, stop.Token);
+var first = await Task.WhenAny(serving, parentGone);
+if (first == parentGone)
+{
+    // The kernel is gone: nothing here is worth finishing, and a driver may be stuck.
+    await Console.Error.WriteLineAsync($"drvhost {hostName}: kernel process {parentPid} is gone; exiting");
+    return ExitCodes.KernelGone;
+}
+
+int exitCode;
+try
+{
+    exitCode = await serving;
+}
+catch (ProtocolException ex)
+{
+    await Console.Error.WriteLineAsync($"drvhost {hostName}: {ex.Message}");
+    exitCode = ExitCodes.ProtocolError;
+}
+
+await stop.CancelAsync();
+await connection.DisposeAsync();
+return exitCode;

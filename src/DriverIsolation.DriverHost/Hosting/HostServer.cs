@@ -1,0 +1,102 @@
+using System.Runtime.InteropServices;
+using DriverIsolation.Protocol;
+using Microsoft.Extensions.Logging;
+
+namespace DriverIsolation.DriverHost;
+
+/// <summary>
+/// The host's side of the pipe: handshake, then <c>receive → dispatch → reply</c> until the kernel
+/// says Shutdown or goes away. Driver routines run on the thread pool so a slow driver does not
+/// hold up the pipe, the heartbeat or the other drivers of a shared host. Runs over any
+/// <see cref="FrameConnection"/>, so tests can drive a host without a process.
+/// </summary>
+public sealed class HostServer : IKernelLink
+{
+    private readonly FrameConnection _connection;
+    private readonly string _hostName;
+    private readonly DriverRuntime _runtime;
+
+    public HostServer(FrameConnection connection, string hostName, LogLevel forwardLogLevel = LogLevel.Information)
+    {
+        _connection = connection;
+        _hostName = hostName;
+        _runtime = new DriverRuntime(this, (id, name) => new ForwardingLogger(this, id, name, forwardLogLevel));
+    }
+
+    /// <summary>Runs the host until shutdown or loss of the kernel; returns the exit code.</summary>
+    public async Task<int> RunAsync(byte[] token, CancellationToken cancellationToken = default)
+    {
+        _connection.Send(new Hello(ProtocolConstants.Version, token, Environment.ProcessId));
+        var first = await _connection.ReadAsync(cancellationToken).ConfigureAwait(false);
+        switch (first)
+        {
+            case Welcome:
+                break;
+            case Refused refused:
+                await Console.Error.WriteLineAsync($"drvhost {_hostName}: refused by the kernel: {refused.Reason}").ConfigureAwait(false);
+                return ExitCodes.Refused;
+            case null:
+                return ExitCodes.KernelGone;
+            default:
+                return ExitCodes.ProtocolError;
+        }
+
+        while (true)
+        {
+            var message = await _connection.ReadAsync(cancellationToken).ConfigureAwait(false);
+            switch (message)
+            {
+                case null:
+                    return ExitCodes.KernelGone;
+                case Dispatch d:
+                    OnDispatch(d);
+                    break;
+                case Cancel c:
+                    _runtime.Cancel(c.IrpId, c.DeviceId);
+                    break;
+                case LowerCompleted lc:
+                    ThreadPool.UnsafeQueueUserWorkItem(
+                        static s => s.Runtime.LowerCompleted(s.Message.IrpId, s.Message.DeviceId, s.Message.Status, s.Message.Information, s.Message.Data.Span),
+                        (Runtime: _runtime, Message: lc), preferLocal: false);
+                    break;
+                case Ping ping:
+                    _connection.Send(new Pong(ping.Sequence, Environment.WorkingSet));
+                    break;
+                case LoadDriver load:
+                    var loaded = _runtime.LoadDriver(load.DriverId, load.Name, load.AssemblyPath, load.TypeName, load.Parameters);
+                    _connection.Send(new DriverLoaded(load.DriverId, loaded.Status, loaded.Detail));
+                    break;
+                case AddDevice add:
+                    var added = _runtime.AddDevice(add.DriverId, add.DeviceId, add.Name, add.DeviceType, add.HasLowerDevice, add.Parameters);
+                    _connection.Send(new DeviceAdded(add.DeviceId, added.Status, added.Detail));
+                    break;
+                case Shutdown:
+                    _runtime.UnloadAll();
+                    return ExitCodes.Shutdown;
+                default:
+                    await Console.Error.WriteLineAsync($"drvhost {_hostName}: unexpected {message.GetType().Name} from the kernel").ConfigureAwait(false);
+                    return ExitCodes.ProtocolError;
+            }
+        }
+    }
+
+    private void OnDispatch(Dispatch d)
+    {
+        var output = d.OutputLength > 0 ? new byte[d.OutputLength] : Memory<byte>.Empty;
+        var irp = _runtime.Accept(d.IrpId, d.DeviceId, d.MajorFunction, d.MinorFunction, d.FileId, d.Offset, d.Length,
+            d.IoControlCode, MemoryMarshal.AsMemory(d.Input), output);
+        if (irp is not null)
+        {
+            ThreadPool.UnsafeQueueUserWorkItem(static irp => DriverRuntime.Invoke(irp), irp, preferLocal: false);
+        }
+    }
+
+    void IKernelLink.Complete(long irpId, int deviceId, NtStatus status, long information, ReadOnlyMemory<byte> data) =>
+        _connection.Send(new Complete(irpId, deviceId, status, information, data));
+
+    void IKernelLink.PassDown(long irpId, int deviceId, bool wantsCompletion, long offset, int length, ReadOnlyMemory<byte> input) =>
+        _connection.Send(new PassDown(irpId, deviceId, wantsCompletion, offset, length, input));
+
+    void IKernelLink.Log(int driverId, LogLevel level, string message) =>
+        _connection.Send(new Log(driverId, (int)level, message));
+}

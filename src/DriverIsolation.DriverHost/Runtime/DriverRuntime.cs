@@ -1,0 +1,259 @@
+using System.Collections.Concurrent;
+using System.Reflection;
+using Microsoft.Extensions.Logging;
+
+namespace DriverIsolation.DriverHost;
+
+/// <summary>
+/// Where drivers live: loads them, creates their device objects, and turns kernel requests into
+/// calls on the drivers' routines. The same runtime serves a drvhost process (behind a pipe) and
+/// the kernel's own process (in-kernel isolation, direct calls). It keeps one driver-side IRP per
+/// (IRP, layer) it holds; exactly-once is checked by the kernel, so every completion is forwarded.
+/// An exception from a driver routine is not caught here: in a host it crashes the host, as an
+/// unhandled exception in a real driver host does; in-kernel, the kernel decides.
+/// </summary>
+public sealed class DriverRuntime : IDeviceStackPort
+{
+    private readonly IKernelLink _link;
+    private readonly Func<int, string, ILogger> _loggerFor;
+    private readonly ConcurrentDictionary<int, LoadedDriver> _drivers = new();
+    private readonly ConcurrentDictionary<int, DeviceObject> _devices = new();
+    private readonly ConcurrentDictionary<(long IrpId, int DeviceId), Irp> _irps = new();
+
+    /// <param name="link">Completions, pass-downs and logs go here.</param>
+    /// <param name="loggerFor">Makes the logger a driver sees, from its id and name.</param>
+    public DriverRuntime(IKernelLink link, Func<int, string, ILogger> loggerFor)
+    {
+        _link = link;
+        _loggerFor = loggerFor;
+    }
+
+    /// <summary>IRPs (per layer) that drivers here hold right now.</summary>
+    public int OutstandingIrps => _irps.Count;
+
+    /// <summary>Loads a driver assembly into its own load context and runs DriverEntry.
+    /// Loader errors come back as a status; an exception thrown by DriverEntry propagates.</summary>
+    public (NtStatus Status, string? Detail) LoadDriver(int driverId, string name, string assemblyPath, string? typeName,
+        IReadOnlyDictionary<string, string> parameters)
+    {
+        if (_drivers.ContainsKey(driverId))
+        {
+            return (NtStatus.InvalidParameter, $"driver id {driverId} is already loaded");
+        }
+
+        if (!File.Exists(assemblyPath))
+        {
+            return (NtStatus.ObjectNameNotFound, $"driver assembly not found: {assemblyPath}");
+        }
+
+        var context = new DriverLoadContext(name, assemblyPath);
+        Type driverType;
+        try
+        {
+            var assembly = context.LoadFromAssemblyPath(Path.GetFullPath(assemblyPath));
+            driverType = FindDriverType(assembly, typeName);
+        }
+        catch (Exception ex) when (ex is BadImageFormatException or FileLoadException or TypeLoadException or ReflectionTypeLoadException or InvalidOperationException)
+        {
+            context.Unload();
+            return (NtStatus.InvalidParameter, $"cannot load driver {name} from {assemblyPath}: {ex.Message}");
+        }
+
+        var driver = (IDriver)Activator.CreateInstance(driverType)!;
+        var driverObject = new DriverObject(name, parameters, _loggerFor(driverId, name));
+        var status = driver.DriverEntry(driverObject);
+        if (!status.IsSuccess())
+        {
+            context.Unload();
+            return (status, $"DriverEntry of {name} returned {status}");
+        }
+
+        _drivers[driverId] = new LoadedDriver(driverId, driverObject, context);
+        return (NtStatus.Success, null);
+    }
+
+    /// <summary>Registers a driver object that is already in this process (tests, and drivers
+    /// compiled into a host) instead of loading an assembly.</summary>
+    public (NtStatus Status, string? Detail) LoadDriver(int driverId, string name, IDriver driver, IReadOnlyDictionary<string, string> parameters)
+    {
+        ArgumentNullException.ThrowIfNull(driver);
+        var driverObject = new DriverObject(name, parameters, _loggerFor(driverId, name));
+        var status = driver.DriverEntry(driverObject);
+        if (!status.IsSuccess())
+        {
+            return (status, $"DriverEntry of {name} returned {status}");
+        }
+
+        return _drivers.TryAdd(driverId, new LoadedDriver(driverId, driverObject, null))
+            ? (NtStatus.Success, null)
+            : (NtStatus.InvalidParameter, $"driver id {driverId} is already loaded");
+    }
+
+    /// <summary>Creates a device object for a loaded driver and runs its AddDevice.</summary>
+    public (NtStatus Status, string? Detail) AddDevice(int driverId, int deviceId, string name, DeviceType deviceType,
+        bool hasLowerDevice, IReadOnlyDictionary<string, string> parameters)
+    {
+        if (!_drivers.TryGetValue(driverId, out var driver))
+        {
+            return (NtStatus.InvalidParameter, $"no driver with id {driverId} is loaded here");
+        }
+
+        var device = new DeviceObject(this, deviceId, name, deviceType, driver.DriverObject, hasLowerDevice, parameters);
+        if (!_devices.TryAdd(deviceId, device))
+        {
+            return (NtStatus.InvalidParameter, $"device id {deviceId} exists already");
+        }
+
+        var status = driver.DriverObject.AddDevice?.Invoke(driver.DriverObject, device) ?? NtStatus.Success;
+        if (!status.IsSuccess())
+        {
+            _devices.TryRemove(deviceId, out _);
+            return (status, $"AddDevice of {driver.DriverObject.Name} for {name} returned {status}");
+        }
+
+        return (NtStatus.Success, null);
+    }
+
+    /// <summary>Hands one IRP to the driver of one stack layer, on the caller's thread.</summary>
+    public void Dispatch(long irpId, int deviceId, MajorFunction majorFunction, byte minorFunction, long fileId,
+        long offset, int length, uint ioControlCode, Memory<byte> input, Memory<byte> output)
+    {
+        var irp = Accept(irpId, deviceId, majorFunction, minorFunction, fileId, offset, length, ioControlCode, input, output);
+        if (irp is not null)
+        {
+            Invoke(irp);
+        }
+    }
+
+    /// <summary>
+    /// First half of a dispatch: registers the IRP so that a Cancel arriving before the driver runs
+    /// is not lost (the driver then finds it cancelled). Returns null, having completed the IRP
+    /// with InvalidDeviceRequest, if the device is not here.
+    /// </summary>
+    public Irp? Accept(long irpId, int deviceId, MajorFunction majorFunction, byte minorFunction, long fileId,
+        long offset, int length, uint ioControlCode, Memory<byte> input, Memory<byte> output)
+    {
+        if (!_devices.TryGetValue(deviceId, out var device))
+        {
+            _link.Complete(irpId, deviceId, NtStatus.InvalidDeviceRequest, 0, ReadOnlyMemory<byte>.Empty);
+            return null;
+        }
+
+        var irp = new Irp(this, device, irpId, majorFunction, minorFunction, fileId, offset, length, ioControlCode, input, output);
+        _irps[(irpId, deviceId)] = irp;
+        return irp;
+    }
+
+    /// <summary>Second half of a dispatch: runs the driver's routine for the IRP.</summary>
+    public static void Invoke(Irp irp)
+    {
+        ArgumentNullException.ThrowIfNull(irp);
+        var routine = irp.Device.Driver[irp.MajorFunction];
+        if (routine is not null)
+        {
+            routine(irp.Device, irp);
+            return;
+        }
+
+        DispatchDefault(irp.Device, irp);
+    }
+
+    /// <summary>Asks the driver to cancel an IRP it holds (runs its cancel routine, if any).</summary>
+    public void Cancel(long irpId, int deviceId)
+    {
+        if (_irps.TryGetValue((irpId, deviceId), out var irp))
+        {
+            irp.RequestCancel();
+        }
+    }
+
+    /// <summary>The lower layer completed an IRP this layer passed down with a completion routine.</summary>
+    public void LowerCompleted(long irpId, int deviceId, NtStatus status, long information, ReadOnlySpan<byte> data)
+    {
+        if (!_irps.TryGetValue((irpId, deviceId), out var irp))
+        {
+            return;
+        }
+
+        var output = irp.OutputBuffer.Span;
+        data[..Math.Min(data.Length, output.Length)].CopyTo(output);
+        if (!irp.InvokeCompletionRoutine(new IoResult(status, information)))
+        {
+            irp.Complete(status, information);
+        }
+    }
+
+    /// <summary>Runs every driver's Unload routine and releases their load contexts.</summary>
+    public void UnloadAll()
+    {
+        foreach (var driver in _drivers.Values)
+        {
+            driver.DriverObject.Unload?.Invoke(driver.DriverObject);
+            driver.LoadContext?.Unload();
+        }
+
+        _drivers.Clear();
+        _devices.Clear();
+    }
+
+    void IDeviceStackPort.Complete(Irp irp, NtStatus status, long information)
+    {
+        _irps.TryRemove((irp.Id, irp.Device.Id), out _);
+        var data = ReadOnlyMemory<byte>.Empty;
+        if (irp.MajorFunction.ReturnsData() && information > 0)
+        {
+            data = irp.OutputBuffer[..(int)Math.Min(information, irp.OutputBuffer.Length)];
+        }
+
+        _link.Complete(irp.Id, irp.Device.Id, status, information, data);
+    }
+
+    void IDeviceStackPort.PassDown(DeviceObject device, Irp irp, bool wantsCompletion)
+    {
+        if (!wantsCompletion)
+        {
+            _irps.TryRemove((irp.Id, device.Id), out _);
+        }
+
+        _link.PassDown(irp.Id, device.Id, wantsCompletion, irp.Offset, irp.Length, irp.InputBuffer);
+    }
+
+    /// <summary>What a major function without a routine does: filters pass it down, open and
+    /// close succeed, anything else is not supported by the device.</summary>
+    private static void DispatchDefault(DeviceObject device, Irp irp)
+    {
+        if (device.HasLowerDevice)
+        {
+            device.CallLowerDriver(irp);
+            return;
+        }
+
+        var status = irp.MajorFunction is MajorFunction.Create or MajorFunction.Cleanup or MajorFunction.Close
+            ? NtStatus.Success
+            : NtStatus.InvalidDeviceRequest;
+        irp.Complete(status);
+    }
+
+    private static Type FindDriverType(Assembly assembly, string? typeName)
+    {
+        if (typeName is not null)
+        {
+            var named = assembly.GetType(typeName, throwOnError: false)
+                ?? throw new InvalidOperationException($"type {typeName} not found in {assembly.GetName().Name}");
+            return typeof(IDriver).IsAssignableFrom(named) && !named.IsAbstract
+                ? named
+                : throw new InvalidOperationException($"type {typeName} does not implement {nameof(IDriver)}");
+        }
+
+        var candidates = assembly.GetExportedTypes()
+            .Where(t => typeof(IDriver).IsAssignableFrom(t) && t is { IsAbstract: false, IsInterface: false })
+            .ToArray();
+        return candidates.Length switch
+        {
+            1 => candidates[0],
+            0 => throw new InvalidOperationException($"{assembly.GetName().Name} has no public type implementing {nameof(IDriver)}"),
+            _ => throw new InvalidOperationException(
+                $"{assembly.GetName().Name} has {candidates.Length} driver types ({string.Join(", ", candidates.Select(c => c.Name))}); name one in the manifest's \"type\""),
+        };
+    }
+}

@@ -1,0 +1,3 @@
+namespace DriverIsolation.DriverHost;
+
+internal sealed record LoadedDriver(int DriverId, DriverObject DriverObject, DriverLoadContext? LoadContext);
