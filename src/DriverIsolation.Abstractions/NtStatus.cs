@@ -35,6 +35,10 @@ public enum NtStatus : uint
 
     /// <summary>The driver is quarantined after too many failures; its devices fail fast.</summary>
     DeviceQuarantined = 0xE000_0003,
+
+    /// <summary>The (simulated) system is down: an in-kernel driver crashed the kernel. The
+    /// simulation answers callers with this instead of leaving them waiting forever.</summary>
+    SystemCrashed = 0xE000_0004,
 }
 
 public static class NtStatusExtensions

@@ -1,0 +1,31 @@
+namespace DriverIsolation.Kernel;
+
+public enum KernelEventKind
+{
+    HostStarted,
+    HostExited,
+    DriverLoaded,
+    DriverLoadFailed,
+    DeviceAdded,
+
+    /// <summary>The kernel refused a completion or pass-down that breaks the rules: a second
+    /// completion, one for an IRP the sender does not own or never got, a bad length.</summary>
+    CompletionRefused,
+
+    /// <summary>A driver completed an IRP that the kernel had already completed for it (deadline,
+    /// host loss): refused, harmless.</summary>
+    LateCompletion,
+    IrpTimedOut,
+    ProtocolViolation,
+
+    /// <summary>The kernel went down: an in-kernel driver faulted.</summary>
+    BugCheck,
+}
+
+/// <summary>Something the kernel observed, with its cause. Tests wait on these instead of sleeping;
+/// reports and traces are built from them.</summary>
+public sealed record KernelEvent(DateTimeOffset Time, KernelEventKind Kind, string? Driver, long? IrpId, string Detail)
+{
+    public override string ToString() =>
+        $"{Time:HH:mm:ss.fff} {Kind}{(Driver is null ? "" : $" [{Driver}]")}{(IrpId is null ? "" : $" irp {IrpId}")}: {Detail}";
+}

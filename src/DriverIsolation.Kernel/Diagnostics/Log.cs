@@ -1,0 +1,46 @@
+using Microsoft.Extensions.Logging;
+
+namespace DriverIsolation.Kernel;
+
+/// <summary>The kernel's log lines, with stable event ids (1xxx hosts, 2xxx drivers, 3xxx IRPs).</summary>
+internal static partial class Log
+{
+    [LoggerMessage(1001, LogLevel.Information, "Host {Host} started as PID {ProcessId} ({Isolation})")]
+    public static partial void HostStarted(ILogger logger, string host, int processId, string isolation);
+
+    [LoggerMessage(1002, LogLevel.Warning, "Host {Host} (PID {ProcessId}) exited: {Reason}; {Irps} outstanding IRPs completed with DriverProcessTerminated")]
+    public static partial void HostExited(ILogger logger, string host, int processId, string reason, int irps);
+
+    [LoggerMessage(1003, LogLevel.Warning, "Host {Host}: {Line}")]
+    public static partial void HostOutput(ILogger logger, string host, string line);
+
+    [LoggerMessage(1004, LogLevel.Error, "Host {Host} broke the protocol and is killed: {Reason}")]
+    public static partial void ProtocolViolation(ILogger logger, string host, string reason);
+
+    [LoggerMessage(1005, LogLevel.Warning, "Host {Host} refused at the handshake: {Reason}")]
+    public static partial void HandshakeRefused(ILogger logger, string host, string reason);
+
+    [LoggerMessage(2001, LogLevel.Information, "Driver {Driver} loaded ({Isolation}, host {Host})")]
+    public static partial void DriverLoaded(ILogger logger, string driver, string isolation, string host);
+
+    [LoggerMessage(2002, LogLevel.Error, "Driver {Driver} failed to load: {Reason}")]
+    public static partial void DriverLoadFailed(ILogger logger, string driver, string reason);
+
+    [LoggerMessage(2003, LogLevel.Information, "Device {Device} added by {Driver}")]
+    public static partial void DeviceAdded(ILogger logger, string device, string driver);
+
+    [LoggerMessage(EventId = 2004, Message = "{Driver}: {Message}")]
+    public static partial void DriverLog(ILogger logger, LogLevel level, string driver, string message);
+
+    [LoggerMessage(EventId = 2005, Message = "Driver {DriverId}: {Message}")]
+    public static partial void DriverLogById(ILogger logger, LogLevel level, int driverId, string message);
+
+    [LoggerMessage(3001, LogLevel.Warning, "Verifier: refused a {What} of IRP {IrpId} from {Host}: {Reason}")]
+    public static partial void CompletionRefused(ILogger logger, string what, long irpId, string host, string reason);
+
+    [LoggerMessage(3002, LogLevel.Warning, "IRP {IrpId} ({Major} to {Device}) passed its deadline of {Timeout}")]
+    public static partial void IrpTimedOut(ILogger logger, long irpId, MajorFunction major, string device, TimeSpan timeout);
+
+    [LoggerMessage(3003, LogLevel.Critical, "BUGCHECK: {Reason}")]
+    public static partial void BugCheck(ILogger logger, string reason);
+}

@@ -1,0 +1,410 @@
+using System.Collections.Concurrent;
+using System.Diagnostics;
+using Microsoft.Extensions.Logging;
+
+namespace DriverIsolation.Kernel;
+
+/// <summary>
+/// The I/O manager: sends IRPs down device stacks and brings completions back up, enforcing the
+/// rules a driver cannot be trusted to keep.
+/// <list type="bullet">
+/// <item>Exactly once: an IRP completes to its caller once. A second completion, a completion
+/// from a layer that does not own the IRP, or one for an IRP that was never dispatched is refused
+/// and reported, never applied.</item>
+/// <item>Ownership: only the layer that holds an IRP may complete it or pass it down, and only by
+/// naming its own device.</item>
+/// <item>Deadlines: every IRP completes with IoTimeout when its deadline passes.</item>
+/// <item>Host loss: every IRP a dead host held completes with DriverProcessTerminated.</item>
+/// </list>
+/// No lock is held while calling into a host, so an in-kernel driver may complete inline.
+/// </summary>
+internal sealed class IoManager
+{
+    private readonly ConcurrentDictionary<long, KernelIrp> _irps = new();
+    private readonly ConcurrentDictionary<long, NtStatus> _finished = new();
+    private readonly ConcurrentQueue<long> _finishedOrder = new();
+    private readonly TimeProvider _time;
+    private readonly KernelEventLog _events;
+    private readonly ILogger _logger;
+    private readonly KernelOptions _options;
+    private long _lastIrpId;
+    private long _lastFileId;
+    private volatile string? _bugCheck;
+
+    public IoManager(TimeProvider time, KernelEventLog events, ILogger logger, KernelOptions options)
+    {
+        _time = time;
+        _events = events;
+        _logger = logger;
+        _options = options;
+    }
+
+    public int OutstandingCount => _irps.Count;
+
+    public string? BugCheckReason => _bugCheck;
+
+    public FileObject NewFileObject(KernelDevice device, string openedAs) =>
+        new(Interlocked.Increment(ref _lastFileId), device, openedAs);
+
+    /// <summary>Creates an IRP, arms its deadline and caller cancellation, and sends it to the top
+    /// of the device stack. The task completes exactly once.</summary>
+    public Task<IoResult> SubmitAsync(FileObject file, MajorFunction majorFunction, long offset, int length, uint ioControlCode,
+        ReadOnlyMemory<byte> input, Memory<byte> output, CancellationToken cancellationToken)
+    {
+        if (_bugCheck is not null)
+        {
+            return Task.FromResult(IoResult.FromStatus(NtStatus.SystemCrashed));
+        }
+
+        if (input.Length > _options.MaxTransferSize || output.Length > _options.MaxTransferSize)
+        {
+            return Task.FromResult(IoResult.FromStatus(NtStatus.InvalidParameter));
+        }
+
+        var device = file.Device;
+        if (device.Layers.Length == 0)
+        {
+            return Task.FromResult(IoResult.FromStatus(NtStatus.DeviceNotReady));
+        }
+
+        // The system buffer: drivers get a copy, never the caller's memory.
+        var systemInput = input.IsEmpty ? ReadOnlyMemory<byte>.Empty : input.ToArray();
+        var irp = new KernelIrp(Interlocked.Increment(ref _lastIrpId), file, majorFunction, 0, offset, length,
+            ioControlCode, systemInput, output, _time.GetTimestamp());
+        _irps[irp.Id] = irp;
+        file.Outstanding[irp.Id] = irp;
+        irp.Deadline = _time.CreateTimer(static s => ((IoManagerDeadline)s!).Fire(), new IoManagerDeadline(this, irp), device.RequestTimeout, Timeout.InfiniteTimeSpan);
+        if (cancellationToken.CanBeCanceled)
+        {
+            irp.CallerCancellation = cancellationToken.UnsafeRegister(static s => ((IoManagerDeadline)s!).Cancel(), new IoManagerDeadline(this, irp));
+        }
+
+        SendToLayer(irp, 0, cancelAfterSend: false);
+        return irp.Completion.Task;
+    }
+
+    /// <summary>Asks the layer that holds the IRP to cancel it. The driver decides (its cancel
+    /// routine completes it); the deadline still bounds a driver that ignores the request.</summary>
+    public static void Cancel(KernelIrp irp)
+    {
+        DeviceLayer layer;
+        lock (irp.Gate)
+        {
+            if (irp.Completed || irp.CancelRequested)
+            {
+                return;
+            }
+
+            irp.CancelRequested = true;
+            layer = irp.Device.Layers[irp.Layer];
+        }
+
+        layer.Host.Cancel(irp.Id, layer);
+    }
+
+    /// <summary>A host completes an IRP (or an in-kernel driver does, inline).</summary>
+    public void OnComplete(IHostChannel from, long irpId, int deviceId, NtStatus status, long information, ReadOnlyMemory<byte> data)
+    {
+        if (!_irps.TryGetValue(irpId, out var irp))
+        {
+            RefuseUnknown(from, "completion", irpId);
+            return;
+        }
+
+        string? refusal;
+        var upper = -1;
+        lock (irp.Gate)
+        {
+            refusal = CheckOwner(irp, from, deviceId) ?? CheckCompletion(irp, status, information, data);
+            if (refusal is null)
+            {
+                if (irp.CompletionLayers is { Count: > 0 } waiting)
+                {
+                    upper = waiting.Pop();
+                    irp.Layer = upper;
+                }
+                else
+                {
+                    irp.Completed = true;
+                }
+            }
+        }
+
+        if (refusal is not null)
+        {
+            Refuse(from, "completion", irpId, refusal);
+            return;
+        }
+
+        if (upper < 0)
+        {
+            Finish(irp, new IoResult(status, information), data);
+            return;
+        }
+
+        var layer = irp.Device.Layers[upper];
+        if (!layer.Driver.IsRunning)
+        {
+            TryFinish(irp, IoResult.FromStatus(NtStatus.DriverProcessTerminated));
+            return;
+        }
+
+        layer.Host.LowerCompleted(irp, layer, status, information, data);
+    }
+
+    /// <summary>A host passes an IRP to the next lower layer of its stack (IoCallDriver).</summary>
+    public void OnPassDown(IHostChannel from, long irpId, int deviceId, bool wantsCompletion, long offset, int length, ReadOnlyMemory<byte> input)
+    {
+        if (!_irps.TryGetValue(irpId, out var irp))
+        {
+            RefuseUnknown(from, "pass-down", irpId);
+            return;
+        }
+
+        string? refusal;
+        var lower = -1;
+        var cancel = false;
+        lock (irp.Gate)
+        {
+            refusal = CheckOwner(irp, from, deviceId);
+            if (refusal is null && irp.Layer + 1 >= irp.Device.Layers.Length)
+            {
+                refusal = $"{irp.Device.Name} has no layer below {deviceId}";
+            }
+            else if (refusal is null && (length < 0 || input.Length > _options.MaxTransferSize))
+            {
+                refusal = $"bad parameters (length {length}, input {input.Length} bytes)";
+            }
+
+            if (refusal is null)
+            {
+                if (wantsCompletion)
+                {
+                    (irp.CompletionLayers ??= new Stack<int>()).Push(irp.Layer);
+                }
+
+                lower = irp.Layer + 1;
+                irp.Layer = lower;
+                irp.Offset = offset;
+                irp.Length = length;
+                irp.Input = input.IsEmpty ? ReadOnlyMemory<byte>.Empty : input.ToArray();
+                cancel = irp.CancelRequested;
+            }
+        }
+
+        if (refusal is not null)
+        {
+            Refuse(from, "pass-down", irpId, refusal);
+            return;
+        }
+
+        SendToLayer(irp, lower, cancel);
+    }
+
+    /// <summary>A host is gone: its drivers fail, and every IRP it held completes now with
+    /// DriverProcessTerminated (IRPs waiting in its completion routines complete when the layer
+    /// below finishes).</summary>
+    public int OnHostExited(IHostChannel host)
+    {
+        var completed = 0;
+        foreach (var irp in _irps.Values)
+        {
+            bool owned;
+            lock (irp.Gate)
+            {
+                owned = !irp.Completed && irp.Device.Layers[irp.Layer].Host == host;
+                if (owned)
+                {
+                    irp.Completed = true;
+                }
+            }
+
+            if (owned)
+            {
+                Finish(irp, IoResult.FromStatus(NtStatus.DriverProcessTerminated), ReadOnlyMemory<byte>.Empty);
+                completed++;
+            }
+        }
+
+        return completed;
+    }
+
+    /// <summary>A message for the IRP could not be sent (its host is gone): complete it now
+    /// rather than leave it to its deadline.</summary>
+    public void FailUndeliverable(KernelIrp irp) => TryFinish(irp, IoResult.FromStatus(NtStatus.DriverProcessTerminated));
+
+    /// <summary>The kernel goes down: an in-kernel driver faulted. Every caller gets SystemCrashed.</summary>
+    public void BugCheck(string reason)
+    {
+        if (Interlocked.CompareExchange(ref _bugCheck, reason, null) is not null)
+        {
+            return;
+        }
+
+        Log.BugCheck(_logger, reason);
+        _events.Add(KernelEventKind.BugCheck, null, null, reason);
+        foreach (var irp in _irps.Values)
+        {
+            TryFinish(irp, IoResult.FromStatus(NtStatus.SystemCrashed));
+        }
+    }
+
+    private void SendToLayer(KernelIrp irp, int index, bool cancelAfterSend)
+    {
+        var layer = irp.Device.Layers[index];
+        if (!layer.Driver.IsRunning)
+        {
+            var status = layer.Driver.State == DriverState.Failed ? NtStatus.DriverProcessTerminated : NtStatus.DeviceNotReady;
+            TryFinish(irp, IoResult.FromStatus(status));
+            return;
+        }
+
+        layer.Host.Dispatch(irp, layer);
+        if (cancelAfterSend)
+        {
+            layer.Host.Cancel(irp.Id, layer);
+        }
+    }
+
+    private void OnDeadline(KernelIrp irp)
+    {
+        DeviceLayer layer;
+        lock (irp.Gate)
+        {
+            if (irp.Completed)
+            {
+                return;
+            }
+
+            irp.Completed = true;
+            layer = irp.Device.Layers[irp.Layer];
+        }
+
+        Log.IrpTimedOut(_logger, irp.Id, irp.MajorFunction, irp.Device.Name, irp.Device.RequestTimeout);
+        _events.Add(KernelEventKind.IrpTimedOut, layer.Driver.Name, irp.Id, $"{irp.MajorFunction} to {irp.Device.Name} passed its deadline of {irp.Device.RequestTimeout}");
+        Finish(irp, IoResult.FromStatus(NtStatus.IoTimeout), ReadOnlyMemory<byte>.Empty);
+
+        // Let the driver drop it; its completion, if it ever comes, is refused as late.
+        layer.Host.Cancel(irp.Id, layer);
+    }
+
+    private static string? CheckOwner(KernelIrp irp, IHostChannel from, int deviceId)
+    {
+        if (irp.Completed)
+        {
+            return "the IRP is already completed";
+        }
+
+        var owner = irp.Device.Layers[irp.Layer];
+        if (owner.Host != from)
+        {
+            return $"the IRP is held by {owner.Driver.Name} in {owner.Host.Name}, not by this host";
+        }
+
+        return owner.DeviceId != deviceId
+            ? $"the IRP is held by device {owner.DeviceId}, and the host named device {deviceId}"
+            : null;
+    }
+
+    private static string? CheckCompletion(KernelIrp irp, NtStatus status, long information, ReadOnlyMemory<byte> data)
+    {
+        if (status == NtStatus.Pending)
+        {
+            return "a completion cannot carry Pending";
+        }
+
+        if (information < 0)
+        {
+            return $"negative information {information}";
+        }
+
+        if (data.Length > irp.OutputLength)
+        {
+            return $"{data.Length} bytes of data for a {irp.OutputLength}-byte buffer";
+        }
+
+        return irp.MajorFunction switch
+        {
+            _ when irp.MajorFunction.ReturnsData() && information > irp.OutputLength =>
+                $"information {information} overstates the {irp.OutputLength}-byte buffer",
+            MajorFunction.Write when information > irp.Length =>
+                $"information {information} overstates the {irp.Length}-byte write",
+            _ => null,
+        };
+    }
+
+    private void TryFinish(KernelIrp irp, IoResult result)
+    {
+        lock (irp.Gate)
+        {
+            if (irp.Completed)
+            {
+                return;
+            }
+
+            irp.Completed = true;
+        }
+
+        Finish(irp, result, ReadOnlyMemory<byte>.Empty);
+    }
+
+    /// <summary>The one completion to the caller; only the thread that set Completed gets here.</summary>
+    private void Finish(KernelIrp irp, IoResult result, ReadOnlyMemory<byte> data)
+    {
+        _irps.TryRemove(irp.Id, out _);
+        irp.File.Outstanding.TryRemove(irp.Id, out _);
+        Remember(irp.Id, result.Status);
+        irp.Deadline?.Dispose();
+        irp.CallerCancellation.Unregister();
+        if (!data.IsEmpty)
+        {
+            data.Span[..Math.Min(data.Length, irp.CallerOutput.Length)].CopyTo(irp.CallerOutput.Span);
+        }
+
+        irp.Device.Statistics.Record(result.Status);
+        irp.Completion.TrySetResult(result);
+    }
+
+    private void Remember(long irpId, NtStatus status)
+    {
+        _finished[irpId] = status;
+        _finishedOrder.Enqueue(irpId);
+        while (_finishedOrder.Count > _options.FinishedIrpMemory && _finishedOrder.TryDequeue(out var old))
+        {
+            _finished.TryRemove(old, out _);
+        }
+    }
+
+    private void RefuseUnknown(IHostChannel from, string what, long irpId)
+    {
+        if (_finished.TryGetValue(irpId, out var status))
+        {
+            if (status is NtStatus.IoTimeout or NtStatus.DriverProcessTerminated or NtStatus.SystemCrashed)
+            {
+                _events.Add(KernelEventKind.LateCompletion, from.Name, irpId, $"{what} after the kernel completed the IRP with {status}");
+                return;
+            }
+
+            Refuse(from, what, irpId, $"the IRP is already completed (with {status})");
+            return;
+        }
+
+        Refuse(from, what, irpId, irpId > Volatile.Read(ref _lastIrpId) || irpId <= 0
+            ? "no such IRP was ever issued"
+            : "the IRP is not outstanding");
+    }
+
+    private void Refuse(IHostChannel from, string what, long irpId, string reason)
+    {
+        Log.CompletionRefused(_logger, what, irpId, from.Name, reason);
+        _events.Add(KernelEventKind.CompletionRefused, from.Name, irpId, $"{what} refused: {reason}");
+    }
+
+    /// <summary>Timer and cancellation-token state: which IRP, for which manager.</summary>
+    private sealed class IoManagerDeadline(IoManager manager, KernelIrp irp)
+    {
+        public void Fire() => manager.OnDeadline(irp);
+
+        public void Cancel() => IoManager.Cancel(irp);
+    }
+}

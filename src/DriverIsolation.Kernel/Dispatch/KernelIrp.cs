@@ -1,0 +1,69 @@
+namespace DriverIsolation.Kernel;
+
+/// <summary>
+/// The kernel's IRP: parameters, the system buffer's input copy, where the caller wants output,
+/// which layer owns it now, the layers waiting to see it again (completion routines), and the
+/// one completion the caller will get. <see cref="Gate"/> guards ownership and state changes.
+/// </summary>
+internal sealed class KernelIrp
+{
+    public KernelIrp(long id, FileObject file, MajorFunction majorFunction, byte minorFunction, long offset, int length,
+        uint ioControlCode, ReadOnlyMemory<byte> input, Memory<byte> callerOutput, long startTimestamp)
+    {
+        Id = id;
+        File = file;
+        MajorFunction = majorFunction;
+        MinorFunction = minorFunction;
+        Offset = offset;
+        Length = length;
+        IoControlCode = ioControlCode;
+        Input = input;
+        CallerOutput = callerOutput;
+        OutputLength = callerOutput.Length;
+        StartTimestamp = startTimestamp;
+    }
+
+    public long Id { get; }
+
+    public FileObject File { get; }
+
+    public KernelDevice Device => File.Device;
+
+    public MajorFunction MajorFunction { get; }
+
+    public byte MinorFunction { get; }
+
+    public long Offset { get; set; }
+
+    public int Length { get; set; }
+
+    public uint IoControlCode { get; }
+
+    /// <summary>The kernel's copy of the caller's input (a filter may replace it on the way down).</summary>
+    public ReadOnlyMemory<byte> Input { get; set; }
+
+    public Memory<byte> CallerOutput { get; }
+
+    public int OutputLength { get; }
+
+    public long StartTimestamp { get; }
+
+    public Lock Gate { get; } = new();
+
+    /// <summary>Index of the stack layer that owns the IRP now. Guarded by <see cref="Gate"/>.</summary>
+    public int Layer { get; set; }
+
+    /// <summary>Layers that passed the IRP down with a completion routine, nearest last.</summary>
+    public Stack<int>? CompletionLayers { get; set; }
+
+    /// <summary>Set once, by whoever completes the IRP to its caller. Guarded by <see cref="Gate"/>.</summary>
+    public bool Completed { get; set; }
+
+    public bool CancelRequested { get; set; }
+
+    public ITimer? Deadline { get; set; }
+
+    public CancellationTokenRegistration CallerCancellation { get; set; }
+
+    public TaskCompletionSource<IoResult> Completion { get; } = new(TaskCreationOptions.RunContinuationsAsynchronously);
+}

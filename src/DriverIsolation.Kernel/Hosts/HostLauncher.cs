@@ -1,0 +1,184 @@
+using System.Diagnostics;
+using System.Globalization;
+using System.IO.Pipes;
+using System.Runtime.InteropServices;
+using System.Security.Cryptography;
+using DriverIsolation.DriverHost;
+using DriverIsolation.Protocol;
+using Microsoft.Extensions.Logging;
+
+namespace DriverIsolation.Kernel;
+
+/// <summary>
+/// Starts a drvhost process and brings its pipe up: a current-user-only pipe with an unguessable
+/// name, a one-time token handed over on the child's standard input (never its command line),
+/// and a handshake that checks the token, the protocol version and the PID the kernel spawned.
+/// </summary>
+internal sealed class HostLauncher(KernelOptions options, IoManager io, KernelEventLog events, ILoggerFactory loggerFactory)
+{
+    private readonly ILogger _logger = loggerFactory.CreateLogger("DriverIsolation.Kernel.Hosts");
+
+    public async Task<ProcessHostChannel> StartAsync(string hostName, IsolationModel isolation, Action<ProcessHostChannel, string> onExited,
+        CancellationToken cancellationToken)
+    {
+        var pipeName = $"drviso-{Environment.ProcessId}-{RandomNumberGenerator.GetHexString(16, lowercase: true)}";
+        var token = RandomNumberGenerator.GetBytes(ProtocolConstants.TokenLength);
+        var server = new NamedPipeServerStream(pipeName, PipeDirection.InOut, 1, PipeTransmissionMode.Byte,
+            PipeOptions.Asynchronous | PipeOptions.CurrentUserOnly);
+        Process? process = null;
+        try
+        {
+            process = Spawn(pipeName, hostName);
+            await process.StandardInput.WriteLineAsync(Convert.ToHexString(token).AsMemory(), cancellationToken).ConfigureAwait(false);
+            process.StandardInput.Close();
+            PumpOutput(process, hostName);
+
+            using var timeout = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
+            timeout.CancelAfter(options.HostStartTimeout);
+            var connected = server.WaitForConnectionAsync(timeout.Token);
+            if (await Task.WhenAny(connected, process.WaitForExitAsync(timeout.Token)).ConfigureAwait(false) != connected)
+            {
+                throw new HostStartException(hostName, process.HasExited
+                    ? $"exited before connecting: {ExitCodes.Describe(process.ExitCode)}"
+                    : $"did not connect within {options.HostStartTimeout}");
+            }
+
+            await connected.ConfigureAwait(false);
+            var connection = new FrameConnection(server, untrustedPeer: true, options.MaxFrameSize);
+            var refusal = await HandshakeAsync(connection, token, process.Id, timeout.Token).ConfigureAwait(false);
+            if (refusal is not null)
+            {
+                Log.HandshakeRefused(_logger, hostName, refusal);
+                connection.Send(new Refused(refusal));
+                await connection.DisposeAsync().ConfigureAwait(false);
+                throw new HostStartException(hostName, $"refused at the handshake: {refusal}");
+            }
+
+            connection.Send(new Welcome(ProtocolConstants.Version, hostName));
+            var channel = new ProcessHostChannel(hostName, isolation, process, connection, io, events,
+                loggerFactory.CreateLogger($"DriverIsolation.Host.{hostName}"), onExited);
+            channel.Start();
+            Log.HostStarted(_logger, hostName, process.Id, isolation.ToManifestName());
+            events.Add(KernelEventKind.HostStarted, hostName, null, $"PID {process.Id}");
+            return channel;
+        }
+        catch (Exception ex) when (ex is OperationCanceledException or IOException or ProtocolException or HostStartException)
+        {
+            Reap(process);
+            await server.DisposeAsync().ConfigureAwait(false);
+            throw ex is HostStartException ? ex : new HostStartException(hostName, ex.Message, ex);
+        }
+    }
+
+    /// <summary>Reads the Hello and says what is wrong with it, or null if nothing is.</summary>
+    private static async Task<string?> HandshakeAsync(FrameConnection connection, byte[] token, int spawnedPid, CancellationToken cancellationToken)
+    {
+        var first = await connection.ReadAsync(cancellationToken).ConfigureAwait(false);
+        if (first is not Hello hello)
+        {
+            return first is null ? "closed the pipe before saying Hello" : $"sent {first.GetType().Name} before Hello";
+        }
+
+        if (hello.ProtocolVersion != ProtocolConstants.Version)
+        {
+            return $"protocol version {hello.ProtocolVersion}, the kernel speaks {ProtocolConstants.Version}";
+        }
+
+        if (hello.Token is null || !CryptographicOperations.FixedTimeEquals(hello.Token, token))
+        {
+            return "wrong token";
+        }
+
+        return hello.ProcessId != spawnedPid
+            ? $"claims PID {hello.ProcessId}, the kernel spawned {spawnedPid}"
+            : null;
+    }
+
+    private Process Spawn(string pipeName, string hostName)
+    {
+        var hostAssembly = options.HostPath ?? Environment.GetEnvironmentVariable("DRVISO_DRVHOST") ?? Path.Combine(AppContext.BaseDirectory, "drvhost.dll");
+        if (!File.Exists(hostAssembly))
+        {
+            throw new HostStartException(hostName, $"the host executable is not at {hostAssembly}");
+        }
+
+        var start = new ProcessStartInfo(DotnetExecutable())
+        {
+            RedirectStandardInput = true,
+            RedirectStandardOutput = true,
+            RedirectStandardError = true,
+            UseShellExecute = false,
+        };
+        start.ArgumentList.Add(hostAssembly);
+        start.ArgumentList.Add("--pipe");
+        start.ArgumentList.Add(pipeName);
+        start.ArgumentList.Add("--parent-pid");
+        start.ArgumentList.Add(Environment.ProcessId.ToString(CultureInfo.InvariantCulture));
+        start.ArgumentList.Add("--name");
+        start.ArgumentList.Add(hostName);
+        return Process.Start(start) ?? throw new HostStartException(hostName, "Process.Start returned nothing");
+    }
+
+    /// <summary>The dotnet muxer that runs this process, so the host runs on the same runtime.</summary>
+    private static string DotnetExecutable()
+    {
+        var fromEnvironment = Environment.GetEnvironmentVariable("DOTNET_HOST_PATH");
+        if (!string.IsNullOrEmpty(fromEnvironment) && File.Exists(fromEnvironment))
+        {
+            return fromEnvironment;
+        }
+
+        // .../dotnet/shared/Microsoft.NETCore.App/<version>/ -> .../dotnet/dotnet
+        var root = Path.GetFullPath(Path.Combine(RuntimeEnvironment.GetRuntimeDirectory(), "..", "..", ".."));
+        var muxer = Path.Combine(root, OperatingSystem.IsWindows() ? "dotnet.exe" : "dotnet");
+        return File.Exists(muxer) ? muxer : "dotnet";
+    }
+
+    private void PumpOutput(Process process, string hostName)
+    {
+        process.ErrorDataReceived += (_, e) =>
+        {
+            if (e.Data is { Length: > 0 } line)
+            {
+                Log.HostOutput(_logger, hostName, line);
+            }
+        };
+        process.OutputDataReceived += (_, e) =>
+        {
+            if (e.Data is { Length: > 0 } line)
+            {
+                Log.HostOutput(_logger, hostName, line);
+            }
+        };
+        process.BeginErrorReadLine();
+        process.BeginOutputReadLine();
+    }
+
+    private static void Reap(Process? process)
+    {
+        if (process is null)
+        {
+            return;
+        }
+
+        try
+        {
+            process.Kill(entireProcessTree: true);
+        }
+        catch (InvalidOperationException)
+        {
+            // Already gone.
+        }
+
+        process.Dispose();
+    }
+}
+
+/// <summary>A driver host could not be started or did not pass the handshake.</summary>
+public sealed class HostStartException : Exception
+{
+    public HostStartException(string host, string reason, Exception? inner = null)
+        : base($"driver host {host}: {reason}", inner)
+    {
+    }
+}

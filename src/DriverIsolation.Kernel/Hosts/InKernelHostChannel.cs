@@ -1,0 +1,99 @@
+using System.Runtime.InteropServices;
+using DriverIsolation.DriverHost;
+using Microsoft.Extensions.Logging;
+
+namespace DriverIsolation.Kernel;
+
+/// <summary>
+/// In-kernel isolation: the drivers' routines are called directly on the kernel's threads, with no
+/// pipe and no copy beyond the system buffer. A driver that throws takes the kernel down
+/// (a bug check): that is what in-kernel means.
+/// </summary>
+internal sealed class InKernelHostChannel : IHostChannel, IKernelLink
+{
+    private readonly IoManager _io;
+    private readonly DriverRuntime _runtime;
+    private readonly ILogger _driverLogger;
+
+    public InKernelHostChannel(IoManager io, ILoggerFactory loggerFactory)
+    {
+        _io = io;
+        _driverLogger = loggerFactory.CreateLogger("Driver");
+        _runtime = new DriverRuntime(this, (_, name) => loggerFactory.CreateLogger($"Driver.{name}"));
+    }
+
+    public string Name => "kernel";
+
+    public IsolationModel Isolation => IsolationModel.InKernel;
+
+    public int ProcessId => Environment.ProcessId;
+
+    public bool IsAlive => _io.BugCheckReason is null;
+
+    public Task<(NtStatus Status, string? Detail)> LoadDriverAsync(KernelDriver driver, string assemblyPath, CancellationToken cancellationToken) =>
+        Task.FromResult(Guard(driver.Name, "DriverEntry", () =>
+            _runtime.LoadDriver(driver.Id, driver.Name, assemblyPath, driver.Manifest.Type, driver.Manifest.Parameters)));
+
+    public Task<(NtStatus Status, string? Detail)> AddDeviceAsync(KernelDriver driver, DeviceLayer layer, KernelDevice device, bool hasLowerDevice,
+        IReadOnlyDictionary<string, string> parameters, CancellationToken cancellationToken) =>
+        Task.FromResult(Guard(driver.Name, "AddDevice", () =>
+            _runtime.AddDevice(driver.Id, layer.DeviceId, device.Name, device.DeviceType, hasLowerDevice, parameters)));
+
+    public void Dispatch(KernelIrp irp, DeviceLayer layer)
+    {
+        var output = irp.OutputLength > 0 ? new byte[irp.OutputLength] : Memory<byte>.Empty;
+        Guard(layer.Driver.Name, $"dispatch of {irp.MajorFunction}", () =>
+        {
+            _runtime.Dispatch(irp.Id, layer.DeviceId, irp.MajorFunction, irp.MinorFunction, irp.File.Id, irp.Offset, irp.Length,
+                irp.IoControlCode, MemoryMarshal.AsMemory(irp.Input), output);
+            return (NtStatus.Success, null);
+        });
+    }
+
+    public void Cancel(long irpId, DeviceLayer layer) =>
+        Guard(layer.Driver.Name, "cancel routine", () =>
+        {
+            _runtime.Cancel(irpId, layer.DeviceId);
+            return (NtStatus.Success, null);
+        });
+
+    public void LowerCompleted(KernelIrp irp, DeviceLayer layer, NtStatus status, long information, ReadOnlyMemory<byte> data) =>
+        Guard(layer.Driver.Name, "completion routine", () =>
+        {
+            _runtime.LowerCompleted(irp.Id, layer.DeviceId, status, information, data.Span);
+            return (NtStatus.Success, null);
+        });
+
+    public void Kill(string reason) => _io.BugCheck($"the kernel itself was asked to stop: {reason}");
+
+    public ValueTask DisposeAsync()
+    {
+        _runtime.UnloadAll();
+        return ValueTask.CompletedTask;
+    }
+
+    void IKernelLink.Complete(long irpId, int deviceId, NtStatus status, long information, ReadOnlyMemory<byte> data) =>
+        _io.OnComplete(this, irpId, deviceId, status, information, data);
+
+    void IKernelLink.PassDown(long irpId, int deviceId, bool wantsCompletion, long offset, int length, ReadOnlyMemory<byte> input) =>
+        _io.OnPassDown(this, irpId, deviceId, wantsCompletion, offset, length, input);
+
+    void IKernelLink.Log(int driverId, LogLevel level, string message) =>
+        Log.DriverLogById(_driverLogger, level, driverId, message);
+
+    /// <summary>Runs driver code; an exception escaping it is a kernel crash.</summary>
+    private (NtStatus Status, string? Detail) Guard(string driver, string what, Func<(NtStatus, string?)> call)
+    {
+        try
+        {
+            return call();
+        }
+#pragma warning disable CA1031 // Any exception from in-kernel driver code is a bug check, whatever its type.
+        catch (Exception ex)
+#pragma warning restore CA1031
+        {
+            _io.BugCheck($"{driver} faulted in its {what}: {ex.GetType().Name}: {ex.Message}");
+            return (NtStatus.SystemCrashed, ex.Message);
+        }
+    }
+}

@@ -1,0 +1,255 @@
+using System.Collections.Concurrent;
+using System.Diagnostics;
+using DriverIsolation.DriverHost;
+using DriverIsolation.Protocol;
+using Microsoft.Extensions.Logging;
+
+namespace DriverIsolation.Kernel;
+
+/// <summary>
+/// A drvhost process and its pipe, seen from the kernel. One receive loop reads the host's frames
+/// (every byte untrusted) and hands them to the I/O manager; anything that is not a valid message
+/// in its place is a protocol violation and kills the host. Exit is noticed both from the pipe and
+/// from the process, and reported once, with the reason.
+/// </summary>
+internal sealed class ProcessHostChannel : IHostChannel
+{
+    private readonly Process _process;
+    private readonly FrameConnection _connection;
+    private readonly IoManager _io;
+    private readonly KernelEventLog _events;
+    private readonly ILogger _logger;
+    private readonly Action<ProcessHostChannel, string> _onExited;
+    private readonly ConcurrentDictionary<int, TaskCompletionSource<(NtStatus, string?)>> _pendingLoads = new();
+    private readonly ConcurrentDictionary<int, TaskCompletionSource<(NtStatus, string?)>> _pendingDevices = new();
+    private readonly TaskCompletionSource<string> _exited = new(TaskCreationOptions.RunContinuationsAsynchronously);
+    private volatile string? _killReason;
+    private int _exitReported;
+
+    public ProcessHostChannel(string name, IsolationModel isolation, Process process, FrameConnection connection, IoManager io,
+        KernelEventLog events, ILogger logger, Action<ProcessHostChannel, string> onExited)
+    {
+        Name = name;
+        Isolation = isolation;
+        _process = process;
+        ProcessId = process.Id;
+        _connection = connection;
+        _io = io;
+        _events = events;
+        _logger = logger;
+        _onExited = onExited;
+    }
+
+    public string Name { get; }
+
+    public IsolationModel Isolation { get; }
+
+    public int ProcessId { get; }
+
+    public bool IsAlive => Volatile.Read(ref _exitReported) == 0;
+
+    /// <summary>Completes with the exit reason once the host is gone and its IRPs are completed.</summary>
+    public Task<string> Exited => _exited.Task;
+
+    public long LastPongSequence { get; private set; }
+
+    public long LastWorkingSetBytes { get; private set; }
+
+    /// <summary>Starts the receive loop and the process-exit watch (after the handshake).</summary>
+    public void Start()
+    {
+        _ = DoReceiveAsync();
+        _ = WatchProcessAsync();
+    }
+
+    public Task<(NtStatus Status, string? Detail)> LoadDriverAsync(KernelDriver driver, string assemblyPath, CancellationToken cancellationToken)
+    {
+        var pending = NewPending(_pendingLoads, driver.Id);
+        Send(new LoadDriver(driver.Id, driver.Name, assemblyPath, driver.Manifest.Type, new Dictionary<string, string>(driver.Manifest.Parameters)));
+        return pending.Task.WaitAsync(cancellationToken);
+    }
+
+    public Task<(NtStatus Status, string? Detail)> AddDeviceAsync(KernelDriver driver, DeviceLayer layer, KernelDevice device, bool hasLowerDevice,
+        IReadOnlyDictionary<string, string> parameters, CancellationToken cancellationToken)
+    {
+        var pending = NewPending(_pendingDevices, layer.DeviceId);
+        Send(new AddDevice(driver.Id, layer.DeviceId, device.Name, device.DeviceType, hasLowerDevice, new Dictionary<string, string>(parameters)));
+        return pending.Task.WaitAsync(cancellationToken);
+    }
+
+    public void Dispatch(KernelIrp irp, DeviceLayer layer)
+    {
+        if (!Send(new Protocol.Dispatch(irp.Id, layer.DeviceId, irp.MajorFunction, irp.MinorFunction, irp.File.Id, irp.Offset,
+                irp.Length, irp.IoControlCode, irp.Input, irp.OutputLength)))
+        {
+            _io.FailUndeliverable(irp);
+        }
+    }
+
+    public void Cancel(long irpId, DeviceLayer layer) => Send(new Protocol.Cancel(irpId, layer.DeviceId));
+
+    public void LowerCompleted(KernelIrp irp, DeviceLayer layer, NtStatus status, long information, ReadOnlyMemory<byte> data)
+    {
+        if (!Send(new Protocol.LowerCompleted(irp.Id, layer.DeviceId, status, information, data)))
+        {
+            _io.FailUndeliverable(irp);
+        }
+    }
+
+    public void Ping(long sequence) => Send(new Ping(sequence));
+
+    public void Kill(string reason)
+    {
+        _killReason ??= reason;
+        _connection.Abort(reason);
+        try
+        {
+            _process.Kill(entireProcessTree: true);
+        }
+        catch (InvalidOperationException)
+        {
+            // Already exited.
+        }
+    }
+
+    /// <summary>Asks the host to unload its drivers and exit; kills it if it does not within
+    /// <paramref name="grace"/>.</summary>
+    public async Task StopAsync(TimeSpan grace)
+    {
+        if (IsAlive)
+        {
+            _killReason ??= "stopped by the kernel";
+            Send(new Shutdown("kernel shutdown"));
+            try
+            {
+                await _process.WaitForExitAsync().WaitAsync(grace).ConfigureAwait(false);
+            }
+            catch (TimeoutException)
+            {
+                Kill("did not stop when asked");
+            }
+        }
+
+        await _exited.Task.ConfigureAwait(false);
+    }
+
+    public async ValueTask DisposeAsync()
+    {
+        await StopAsync(TimeSpan.FromSeconds(2)).ConfigureAwait(false);
+        _process.Dispose();
+    }
+
+    private bool Send(Message message) => _connection.Send(message);
+
+    private async Task DoReceiveAsync()
+    {
+        try
+        {
+            while (await _connection.ReadAsync().ConfigureAwait(false) is { } message)
+            {
+                if (!Handle(message))
+                {
+                    break;
+                }
+            }
+        }
+        catch (ProtocolException ex)
+        {
+            Violation(ex.Message);
+        }
+        catch (ObjectDisposedException)
+        {
+            // Killed: the exit path reports.
+        }
+        finally
+        {
+            // A host without its pipe is of no use to anyone: make sure it is gone.
+            if (!_process.HasExited)
+            {
+                try
+                {
+                    await _process.WaitForExitAsync().WaitAsync(TimeSpan.FromSeconds(2)).ConfigureAwait(false);
+                }
+                catch (TimeoutException)
+                {
+                    Kill(_killReason ?? "closed its pipe but did not exit");
+                }
+            }
+        }
+    }
+
+    private bool Handle(Message message)
+    {
+        switch (message)
+        {
+            case Protocol.Complete c:
+                _io.OnComplete(this, c.IrpId, c.DeviceId, c.Status, c.Information, c.Data);
+                return true;
+            case Protocol.PassDown p:
+                _io.OnPassDown(this, p.IrpId, p.DeviceId, p.WantsCompletion, p.Offset, p.Length, p.Input);
+                return true;
+            case Pong pong:
+                LastPongSequence = pong.Sequence;
+                LastWorkingSetBytes = pong.WorkingSetBytes;
+                return true;
+            case Protocol.Log log:
+                var level = log.Level is >= 0 and <= (int)LogLevel.Critical ? (LogLevel)log.Level : LogLevel.Information;
+                Log.DriverLog(_logger, level, Name, log.Message.Length > 4096 ? log.Message[..4096] : log.Message);
+                return true;
+            case DriverLoaded loaded:
+                return Answer(_pendingLoads, loaded.DriverId, (loaded.Status, loaded.Detail), nameof(DriverLoaded));
+            case DeviceAdded added:
+                return Answer(_pendingDevices, added.DeviceId, (added.Status, added.Detail), nameof(DeviceAdded));
+            default:
+                Violation($"a host may not send {message.GetType().Name}");
+                return false;
+        }
+    }
+
+    private bool Answer(ConcurrentDictionary<int, TaskCompletionSource<(NtStatus, string?)>> pending, int id, (NtStatus, string?) result, string what)
+    {
+        if (pending.TryRemove(id, out var waiter))
+        {
+            waiter.TrySetResult(result);
+            return true;
+        }
+
+        Violation($"{what} for id {id}, which the kernel never asked about");
+        return false;
+    }
+
+    private void Violation(string reason)
+    {
+        Log.ProtocolViolation(_logger, Name, reason);
+        _events.Add(KernelEventKind.ProtocolViolation, Name, null, reason);
+        Kill($"protocol violation: {reason}");
+    }
+
+    private async Task WatchProcessAsync()
+    {
+        await _process.WaitForExitAsync().ConfigureAwait(false);
+        _connection.Abort("host process exited");
+        var reason = _killReason is { } killed
+            ? $"{killed} ({ExitCodes.Describe(_process.ExitCode)})"
+            : ExitCodes.Describe(_process.ExitCode);
+        if (Interlocked.Exchange(ref _exitReported, 1) != 0)
+        {
+            return;
+        }
+
+        foreach (var waiter in _pendingLoads.Values.Concat(_pendingDevices.Values))
+        {
+            waiter.TrySetResult((NtStatus.DriverProcessTerminated, $"host exited: {reason}"));
+        }
+
+        _onExited(this, reason);
+        _exited.TrySetResult(reason);
+    }
+
+    private static TaskCompletionSource<(NtStatus, string?)> NewPending(ConcurrentDictionary<int, TaskCompletionSource<(NtStatus, string?)>> pending, int id)
+    {
+        var waiter = new TaskCompletionSource<(NtStatus, string?)>(TaskCreationOptions.RunContinuationsAsynchronously);
+        pending[id] = waiter;
+        return waiter;
+    }
+}

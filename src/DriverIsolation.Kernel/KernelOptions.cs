@@ -1,0 +1,29 @@
+using DriverIsolation.Protocol;
+
+namespace DriverIsolation.Kernel;
+
+public sealed class KernelOptions
+{
+    /// <summary>Deadline of an IRP when its driver's manifest sets none. Default 30 s. Protects
+    /// callers from drivers that never complete; an IRP past it completes with IoTimeout.</summary>
+    public TimeSpan DefaultRequestTimeout { get; set; } = TimeSpan.FromSeconds(30);
+
+    /// <summary>How long a new host may take to connect and say Hello. Default 30 s (a .NET host
+    /// needs ~50 ms on an idle machine, far more on a loaded one).</summary>
+    public TimeSpan HostStartTimeout { get; set; } = TimeSpan.FromSeconds(30);
+
+    /// <summary>Hard limit on a frame from a host. Default 1 MiB + 4 KiB. Protects the kernel from
+    /// a host that announces a huge frame to make it allocate.</summary>
+    public int MaxFrameSize { get; set; } = ProtocolConstants.DefaultMaxFrameSize;
+
+    /// <summary>Largest buffer a request may carry (it must fit in a frame with room to spare).</summary>
+    public int MaxTransferSize { get; set; } = 1 << 20;
+
+    /// <summary>The drvhost executable (drvhost.dll). Null: beside the kernel's assemblies, or
+    /// the DRVISO_DRVHOST environment variable.</summary>
+    public string? HostPath { get; set; }
+
+    /// <summary>How many finished IRP ids are remembered to tell a late or duplicate completion
+    /// from one for an IRP that never existed. Default 4096.</summary>
+    public int FinishedIrpMemory { get; set; } = 4096;
+}

@@ -1,0 +1,305 @@
+using System.Globalization;
+using System.Text.Json;
+
+namespace DriverIsolation.Kernel;
+
+/// <summary>
+/// Reads driver manifests strictly: an unknown field, a wrong type, a missing field or a bad value
+/// is a <see cref="ManifestException"/> that says which field and what was expected.
+/// </summary>
+public static class ManifestLoader
+{
+    private static readonly string[] DriverFields = ["name", "assembly", "type", "isolation", "hostGroup", "parameters", "devices", "attachTo", "limits"];
+    private static readonly string[] DeviceFields = ["name", "type", "links", "parameters"];
+    private static readonly string[] LimitFields = ["requestTimeoutMs"];
+
+    public static DriverManifest LoadFile(string path)
+    {
+        string json;
+        try
+        {
+            json = File.ReadAllText(path);
+        }
+        catch (Exception ex) when (ex is IOException or UnauthorizedAccessException)
+        {
+            throw new ManifestException(path, "$", $"cannot read the manifest: {ex.Message}");
+        }
+
+        return Parse(json, Path.GetFullPath(path));
+    }
+
+    public static DriverManifest Parse(string json, string source)
+    {
+        JsonDocument document;
+        try
+        {
+            document = JsonDocument.Parse(json, new JsonDocumentOptions { CommentHandling = JsonCommentHandling.Skip, AllowTrailingCommas = true, MaxDepth = 16 });
+        }
+        catch (JsonException ex)
+        {
+            throw new ManifestException(source, "$", $"not valid JSON (line {ex.LineNumber + 1}, byte {ex.BytePositionInLine + 1}): {FirstSentence(ex.Message)}");
+        }
+
+        using (document)
+        {
+            var root = document.RootElement;
+            var reader = new FieldReader(source, "$", root);
+            reader.ExpectObject(DriverFields);
+
+            var name = reader.RequiredString("name");
+            if (!IsIdentifier(name))
+            {
+                throw reader.Error("name", $"expected letters, digits, '.', '_' or '-'; got \"{name}\"");
+            }
+
+            var isolation = IsolationModel.Process;
+            var isolationText = reader.OptionalString("isolation");
+            if (isolationText is not null && !IsolationModels.TryParse(isolationText, out isolation))
+            {
+                throw reader.Error("isolation", $"expected one of \"in-kernel\", \"shared-host\", \"process\"; got \"{isolationText}\"");
+            }
+
+            var devices = reader.OptionalArray("devices", (element, path) => ReadDevice(source, path, element));
+            var attachTo = reader.OptionalArray("attachTo", (element, path) => ReadDeviceName(source, path, element));
+            if (devices.Count == 0 && attachTo.Count == 0)
+            {
+                throw reader.Error("devices", "a driver declares the devices it creates (\"devices\") or, for a filter, the devices it attaches above (\"attachTo\"); this one has neither");
+            }
+
+            if (devices.Count > 0 && attachTo.Count > 0)
+            {
+                throw reader.Error("attachTo", "a driver is a function driver (\"devices\") or a filter (\"attachTo\"), not both");
+            }
+
+            var hostGroup = reader.OptionalString("hostGroup") ?? "shared";
+            if (!IsIdentifier(hostGroup))
+            {
+                throw reader.Error("hostGroup", $"expected letters, digits, '.', '_' or '-'; got \"{hostGroup}\"");
+            }
+
+            return new DriverManifest
+            {
+                Name = name,
+                Assembly = reader.RequiredString("assembly"),
+                Type = reader.OptionalString("type"),
+                Isolation = isolation,
+                HostGroup = hostGroup,
+                Parameters = reader.Parameters("parameters"),
+                Devices = devices,
+                AttachTo = attachTo,
+                Limits = ReadLimits(reader),
+                Source = source,
+            };
+        }
+    }
+
+    /// <summary>The full path of the driver assembly: beside the manifest first, then in the
+    /// application's directory.</summary>
+    public static string ResolveAssemblyPath(DriverManifest manifest)
+    {
+        if (Path.IsPathRooted(manifest.Assembly))
+        {
+            return manifest.Assembly;
+        }
+
+        if (File.Exists(manifest.Source))
+        {
+            var besideManifest = Path.Combine(Path.GetDirectoryName(manifest.Source)!, manifest.Assembly);
+            if (File.Exists(besideManifest))
+            {
+                return Path.GetFullPath(besideManifest);
+            }
+        }
+
+        return Path.Combine(AppContext.BaseDirectory, manifest.Assembly);
+    }
+
+    private static DeviceManifest ReadDevice(string source, string path, JsonElement element)
+    {
+        var reader = new FieldReader(source, path, element);
+        reader.ExpectObject(DeviceFields);
+        var typeText = reader.OptionalString("type") ?? "unknown";
+        var type = typeText switch
+        {
+            "null" => DeviceType.Null,
+            "disk" => DeviceType.Disk,
+            "network" => DeviceType.Network,
+            "serial" => DeviceType.Serial,
+            "unknown" => DeviceType.Unknown,
+            _ => throw reader.Error("type", $"expected one of \"null\", \"disk\", \"network\", \"serial\", \"unknown\"; got \"{typeText}\""),
+        };
+
+        var name = reader.RequiredString("name");
+        if (!name.StartsWith(@"\Device\", StringComparison.OrdinalIgnoreCase) || name.Length <= 8 || name.IndexOf('\\', 8) >= 0)
+        {
+            throw reader.Error("name", $"expected a device name like \"\\\\Device\\\\Disk0\"; got \"{name}\"");
+        }
+
+        return new DeviceManifest
+        {
+            Name = name,
+            Type = type,
+            Links = reader.OptionalArray("links", (link, linkPath) =>
+            {
+                var text = link.ValueKind == JsonValueKind.String ? link.GetString()! : throw new ManifestException(source, linkPath, $"expected a string; got {Describe(link)}");
+                return text.StartsWith('\\') && text.Length > 1
+                    ? text
+                    : throw new ManifestException(source, linkPath, $"expected a namespace path like \"\\\\??\\\\Disk0\"; got \"{text}\"");
+            }),
+            Parameters = reader.Parameters("parameters"),
+        };
+    }
+
+    private static string ReadDeviceName(string source, string path, JsonElement element) =>
+        element.ValueKind == JsonValueKind.String && element.GetString() is { Length: > 0 } name && name.StartsWith('\\')
+            ? name
+            : throw new ManifestException(source, path, $"expected a device name like \"\\\\Device\\\\Disk0\"; got {Describe(element)}");
+
+    private static DriverLimits ReadLimits(FieldReader driver)
+    {
+        if (!driver.TryGet("limits", out var element))
+        {
+            return new DriverLimits();
+        }
+
+        var reader = new FieldReader(driver.Source, $"{driver.Path}.limits", element);
+        reader.ExpectObject(LimitFields);
+        var timeoutMs = reader.OptionalPositiveInt("requestTimeoutMs");
+        return new DriverLimits { RequestTimeout = timeoutMs is null ? null : TimeSpan.FromMilliseconds(timeoutMs.Value) };
+    }
+
+    private static bool IsIdentifier(string text) =>
+        text.Length is > 0 and <= 64 && text.All(c => char.IsAsciiLetterOrDigit(c) || c is '.' or '_' or '-');
+
+    private static string FirstSentence(string message)
+    {
+        var end = message.IndexOf(". ", StringComparison.Ordinal);
+        return end < 0 ? message : message[..end];
+    }
+
+    internal static string Describe(JsonElement element) => element.ValueKind switch
+    {
+        JsonValueKind.String => $"the string \"{element.GetString()}\"",
+        JsonValueKind.Number => $"the number {element.GetRawText()}",
+        JsonValueKind.True or JsonValueKind.False => $"{element.GetRawText()}",
+        JsonValueKind.Null => "null",
+        JsonValueKind.Array => "an array",
+        JsonValueKind.Object => "an object",
+        _ => element.ValueKind.ToString(),
+    };
+
+    /// <summary>Reads the fields of one JSON object, naming them by path in every error.</summary>
+    private readonly struct FieldReader(string source, string path, JsonElement element)
+    {
+        public string Source => source;
+
+        public string Path => path;
+
+        public ManifestException Error(string field, string problem) => new(source, $"{path}.{field}", problem);
+
+        public void ExpectObject(string[] knownFields)
+        {
+            if (element.ValueKind != JsonValueKind.Object)
+            {
+                throw new ManifestException(source, path, $"expected an object; got {Describe(element)}");
+            }
+
+            foreach (var property in element.EnumerateObject())
+            {
+                if (Array.IndexOf(knownFields, property.Name) < 0)
+                {
+                    throw Error(property.Name, $"unknown field; expected one of {string.Join(", ", knownFields)}");
+                }
+            }
+        }
+
+        public bool TryGet(string field, out JsonElement value)
+        {
+            if (element.TryGetProperty(field, out value) && value.ValueKind != JsonValueKind.Null)
+            {
+                return true;
+            }
+
+            value = default;
+            return false;
+        }
+
+        public string RequiredString(string field) =>
+            OptionalString(field) ?? throw Error(field, "required, and missing");
+
+        public string? OptionalString(string field)
+        {
+            if (!TryGet(field, out var value))
+            {
+                return null;
+            }
+
+            return value.ValueKind == JsonValueKind.String && value.GetString() is { Length: > 0 } text
+                ? text
+                : throw Error(field, $"expected a non-empty string; got {Describe(value)}");
+        }
+
+        public int? OptionalPositiveInt(string field)
+        {
+            if (!TryGet(field, out var value))
+            {
+                return null;
+            }
+
+            return value.ValueKind == JsonValueKind.Number && value.TryGetInt32(out var number) && number > 0
+                ? number
+                : throw Error(field, $"expected a positive whole number; got {Describe(value)}");
+        }
+
+        public List<T> OptionalArray<T>(string field, Func<JsonElement, string, T> read)
+        {
+            if (!TryGet(field, out var value))
+            {
+                return [];
+            }
+
+            if (value.ValueKind != JsonValueKind.Array)
+            {
+                throw Error(field, $"expected an array; got {Describe(value)}");
+            }
+
+            var items = new List<T>();
+            var index = 0;
+            foreach (var item in value.EnumerateArray())
+            {
+                items.Add(read(item, $"{path}.{field}[{index++}]"));
+            }
+
+            return items;
+        }
+
+        /// <summary>A string-to-string map; numbers and booleans are accepted and kept as text.</summary>
+        public Dictionary<string, string> Parameters(string field)
+        {
+            var result = new Dictionary<string, string>(StringComparer.Ordinal);
+            if (!TryGet(field, out var value))
+            {
+                return result;
+            }
+
+            if (value.ValueKind != JsonValueKind.Object)
+            {
+                throw Error(field, $"expected an object of names to values; got {Describe(value)}");
+            }
+
+            foreach (var property in value.EnumerateObject())
+            {
+                result[property.Name] = property.Value.ValueKind switch
+                {
+                    JsonValueKind.String => property.Value.GetString()!,
+                    JsonValueKind.Number => property.Value.GetRawText(),
+                    JsonValueKind.True => "true",
+                    JsonValueKind.False => "false",
+                    _ => throw new ManifestException(source, $"{path}.{field}.{property.Name}", $"expected a string, number or boolean; got {Describe(property.Value)}"),
+                };
+            }
+
+            return result;
+        }
+    }
+}

@@ -1,1 +1,0 @@
-namespace DriverIsolation.Kernel; public static class Placeholder {}
