@@ -16,7 +16,7 @@ public static class KernelServiceCollectionExtensions
         configure?.Invoke(options);
         services.TryAddSingleton(TimeProvider.System);
         services.TryAddSingleton(options);
-        services.TryAddSingleton(sp => new Kernel(
+        services.TryAddSingleton(sp => new Microkernel(
             sp.GetRequiredService<KernelOptions>(),
             sp.GetService<ILoggerFactory>() ?? NullLoggerFactory.Instance,
             sp.GetRequiredService<TimeProvider>()));

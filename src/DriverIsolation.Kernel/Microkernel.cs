@@ -9,7 +9,7 @@ namespace DriverIsolation.Kernel;
 /// through <see cref="OpenAsync"/>. A driver or host that fails never takes the kernel with it,
 /// except in-kernel, where that is the point.
 /// </summary>
-public sealed class Kernel : IAsyncDisposable
+public sealed class Microkernel : IAsyncDisposable
 {
     private readonly KernelOptions _options;
     private readonly ILoggerFactory _loggerFactory;
@@ -24,7 +24,7 @@ public sealed class Kernel : IAsyncDisposable
     private int _nextDriverId;
     private int _nextDeviceId;
 
-    public Kernel(KernelOptions? options = null, ILoggerFactory? loggerFactory = null, TimeProvider? timeProvider = null)
+    public Microkernel(KernelOptions? options = null, ILoggerFactory? loggerFactory = null, TimeProvider? timeProvider = null)
     {
         _options = options ?? new KernelOptions();
         _loggerFactory = loggerFactory ?? NullLoggerFactory.Instance;

@@ -1,1 +1,0 @@
-namespace DriverIsolation.Drivers.Echo; public static class Placeholder {}

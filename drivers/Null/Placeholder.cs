@@ -1,1 +1,0 @@
-namespace DriverIsolation.Drivers.Null; public static class Placeholder {}

@@ -1,1 +1,0 @@
-namespace DriverIsolation.Drivers.RamDisk; public static class Placeholder {}

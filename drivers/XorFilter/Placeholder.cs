@@ -1,1 +1,0 @@
-namespace DriverIsolation.Drivers.XorFilter; public static class Placeholder {}
