@@ -256,16 +256,27 @@ public sealed class Microkernel : IAsyncDisposable
 
     private void OnHostExited(ProcessHostChannel host, string reason)
     {
+        bool stopping;
         lock (_gate)
         {
-            foreach (var driver in _drivers.Where(d => d.Host == host && d.State != DriverState.Stopped))
+            var hosted = _drivers.Where(d => d.Host == host).ToList();
+            stopping = hosted.Count > 0 && hosted.All(d => d.State == DriverState.Stopped);
+            foreach (var driver in hosted.Where(d => d.State != DriverState.Stopped))
             {
                 driver.SetFailed($"host exited: {reason}");
             }
         }
 
         var completed = _io.OnHostExited(host);
-        Log.HostExited(_logger, host.Name, host.ProcessId, reason, completed);
+        if (stopping)
+        {
+            Log.HostStopped(_logger, host.Name, host.ProcessId, reason);
+        }
+        else
+        {
+            Log.HostExited(_logger, host.Name, host.ProcessId, reason, completed);
+        }
+
         Events.Add(KernelEventKind.HostExited, host.Name, null, $"PID {host.ProcessId}: {reason}; {completed} IRPs completed with DriverProcessTerminated");
     }
 

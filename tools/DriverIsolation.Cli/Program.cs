@@ -1,1 +1,8 @@
-return 0;
+using System.CommandLine;
+using DriverIsolation.Cli.Commands;
+
+var root = new RootCommand("drviso: a simulated microkernel whose drivers run in isolated host processes")
+{
+    DemoCommand.Create(),
+};
+return await root.Parse(args).InvokeAsync();

@@ -11,6 +11,9 @@ internal static partial class Log
     [LoggerMessage(1002, LogLevel.Warning, "Host {Host} (PID {ProcessId}) exited: {Reason}; {Irps} outstanding IRPs completed with DriverProcessTerminated")]
     public static partial void HostExited(ILogger logger, string host, int processId, string reason, int irps);
 
+    [LoggerMessage(1006, LogLevel.Information, "Host {Host} (PID {ProcessId}) stopped: {Reason}")]
+    public static partial void HostStopped(ILogger logger, string host, int processId, string reason);
+
     [LoggerMessage(1003, LogLevel.Warning, "Host {Host}: {Line}")]
     public static partial void HostOutput(ILogger logger, string host, string line);
 
