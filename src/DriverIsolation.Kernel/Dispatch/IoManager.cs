@@ -390,7 +390,7 @@ internal sealed class IoManager
         }
 
         Refuse(from, what, irpId, irpId > Volatile.Read(ref _lastIrpId) || irpId <= 0
-            ? "no such IRP was ever issued"
+            ? "the kernel never issued an IRP with this id"
             : "the IRP is not outstanding");
     }
 

@@ -1,5 +1,6 @@
 using System.Buffers.Binary;
 using DriverIsolation.Disk;
+using DriverIsolation.Drivers.XorFilter;
 using DriverIsolation.Kernel;
 
 namespace DriverIsolation.Tests;
@@ -224,6 +225,48 @@ public abstract class SampleDriverBehaviour(KernelFixture fixture)
         Assert.Equal(new IoResult(NtStatus.Success, 16), result);
         Assert.All(buffer, b => Assert.Equal(0x11, b));
         Assert.Equal(overstated.IrpId, pending.IrpId);
+    }
+
+    [Fact]
+    public async Task Forger_CompletingIrpsItNeverGot_IsRefusedAndTheOwnerIsUnaffected()
+    {
+        await using var echo = await Kernel.OpenAsync(@"\??\Echo").Bounded();
+        await using var forger = await Kernel.OpenAsync(@"\Device\Forger").Bounded();
+        var echoBuffer = new byte[16];
+        var forgerBuffer = new byte[8];
+
+        var echoRead = echo.ReadAsync(echoBuffer);
+        var forged = await forger.ReadAsync(forgerBuffer).Bounded();
+        var neverIssued = await Kernel.Events.WaitForAsync(e => e.Kind == KernelEventKind.CompletionRefused && e.Detail.Contains("never issued", StringComparison.Ordinal)).Bounded();
+        var notOwned = await Kernel.Events.WaitForAsync(e => e.Kind == KernelEventKind.CompletionRefused && e.Detail.Contains("is held by", StringComparison.Ordinal)).Bounded();
+
+        Assert.Equal(new IoResult(NtStatus.Success, 8), forged);
+        Assert.All(forgerBuffer, b => Assert.Equal(0x77, b));
+        Assert.False(echoRead.IsCompleted);
+        Assert.Equal(notOwned.IrpId + 1, neverIssued.IrpId - 1_000_000);
+
+        var write = await echo.WriteAsync("mine"u8.ToArray()).Bounded();
+        Assert.Equal(new IoResult(NtStatus.Success, 4), await echoRead.Bounded());
+        Assert.Equal(new IoResult(NtStatus.Success, 4), write);
+        Assert.Equal("mine"u8.ToArray(), echoBuffer[..4]);
+    }
+
+    [Fact]
+    public async Task XorFilter_TransformsEveryWriteAndReadOnTheWayThrough()
+    {
+        await using var disk = await Kernel.OpenAsync(@"\Device\RamDisk0").Bounded();
+        var stats = new byte[XorFilterIoControl.StatisticsSize];
+        Assert.Equal(NtStatus.Success, (await disk.DeviceIoControlAsync(XorFilterIoControl.GetStatistics, ReadOnlyMemory<byte>.Empty, stats).Bounded()).Status);
+        var (writesBefore, readsBefore) = (BinaryPrimitives.ReadInt64LittleEndian(stats), BinaryPrimitives.ReadInt64LittleEndian(stats.AsSpan(8)));
+
+        await disk.WriteAsync(new byte[1024], offset: 4096).Bounded();
+        await disk.ReadAsync(new byte[512], offset: 4096).Bounded();
+        await disk.ReadAsync(new byte[512], offset: 1L << 20).Bounded();
+        await disk.DeviceIoControlAsync(XorFilterIoControl.GetStatistics, ReadOnlyMemory<byte>.Empty, stats).Bounded();
+
+        // The failed read (past the end) is not decrypted: nothing came back to transform.
+        Assert.Equal(writesBefore + 1, BinaryPrimitives.ReadInt64LittleEndian(stats));
+        Assert.Equal(readsBefore + 1, BinaryPrimitives.ReadInt64LittleEndian(stats.AsSpan(8)));
     }
 
     [Fact]

@@ -21,7 +21,7 @@ public abstract class KernelFixture : IAsyncLifetime
     public async Task InitializeAsync()
     {
         Kernel = new Microkernel(new KernelOptions(), timeProvider: Time);
-        IEnumerable<DriverManifest> manifests = [.. TestManifests.Samples(), TestManifests.Test("DoubleComplete"), TestManifests.Test("Overstate")];
+        IEnumerable<DriverManifest> manifests = [.. TestManifests.Samples(), TestManifests.Test("DoubleComplete"), TestManifests.Test("Overstate"), TestManifests.Test("Forger")];
         await Kernel.StartAsync(manifests, Isolation).Bounded();
         var failed = Kernel.GetDrivers().Where(d => d.State != DriverState.Running).ToList();
         if (failed.Count > 0)
