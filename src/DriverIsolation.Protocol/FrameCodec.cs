@@ -61,24 +61,28 @@ public static class FrameCodec
         return true;
     }
 
-    /// <summary>Decodes one frame body into a message.</summary>
+    /// <summary>Decodes one frame body into a message: a two-element array of the message kind and
+    /// the message's fields, exactly as many as the kind has, none of them nil unless the field
+    /// may be null, and nothing after it.</summary>
     /// <exception cref="ProtocolException">The body is not exactly one valid message.</exception>
     public static Message DecodeBody(ReadOnlySequence<byte> body, MessagePackSerializerOptions options)
     {
-        Message? message;
         var reader = new MessagePackReader(body);
+        MessageShapes.Shape shape;
+        Message? message;
         try
         {
+            shape = CheckShape(reader.CreatePeekReader());
             message = MessagePackSerializer.Deserialize<Message>(ref reader, options);
         }
-        catch (MessagePackSerializationException ex)
+        catch (Exception ex) when (ex is MessagePackSerializationException or EndOfStreamException or OverflowException or InvalidOperationException)
         {
             throw new ProtocolException($"Malformed message body ({body.Length} bytes): {Innermost(ex).Message}", ex);
         }
 
-        if (message is null)
+        if (message is null || message.GetType() != shape.Type)
         {
-            throw new ProtocolException("Malformed message body: it decodes to nil, not a message.");
+            throw new ProtocolException("Malformed message body: it does not decode to the message its kind names.");
         }
 
         if (!reader.End)
@@ -86,7 +90,41 @@ public static class FrameCodec
             throw new ProtocolException($"Malformed message body: {reader.Sequence.Length - reader.Consumed} bytes left after the message.");
         }
 
+        if (shape.FirstNilField(message) is { } nil)
+        {
+            throw new ProtocolException($"Malformed {shape.Type.Name}: {nil} is nil.");
+        }
+
         return message;
+    }
+
+    private static MessageShapes.Shape CheckShape(MessagePackReader peek)
+    {
+        if (peek.NextMessagePackType != MessagePackType.Array || peek.ReadArrayHeader() != 2)
+        {
+            throw new ProtocolException("Malformed message body: expected [kind, fields].");
+        }
+
+        if (peek.NextMessagePackType != MessagePackType.Integer)
+        {
+            throw new ProtocolException("Malformed message body: the message kind is not an integer.");
+        }
+
+        var key = peek.ReadInt32();
+        if (!MessageShapes.TryGet(key, out var shape))
+        {
+            throw new ProtocolException($"Malformed message body: unknown message kind {key}.");
+        }
+
+        if (peek.NextMessagePackType != MessagePackType.Array)
+        {
+            throw new ProtocolException($"Malformed {shape.Type.Name}: its fields are not an array.");
+        }
+
+        var count = peek.ReadArrayHeader();
+        return count == shape.FieldCount
+            ? shape
+            : throw new ProtocolException($"Malformed {shape.Type.Name}: {count} fields, expected {shape.FieldCount}.");
     }
 
     /// <summary>Writes one framed message: the body is serialized into <paramref name="scratch"/>

@@ -1,0 +1,27 @@
+using DriverIsolation.Protocol;
+
+namespace DriverIsolation.Tests;
+
+/// <summary>One instance of every message kind, with every field set to something non-default.</summary>
+internal static class AllMessages
+{
+    public static IReadOnlyList<Message> Samples() =>
+    [
+        new Hello(ProtocolConstants.Version, [1, 2, 3, 4], 4242),
+        new Welcome(ProtocolConstants.Version, "RamDisk"),
+        new Refused("wrong token"),
+        new LoadDriver(7, "RamDisk", "/opt/drivers/RamDisk.dll", "Some.Type", new Dictionary<string, string> { ["a"] = "1", ["b"] = "two" }),
+        new DriverLoaded(7, NtStatus.ObjectNameNotFound, "missing"),
+        new AddDevice(7, 11, @"\Device\RamDisk0", DeviceType.Disk, true, new Dictionary<string, string> { ["sizeBytes"] = "1048576" }),
+        new DeviceAdded(11, NtStatus.Success, null),
+        new Dispatch(123456789012, 11, MajorFunction.DeviceControl, 3, 99, 4096, 512, 0x70000, new byte[] { 9, 8, 7 }, 16),
+        new Complete(123456789012, 11, NtStatus.BufferTooSmall, 16, new byte[] { 1, 2 }),
+        new PassDown(42, 11, true, 8192, 1024, new byte[] { 5, 5, 5 }),
+        new LowerCompleted(42, 10, NtStatus.Success, 3, new byte[] { 6, 6, 6 }),
+        new Cancel(42, 10),
+        new Ping(long.MaxValue),
+        new Pong(17, 123_456_789),
+        new Log(7, 4, "driver said something"),
+        new Shutdown("kernel shutdown"),
+    ];
+}
