@@ -161,6 +161,12 @@ internal sealed class ProcessHostChannel : IHostChannel
         {
             // Killed: the exit path reports.
         }
+#pragma warning disable CA1031 // Whatever goes wrong with one host's messages, the kernel must not go down with it.
+        catch (Exception ex)
+#pragma warning restore CA1031
+        {
+            Violation($"the kernel could not handle a message from this host: {ex.GetType().Name}: {ex.Message}");
+        }
         finally
         {
             // A host without its pipe is of no use to anyone: make sure it is gone.
