@@ -96,7 +96,7 @@ internal sealed class IoManager
             }
 
             irp.CancelRequested = true;
-            layer = irp.Device.Layers[irp.Layer];
+            layer = irp.Layers[irp.Layer];
         }
 
         layer.Host.Cancel(irp.Id, layer);
@@ -142,7 +142,7 @@ internal sealed class IoManager
             return;
         }
 
-        var layer = irp.Device.Layers[upper];
+        var layer = irp.Layers[upper];
         if (!layer.Driver.IsRunning)
         {
             TryFinish(irp, IoResult.FromStatus(NtStatus.DriverProcessTerminated));
@@ -167,7 +167,7 @@ internal sealed class IoManager
         lock (irp.Gate)
         {
             refusal = CheckOwner(irp, from, deviceId);
-            if (refusal is null && irp.Layer + 1 >= irp.Device.Layers.Length)
+            if (refusal is null && irp.Layer + 1 >= irp.Layers.Length)
             {
                 refusal = $"{irp.Device.Name} has no layer below {deviceId}";
             }
@@ -212,7 +212,7 @@ internal sealed class IoManager
             bool owned;
             lock (irp.Gate)
             {
-                owned = !irp.Completed && irp.Device.Layers[irp.Layer].Host == host;
+                owned = !irp.Completed && irp.Layers[irp.Layer].Host == host;
                 if (owned)
                 {
                     irp.Completed = true;
@@ -251,7 +251,7 @@ internal sealed class IoManager
 
     private void SendToLayer(KernelIrp irp, int index, bool cancelAfterSend)
     {
-        var layer = irp.Device.Layers[index];
+        var layer = irp.Layers[index];
         if (!layer.Driver.IsRunning)
         {
             var status = layer.Driver.State == DriverState.Failed ? NtStatus.DriverProcessTerminated : NtStatus.DeviceNotReady;
@@ -277,7 +277,7 @@ internal sealed class IoManager
             }
 
             irp.Completed = true;
-            layer = irp.Device.Layers[irp.Layer];
+            layer = irp.Layers[irp.Layer];
         }
 
         Log.IrpTimedOut(_logger, irp.Id, irp.MajorFunction, irp.Device.Name, irp.Device.RequestTimeout);
@@ -295,7 +295,7 @@ internal sealed class IoManager
             return "the IRP is already completed";
         }
 
-        var owner = irp.Device.Layers[irp.Layer];
+        var owner = irp.Layers[irp.Layer];
         if (owner.Host != from)
         {
             return $"the IRP is held by {owner.Driver.Name} in {owner.Host.Name}, not by this host";

@@ -21,6 +21,7 @@ internal sealed class KernelIrp
         CallerOutput = callerOutput;
         OutputLength = callerOutput.Length;
         StartTimestamp = startTimestamp;
+        Layers = file.Device.Layers;
     }
 
     public long Id { get; }
@@ -28,6 +29,10 @@ internal sealed class KernelIrp
     public FileObject File { get; }
 
     public KernelDevice Device => File.Device;
+
+    /// <summary>The device stack as it was when the IRP entered (a filter attached later does
+    /// not shift the layer indices of IRPs already in flight).</summary>
+    public DeviceLayer[] Layers { get; }
 
     public MajorFunction MajorFunction { get; }
 

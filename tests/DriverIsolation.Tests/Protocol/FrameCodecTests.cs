@@ -177,6 +177,21 @@ public sealed class FrameCodecTests
     }
 
     [Fact]
+    public void DecodeBody_BufferFields_AreCopiesThatOutliveTheFrame()
+    {
+        // The receive loop hands the frame's memory back to the pipe as soon as a message is
+        // decoded; a buffer field that still pointed into it would change under the kernel.
+        var frame = FrameCodec.Encode(new Complete(1, 2, NtStatus.Success, 3, new byte[] { 1, 2, 3 }));
+        var sequence = new ReadOnlySequence<byte>(frame);
+        Assert.True(FrameCodec.TryReadFrame(ref sequence, ProtocolConstants.DefaultMaxFrameSize, out var body));
+        var complete = Assert.IsType<Complete>(FrameCodec.DecodeBody(body, FrameCodec.UntrustedOptions));
+
+        Array.Clear(frame);
+
+        Assert.Equal(new byte[] { 1, 2, 3 }, complete.Data.ToArray());
+    }
+
+    [Fact]
     public void WriteFrame_MessageOverTheLimit_Throws()
     {
         var big = new Complete(1, 1, NtStatus.Success, 0, new byte[2048]);
