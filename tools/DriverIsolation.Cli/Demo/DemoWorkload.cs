@@ -52,6 +52,7 @@ internal sealed class DemoWorkload(Microkernel kernel, LatencyRecorder recorder,
             new IoResult(NtStatus.Success, DiskGeometry.EncodedSize), "disk geometry");
         var geometry = DiskGeometry.Read(geometryBytes);
         var blocks = (int)(geometry.LengthBytes / BlockSize);
+        var before = await ReadFilterStatisticsAsync(disk).ConfigureAwait(false);
 
         // Each slot owns a disjoint set of blocks, so a read always checks its own slot's write.
         await ForEachAsync(requests / 2, async (i, slot) =>
@@ -76,10 +77,17 @@ internal sealed class DemoWorkload(Microkernel kernel, LatencyRecorder recorder,
         }).ConfigureAwait(false);
 
         Expect(await recorder.TimeAsync(disk.DeviceName, () => disk.FlushAsync()).ConfigureAwait(false), new IoResult(NtStatus.Success, 0), "disk flush");
+        var after = await ReadFilterStatisticsAsync(disk).ConfigureAwait(false);
+        FilterStatistics = (after.Writes - before.Writes, after.Reads - before.Reads);
+    }
+
+    /// <summary>The XorFilter's own control code: how many writes and reads it has transformed.</summary>
+    private async Task<(long Writes, long Reads)> ReadFilterStatisticsAsync(DeviceHandle disk)
+    {
         var stats = new byte[XorFilterIoControl.StatisticsSize];
         Expect(await recorder.TimeAsync(disk.DeviceName, () => disk.DeviceIoControlAsync(XorFilterIoControl.GetStatistics, ReadOnlyMemory<byte>.Empty, stats)).ConfigureAwait(false),
             new IoResult(NtStatus.Success, XorFilterIoControl.StatisticsSize), "filter statistics");
-        FilterStatistics = (BitConverter.ToInt64(stats, 0), BitConverter.ToInt64(stats, 8));
+        return (BitConverter.ToInt64(stats, 0), BitConverter.ToInt64(stats, 8));
     }
 
     private async Task EchoAsync()
