@@ -30,6 +30,8 @@ public sealed record DriverManifest
 
     public DriverLimits Limits { get; init; } = new();
 
+    public RecoveryPolicy Recovery { get; init; } = new();
+
     /// <summary>Where the manifest came from (a path, or "embedded:..."), for error messages and
     /// resolving a relative assembly path.</summary>
     public string Source { get; init; } = "(code)";
@@ -55,4 +57,55 @@ public sealed record DriverLimits
     /// <summary>Deadline of every IRP to this driver's devices; past it the IRP completes with
     /// IoTimeout. Null: the kernel's default. Protects callers from a driver that never answers.</summary>
     public TimeSpan? RequestTimeout { get; init; }
+
+    /// <summary>Working set a host of this driver may reach; past it, the watchdog kills the host.
+    /// Null: no limit. Protects the machine from a driver that leaks.</summary>
+    public long? MemoryBytes { get; init; }
+
+    /// <summary>Major functions whose IRPs must not outlive their deadline: one that does means
+    /// the driver is hung, and the watchdog kills its host (a hang becomes a crash, with one
+    /// recovery path for both).</summary>
+    public IReadOnlyList<MajorFunction> Critical { get; init; } = [];
+}
+
+/// <summary>What happens to in-flight requests when a driver's host dies.</summary>
+public enum InFlightPolicy
+{
+    /// <summary>Complete them with DriverProcessTerminated (as UMDF does).</summary>
+    Fail,
+
+    /// <summary>Hold the idempotent ones and re-issue them to the restarted driver.</summary>
+    Retry,
+}
+
+/// <summary>How the watchdog brings a driver back (DESIGN.md, "Watchdog and recovery").</summary>
+public sealed record RecoveryPolicy
+{
+    /// <summary>Restart the driver when its host dies. Default true.</summary>
+    public bool Restart { get; init; } = true;
+
+    public InFlightPolicy InFlight { get; init; } = InFlightPolicy.Fail;
+
+    /// <summary>Requests that may be re-issued after a restart under <see cref="InFlightPolicy.Retry"/>.</summary>
+    public IReadOnlyList<MajorFunction> Idempotent { get; init; } = [MajorFunction.Read, MajorFunction.Write, MajorFunction.FlushBuffers];
+
+    /// <summary>More failures than this within <see cref="FailureWindow"/> quarantine the driver.
+    /// Default 5, as UMDF's restart limit.</summary>
+    public int MaxFailures { get; init; } = 5;
+
+    public TimeSpan FailureWindow { get; init; } = TimeSpan.FromMinutes(1);
+
+    /// <summary>An instance that lived this long was healthy: the next failure restarts at once
+    /// again instead of backing off further.</summary>
+    public TimeSpan QuietPeriod { get; init; } = TimeSpan.FromSeconds(30);
+
+    /// <summary>The first restart is immediate; later ones wait about base·2^n (with jitter), at
+    /// most <see cref="BackoffMax"/>.</summary>
+    public TimeSpan BackoffBase { get; init; } = TimeSpan.FromMilliseconds(10);
+
+    public TimeSpan BackoffMax { get; init; } = TimeSpan.FromSeconds(5);
+
+    /// <summary>The system cannot run properly without this driver: if it is quarantined at boot,
+    /// the kernel comes up in safe mode (without it) and says so.</summary>
+    public bool BootCritical { get; init; }
 }

@@ -9,9 +9,24 @@ namespace DriverIsolation.Kernel;
 /// </summary>
 public static class ManifestLoader
 {
-    private static readonly string[] DriverFields = ["name", "assembly", "type", "isolation", "hostGroup", "parameters", "devices", "attachTo", "limits"];
+    private static readonly string[] DriverFields = ["name", "assembly", "type", "isolation", "hostGroup", "parameters", "devices", "attachTo", "limits", "recovery"];
     private static readonly string[] DeviceFields = ["name", "type", "links", "parameters"];
-    private static readonly string[] LimitFields = ["requestTimeoutMs"];
+    private static readonly string[] LimitFields = ["requestTimeoutMs", "memoryMb", "critical"];
+    private static readonly string[] RecoveryFields = ["restart", "inFlight", "idempotent", "maxFailures", "failureWindowMs", "quietPeriodMs", "backoffBaseMs", "backoffMaxMs", "bootCritical"];
+
+    private static readonly Dictionary<string, MajorFunction> MajorNames = new(StringComparer.Ordinal)
+    {
+        ["create"] = MajorFunction.Create,
+        ["cleanup"] = MajorFunction.Cleanup,
+        ["close"] = MajorFunction.Close,
+        ["read"] = MajorFunction.Read,
+        ["write"] = MajorFunction.Write,
+        ["flush"] = MajorFunction.FlushBuffers,
+        ["deviceControl"] = MajorFunction.DeviceControl,
+        ["internalDeviceControl"] = MajorFunction.InternalDeviceControl,
+        ["pnp"] = MajorFunction.Pnp,
+        ["power"] = MajorFunction.Power,
+    };
 
     public static DriverManifest LoadFile(string path)
     {
@@ -88,6 +103,7 @@ public static class ManifestLoader
                 Devices = devices,
                 AttachTo = attachTo,
                 Limits = ReadLimits(reader),
+                Recovery = ReadRecovery(reader),
                 Source = source,
             };
         }
@@ -165,8 +181,59 @@ public static class ManifestLoader
         var reader = new FieldReader(driver.Source, $"{driver.Path}.limits", element);
         reader.ExpectObject(LimitFields);
         var timeoutMs = reader.OptionalPositiveInt("requestTimeoutMs");
-        return new DriverLimits { RequestTimeout = timeoutMs is null ? null : TimeSpan.FromMilliseconds(timeoutMs.Value) };
+        var memoryMb = reader.OptionalPositiveInt("memoryMb");
+        return new DriverLimits
+        {
+            RequestTimeout = timeoutMs is null ? null : TimeSpan.FromMilliseconds(timeoutMs.Value),
+            MemoryBytes = memoryMb * 1024L * 1024L,
+            Critical = reader.OptionalArray("critical", (e, p) => ReadMajor(driver.Source, p, e)),
+        };
     }
+
+    private static RecoveryPolicy ReadRecovery(FieldReader driver)
+    {
+        if (!driver.TryGet("recovery", out var element))
+        {
+            return new RecoveryPolicy();
+        }
+
+        var reader = new FieldReader(driver.Source, $"{driver.Path}.recovery", element);
+        reader.ExpectObject(RecoveryFields);
+        var defaults = new RecoveryPolicy();
+        var inFlightText = reader.OptionalString("inFlight");
+        var inFlight = inFlightText switch
+        {
+            null => defaults.InFlight,
+            "fail" => InFlightPolicy.Fail,
+            "retry" => InFlightPolicy.Retry,
+            _ => throw reader.Error("inFlight", $"expected \"fail\" or \"retry\"; got \"{inFlightText}\""),
+        };
+        var idempotent = reader.TryGet("idempotent", out _)
+            ? reader.OptionalArray("idempotent", (e, p) => ReadMajor(driver.Source, p, e))
+            : defaults.Idempotent;
+        var policy = new RecoveryPolicy
+        {
+            Restart = reader.OptionalBool("restart") ?? defaults.Restart,
+            InFlight = inFlight,
+            Idempotent = idempotent,
+            MaxFailures = reader.OptionalPositiveInt("maxFailures") ?? defaults.MaxFailures,
+            FailureWindow = Milliseconds(reader.OptionalPositiveInt("failureWindowMs")) ?? defaults.FailureWindow,
+            QuietPeriod = Milliseconds(reader.OptionalPositiveInt("quietPeriodMs")) ?? defaults.QuietPeriod,
+            BackoffBase = Milliseconds(reader.OptionalPositiveInt("backoffBaseMs")) ?? defaults.BackoffBase,
+            BackoffMax = Milliseconds(reader.OptionalPositiveInt("backoffMaxMs")) ?? defaults.BackoffMax,
+            BootCritical = reader.OptionalBool("bootCritical") ?? defaults.BootCritical,
+        };
+        return policy.BackoffMax < policy.BackoffBase
+            ? throw reader.Error("backoffMaxMs", $"must be at least backoffBaseMs ({policy.BackoffBase.TotalMilliseconds} ms)")
+            : policy;
+    }
+
+    private static TimeSpan? Milliseconds(int? value) => value is null ? null : TimeSpan.FromMilliseconds(value.Value);
+
+    private static MajorFunction ReadMajor(string source, string path, JsonElement element) =>
+        element.ValueKind == JsonValueKind.String && MajorNames.TryGetValue(element.GetString()!, out var major)
+            ? major
+            : throw new ManifestException(source, path, $"expected one of {string.Join(", ", MajorNames.Keys)}; got {Describe(element)}");
 
     private static bool IsIdentifier(string text) =>
         text.Length is > 0 and <= 64 && text.All(c => char.IsAsciiLetterOrDigit(c) || c is '.' or '_' or '-');
@@ -237,6 +304,21 @@ public static class ManifestLoader
             return value.ValueKind == JsonValueKind.String && value.GetString() is { Length: > 0 } text
                 ? text
                 : throw Error(field, $"expected a non-empty string; got {Describe(value)}");
+        }
+
+        public bool? OptionalBool(string field)
+        {
+            if (!TryGet(field, out var value))
+            {
+                return null;
+            }
+
+            return value.ValueKind switch
+            {
+                JsonValueKind.True => true,
+                JsonValueKind.False => false,
+                _ => throw Error(field, $"expected true or false; got {Describe(value)}"),
+            };
         }
 
         public int? OptionalPositiveInt(string field)
