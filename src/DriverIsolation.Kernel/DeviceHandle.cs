@@ -63,6 +63,7 @@ public sealed class DeviceHandle : IAsyncDisposable
         }
 
         CancelIo();
+        _file.Device.OpenFiles.TryRemove(_file.Id, out _);
         await _io.SubmitAsync(_file, MajorFunction.Cleanup, 0, 0, 0, ReadOnlyMemory<byte>.Empty, Memory<byte>.Empty, CancellationToken.None).ConfigureAwait(false);
         return await _io.SubmitAsync(_file, MajorFunction.Close, 0, 0, 0, ReadOnlyMemory<byte>.Empty, Memory<byte>.Empty, CancellationToken.None).ConfigureAwait(false);
     }

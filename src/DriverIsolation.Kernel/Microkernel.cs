@@ -20,9 +20,14 @@ public sealed class Microkernel : IAsyncDisposable
     private readonly List<KernelDriver> _drivers = [];
     private readonly List<IHostChannel> _hosts = [];
     private readonly Lock _gate = new();
+    private readonly TimeProvider _time;
+    private readonly CancellationTokenSource _stopping = new();
+    private readonly List<Task> _supervision = [];
     private InKernelHostChannel? _inKernel;
     private int _nextDriverId;
     private int _nextDeviceId;
+    private volatile string? _safeMode;
+    private volatile bool _booting;
 
     public Microkernel(KernelOptions? options = null, ILoggerFactory? loggerFactory = null, TimeProvider? timeProvider = null)
     {
@@ -30,6 +35,7 @@ public sealed class Microkernel : IAsyncDisposable
         _loggerFactory = loggerFactory ?? NullLoggerFactory.Instance;
         _logger = _loggerFactory.CreateLogger("DriverIsolation.Kernel");
         var time = timeProvider ?? TimeProvider.System;
+        _time = time;
         Events = new KernelEventLog(time);
         _io = new IoManager(time, Events, _logger, _options);
         _launcher = new HostLauncher(_options, _io, Events, _loggerFactory);
@@ -42,6 +48,9 @@ public sealed class Microkernel : IAsyncDisposable
 
     /// <summary>Why the kernel went down, or null while it is up.</summary>
     public string? BugCheckReason => _io.BugCheckReason;
+
+    /// <summary>Why the system runs in safe mode (a boot-critical driver is quarantined), or null.</summary>
+    public string? SafeModeReason => _safeMode;
 
     /// <summary>IRPs in the kernel that have not completed yet.</summary>
     public int OutstandingIrps => _io.OutstandingCount;
@@ -93,6 +102,9 @@ public sealed class Microkernel : IAsyncDisposable
             _hosts.AddRange(started.Where(s => s.Channel is not null).Select(s => s.Channel!));
         }
 
+        _booting = true;
+        var supervised = new List<KernelDriver>();
+        var recovering = new List<KernelDriver>();
         foreach (var manifest in list.OrderBy(m => m.IsFilter))
         {
             var isolation = isolationOverride ?? manifest.Isolation;
@@ -119,8 +131,33 @@ public sealed class Microkernel : IAsyncDisposable
                 continue;
             }
 
-            await LoadAsync(driver, cancellationToken).ConfigureAwait(false);
+            var (status, detail) = await LoadAsync(driver, cancellationToken).ConfigureAwait(false);
+            if (isolation == IsolationModel.InKernel)
+            {
+                continue;
+            }
+
+            if (status.IsSuccess())
+            {
+                supervised.Add(driver);
+            }
+            else if (status == NtStatus.DriverProcessTerminated)
+            {
+                // Its host died while loading it (a crash in DriverEntry, say): the watchdog
+                // handles it as any other crash, and boot waits to see how that ends.
+                driver.SetState(DriverState.Restarting, detail);
+                recovering.Add(driver);
+            }
         }
+
+        foreach (var driver in supervised.Concat(recovering))
+        {
+            Supervise(driver);
+        }
+
+        await Task.WhenAll(recovering.Select(d => Events.WaitForAsync(e => e.Driver == d.Name &&
+            e.Kind is KernelEventKind.DriverRestarted or KernelEventKind.DriverQuarantined or KernelEventKind.DriverLoadFailed, cancellationToken))).ConfigureAwait(false);
+        _booting = false;
     }
 
     /// <summary>Opens a device by name or link (IRP_MJ_CREATE).</summary>
@@ -130,16 +167,20 @@ public sealed class Microkernel : IAsyncDisposable
         var device = _namespace.Resolve(path) ?? throw new IoException(NtStatus.ObjectNameNotFound, $"cannot open {path}");
         var file = _io.NewFileObject(device, path);
         var result = await _io.SubmitAsync(file, MajorFunction.Create, 0, 0, 0, ReadOnlyMemory<byte>.Empty, Memory<byte>.Empty, cancellationToken).ConfigureAwait(false);
-        return result.IsSuccess
-            ? new DeviceHandle(_io, file)
-            : throw new IoException(result.Status, $"cannot open {path}");
+        if (!result.IsSuccess)
+        {
+            throw new IoException(result.Status, $"cannot open {path}");
+        }
+
+        device.OpenFiles[file.Id] = file;
+        return new DeviceHandle(_io, file);
     }
 
     public IReadOnlyList<DriverInfo> GetDrivers()
     {
         lock (_gate)
         {
-            return [.. _drivers.Select(d => new DriverInfo(d.Name, d.Isolation, d.Host.Name, d.Host.ProcessId, d.State, d.Failure))];
+            return [.. _drivers.Select(d => new DriverInfo(d.Name, d.Isolation, d.Host.Name, d.Host.ProcessId, d.State, d.Failure, d.Restarts))];
         }
     }
 
@@ -165,6 +206,14 @@ public sealed class Microkernel : IAsyncDisposable
     /// <summary>Stops every host (Shutdown, then kill after a grace period) and unloads in-kernel drivers.</summary>
     public async ValueTask DisposeAsync()
     {
+        await _stopping.CancelAsync().ConfigureAwait(false);
+        Task[] supervision;
+        lock (_gate)
+        {
+            supervision = [.. _supervision];
+        }
+
+        await Task.WhenAll(supervision).ConfigureAwait(false);
         IHostChannel[] hosts;
         lock (_gate)
         {
@@ -181,22 +230,35 @@ public sealed class Microkernel : IAsyncDisposable
         {
             await _inKernel.DisposeAsync().ConfigureAwait(false);
         }
+
+        _stopping.Dispose();
     }
 
-    private async Task LoadAsync(KernelDriver driver, CancellationToken cancellationToken)
+    private async Task<(NtStatus Status, string? Detail)> LoadAsync(KernelDriver driver, CancellationToken cancellationToken)
     {
-        var manifest = driver.Manifest;
-        var (status, detail) = await driver.Host.LoadDriverAsync(driver, ManifestLoader.ResolveAssemblyPath(manifest), cancellationToken).ConfigureAwait(false);
+        var (status, detail) = await driver.Host.LoadDriverAsync(driver, ManifestLoader.ResolveAssemblyPath(driver.Manifest), cancellationToken).ConfigureAwait(false);
         if (!status.IsSuccess())
         {
-            FailLoad(driver, detail ?? status.ToString());
-            return;
+            if (status != NtStatus.DriverProcessTerminated || driver.Isolation == IsolationModel.InKernel)
+            {
+                FailLoad(driver, detail ?? status.ToString());
+            }
+
+            return (status, detail);
         }
 
         driver.SetRunning();
         Log.DriverLoaded(_logger, driver.Name, driver.Isolation.ToManifestName(), driver.Host.Name);
         Events.Add(KernelEventKind.DriverLoaded, driver.Name, null, $"{driver.Isolation.ToManifestName()} in {driver.Host.Name} (PID {driver.Host.ProcessId})");
+        await CreateDevicesAsync(driver, cancellationToken).ConfigureAwait(false);
+        return (status, detail);
+    }
 
+    /// <summary>Creates the driver's devices (or, for a filter, its layers above its targets) and
+    /// puts them in the namespace. Runs once per driver, on its first successful load.</summary>
+    private async Task CreateDevicesAsync(KernelDriver driver, CancellationToken cancellationToken)
+    {
+        var manifest = driver.Manifest;
         foreach (var deviceManifest in manifest.Devices)
         {
             var device = new KernelDevice(deviceManifest.Name, deviceManifest.Type, manifest.Limits.RequestTimeout ?? _options.DefaultRequestTimeout);
@@ -257,17 +319,25 @@ public sealed class Microkernel : IAsyncDisposable
     private void OnHostExited(ProcessHostChannel host, string reason)
     {
         bool stopping;
+        List<KernelDriver> hosted;
         lock (_gate)
         {
-            var hosted = _drivers.Where(d => d.Host == host).ToList();
-            stopping = hosted.Count > 0 && hosted.All(d => d.State == DriverState.Stopped);
-            foreach (var driver in hosted.Where(d => d.State != DriverState.Stopped))
+            hosted = [.. _drivers.Where(d => d.Host == host)];
+            stopping = _stopping.IsCancellationRequested || (hosted.Count > 0 && hosted.All(d => d.State == DriverState.Stopped));
+        }
+
+        var now = _time.GetTimestamp();
+        foreach (var driver in hosted.Where(d => d.State is DriverState.Running or DriverState.Loading))
+        {
+            // Restarting first, so that the sweep below parks what the retry policy keeps.
+            driver.DownTimestamp = now;
+            lock (driver.Gate)
             {
-                driver.SetFailed($"host exited: {reason}");
+                driver.SetState(stopping || !driver.Manifest.Recovery.Restart ? DriverState.Failed : DriverState.Restarting, $"host exited: {reason}");
             }
         }
 
-        var completed = _io.OnHostExited(host);
+        var (completed, parked) = _io.OnHostExited(host);
         if (stopping)
         {
             Log.HostStopped(_logger, host.Name, host.ProcessId, reason);
@@ -277,7 +347,187 @@ public sealed class Microkernel : IAsyncDisposable
             Log.HostExited(_logger, host.Name, host.ProcessId, reason, completed);
         }
 
-        Events.Add(KernelEventKind.HostExited, host.Name, null, $"PID {host.ProcessId}: {reason}; {completed} IRPs completed with DriverProcessTerminated");
+        lock (_gate)
+        {
+            _hosts.Remove(host);
+        }
+
+        Events.Add(KernelEventKind.HostExited, host.Name, null,
+            $"PID {host.ProcessId}: {reason}; {completed} IRPs completed with DriverProcessTerminated, {parked} held for a restart");
+        foreach (var driver in hosted)
+        {
+            driver.SignalInstanceFailed($"host {host.Name} (PID {host.ProcessId}) exited: {reason}");
+        }
+    }
+
+    private void Supervise(KernelDriver driver)
+    {
+        var supervisor = new DriverSupervisor(new KernelDriverLifecycle(this, driver), driver.Manifest.Recovery, _time);
+        supervisor.RestartScheduled += s =>
+        {
+            Log.RestartScheduled(_logger, driver.Name, s.Delay, s.Attempt, s.RecentFailures);
+            Events.Add(KernelEventKind.RestartScheduled, driver.Name, null, $"in {s.Delay.TotalMilliseconds:F0} ms (attempt {s.Attempt}, {s.RecentFailures} recent failures)");
+        };
+        lock (_gate)
+        {
+            _supervision.Add(supervisor.RunAsync(_stopping.Token));
+        }
+    }
+
+    /// <summary>
+    /// Brings a driver back in a fresh host of its own (a driver from a shared host is moved to
+    /// its own process, as UMDF does): load it, re-create its device objects with the same ids,
+    /// replay the Create of every open handle on its layer, then release the requests parked for
+    /// it. Throws <see cref="DriverStartException"/> if any step fails.
+    /// </summary>
+    internal async Task RestartDriverAsync(KernelDriver driver, CancellationToken cancellationToken)
+    {
+        lock (driver.Gate)
+        {
+            driver.SetState(DriverState.Restarting);
+        }
+
+        driver.BeginInstance();
+        ProcessHostChannel host;
+        try
+        {
+            host = await _launcher.StartAsync(driver.Name, IsolationModel.Process, OnHostExited, cancellationToken).ConfigureAwait(false);
+        }
+        catch (HostStartException ex)
+        {
+            throw new DriverStartException(ex.Message);
+        }
+
+        lock (_gate)
+        {
+            _hosts.Add(host);
+        }
+
+        var escalated = driver.Isolation == IsolationModel.SharedHost;
+        driver.AttachHost(host);
+        driver.Isolation = IsolationModel.Process;
+        var (status, detail) = await host.LoadDriverAsync(driver, ManifestLoader.ResolveAssemblyPath(driver.Manifest), cancellationToken).ConfigureAwait(false);
+        if (!status.IsSuccess())
+        {
+            host.Kill("driver failed to load on restart");
+            throw new DriverStartException($"load failed: {detail ?? status.ToString()}");
+        }
+
+        var handles = 0;
+        if (driver.Devices.Count == 0)
+        {
+            await CreateDevicesAsync(driver, cancellationToken).ConfigureAwait(false);
+        }
+        else
+        {
+            foreach (var device in driver.Devices)
+            {
+                var index = device.IndexOf(driver);
+                var layer = device.Layers[index];
+                var parameters = driver.Manifest.IsFilter ? driver.Manifest.Parameters : driver.Manifest.Devices.First(d => d.Name.Equals(device.Name, StringComparison.OrdinalIgnoreCase)).Parameters;
+                var added = await host.AddDeviceAsync(driver, layer, device, index < device.Layers.Length - 1, parameters, cancellationToken).ConfigureAwait(false);
+                if (!added.Status.IsSuccess())
+                {
+                    host.Kill("AddDevice failed on restart");
+                    throw new DriverStartException($"AddDevice for {device.Name} failed: {added.Detail ?? added.Status.ToString()}");
+                }
+
+                foreach (var file in device.OpenFiles.Values)
+                {
+                    var replayed = await _io.ReplayCreateAsync(file, index).ConfigureAwait(false);
+                    if (replayed.Status == NtStatus.DriverProcessTerminated)
+                    {
+                        throw new DriverStartException($"died while re-opening handle {file.Id}");
+                    }
+
+                    handles++;
+                }
+            }
+        }
+
+        KernelIrp[] parked;
+        lock (driver.Gate)
+        {
+            if (!host.IsAlive)
+            {
+                throw new DriverStartException("the new host died during the restart");
+            }
+
+            driver.SetRunning();
+            driver.Restarts++;
+            parked = [.. driver.Parked];
+            driver.Parked.Clear();
+        }
+
+        var recovery = _time.GetElapsedTime(driver.DownTimestamp);
+        Log.DriverRestarted(_logger, driver.Name, host.Name, host.ProcessId, recovery.TotalMilliseconds, parked.Length, handles);
+        Events.Add(KernelEventKind.DriverRestarted, driver.Name, null,
+            $"PID {host.ProcessId}{(escalated ? ", moved out of its shared host" : "")}; recovery {recovery.TotalMilliseconds:F1} ms; {parked.Length} parked IRPs re-issued; {handles} handles re-opened");
+        _io.ReleaseParked(parked);
+    }
+
+    internal void QuarantineDriver(KernelDriver driver, string reason)
+    {
+        KernelIrp[] parked;
+        lock (driver.Gate)
+        {
+            driver.SetState(DriverState.Quarantined, reason);
+            parked = [.. driver.Parked];
+            driver.Parked.Clear();
+        }
+
+        _io.FailParked(parked, NtStatus.DeviceQuarantined);
+        Log.DriverQuarantined(_logger, driver.Name, reason);
+        Events.Add(KernelEventKind.DriverQuarantined, driver.Name, null, reason);
+        if (driver.Manifest.Recovery.BootCritical && _booting)
+        {
+            _safeMode ??= $"{driver.Name} is quarantined: {reason}";
+            Log.SafeMode(_logger, driver.Name);
+            Events.Add(KernelEventKind.SafeMode, driver.Name, null, $"booted without {driver.Name}: {reason}");
+        }
+    }
+
+    internal void GiveUpOnDriver(KernelDriver driver, string reason)
+    {
+        KernelIrp[] parked;
+        lock (driver.Gate)
+        {
+            driver.SetFailed(reason);
+            parked = [.. driver.Parked];
+            driver.Parked.Clear();
+        }
+
+        _io.FailParked(parked, NtStatus.DriverProcessTerminated);
+        Events.Add(KernelEventKind.DriverLoadFailed, driver.Name, null, reason);
+    }
+
+    /// <summary>The drivers the watchdog has quarantined.</summary>
+    public IReadOnlyList<DriverInfo> GetQuarantined() => [.. GetDrivers().Where(d => d.State == DriverState.Quarantined)];
+
+    /// <summary>Enables a quarantined driver again: a fresh supervisor (with a clean failure
+    /// record) restarts it at once.</summary>
+    public void Reenable(string driverName)
+    {
+        KernelDriver driver;
+        lock (_gate)
+        {
+            driver = _drivers.FirstOrDefault(d => d.Name.Equals(driverName, StringComparison.OrdinalIgnoreCase))
+                ?? throw new ArgumentException($"no driver named {driverName}", nameof(driverName));
+        }
+
+        lock (driver.Gate)
+        {
+            if (driver.State != DriverState.Quarantined)
+            {
+                throw new InvalidOperationException($"{driver.Name} is {driver.State}, not quarantined");
+            }
+
+            driver.SetState(DriverState.Restarting);
+        }
+
+        Events.Add(KernelEventKind.DriverReenabled, driver.Name, null, "re-enabled by hand");
+        driver.DownTimestamp = _time.GetTimestamp();
+        Supervise(driver);
     }
 
     private InKernelHostChannel InKernel()

@@ -20,6 +20,25 @@ public enum KernelEventKind
 
     /// <summary>The kernel went down: an in-kernel driver faulted.</summary>
     BugCheck,
+
+    /// <summary>The watchdog scheduled a restart (with its delay).</summary>
+    RestartScheduled,
+
+    /// <summary>A new instance of a driver serves again (with the recovery time).</summary>
+    DriverRestarted,
+
+    /// <summary>A driver failed too often and is disabled.</summary>
+    DriverQuarantined,
+
+    /// <summary>A quarantined driver was enabled again by hand.</summary>
+    DriverReenabled,
+
+    /// <summary>A boot-critical driver was quarantined at boot: the system runs without it.</summary>
+    SafeMode,
+
+    /// <summary>The watchdog killed a host: missed heartbeats, over its memory budget, or a
+    /// critical request past its deadline.</summary>
+    WatchdogKill,
 }
 
 /// <summary>Something the kernel observed, with its cause. Tests wait on these instead of sleeping;

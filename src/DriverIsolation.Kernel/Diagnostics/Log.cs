@@ -38,6 +38,21 @@ internal static partial class Log
     [LoggerMessage(EventId = 2005, Message = "Driver {DriverId}: {Message}")]
     public static partial void DriverLogById(ILogger logger, LogLevel level, int driverId, string message);
 
+    [LoggerMessage(4001, LogLevel.Warning, "Driver {Driver} restarts in {Delay} (attempt {Attempt}, {Failures} recent failures)")]
+    public static partial void RestartScheduled(ILogger logger, string driver, TimeSpan delay, int attempt, int failures);
+
+    [LoggerMessage(4002, LogLevel.Information, "Driver {Driver} restarted in host {Host} (PID {ProcessId}) after {RecoveryMs:F1} ms; {Parked} parked IRPs re-issued, {Handles} handles re-opened")]
+    public static partial void DriverRestarted(ILogger logger, string driver, string host, int processId, double recoveryMs, int parked, int handles);
+
+    [LoggerMessage(4003, LogLevel.Error, "Driver {Driver} quarantined: {Reason}")]
+    public static partial void DriverQuarantined(ILogger logger, string driver, string reason);
+
+    [LoggerMessage(4004, LogLevel.Critical, "SAFE MODE: boot-critical driver {Driver} is quarantined; the system runs without it")]
+    public static partial void SafeMode(ILogger logger, string driver);
+
+    [LoggerMessage(4005, LogLevel.Error, "Watchdog kills host {Host}: {Reason}")]
+    public static partial void WatchdogKill(ILogger logger, string host, string reason);
+
     [LoggerMessage(3001, LogLevel.Warning, "Verifier: refused a {What} of IRP {IrpId} from {Host}: {Reason}")]
     public static partial void CompletionRefused(ILogger logger, string what, long irpId, string host, string reason);
 

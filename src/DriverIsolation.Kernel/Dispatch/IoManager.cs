@@ -145,7 +145,12 @@ internal sealed class IoManager
         var layer = irp.Layers[upper];
         if (!layer.Driver.IsRunning)
         {
-            TryFinish(irp, IoResult.FromStatus(NtStatus.DriverProcessTerminated));
+            // The layer waiting for this result is gone, and with it its completion routine.
+            if (!TryPark(irp, layer.Driver))
+            {
+                TryFinish(irp, IoResult.FromStatus(StatusWhileDown(layer.Driver)));
+            }
+
             return;
         }
 
@@ -201,37 +206,88 @@ internal sealed class IoManager
         SendToLayer(irp, lower, cancel);
     }
 
-    /// <summary>A host is gone: its drivers fail, and every IRP it held completes now with
-    /// DriverProcessTerminated (IRPs waiting in its completion routines complete when the layer
-    /// below finishes).</summary>
-    public int OnHostExited(IHostChannel host)
+    /// <summary>A host is gone. Every IRP it held completes now with DriverProcessTerminated,
+    /// or, if its driver retries idempotent requests and is restarting, waits for the new
+    /// instance. (IRPs waiting in the dead host's completion routines are handled when the layer
+    /// below finishes.) Returns how many IRPs were completed and how many parked.</summary>
+    public (int Completed, int Parked) OnHostExited(IHostChannel host)
     {
         var completed = 0;
+        var parked = 0;
         foreach (var irp in _irps.Values)
         {
-            bool owned;
+            KernelDriver? driver = null;
             lock (irp.Gate)
             {
-                owned = !irp.Completed && irp.Layers[irp.Layer].Host == host;
-                if (owned)
+                if (!irp.Completed && irp.Layers[irp.Layer].Host == host)
                 {
-                    irp.Completed = true;
+                    driver = irp.Layers[irp.Layer].Driver;
                 }
             }
 
-            if (owned)
+            if (driver is null)
             {
-                Finish(irp, IoResult.FromStatus(NtStatus.DriverProcessTerminated), ReadOnlyMemory<byte>.Empty);
+                continue;
+            }
+
+            if (TryPark(irp, driver))
+            {
+                parked++;
+            }
+            else if (TryFinish(irp, IoResult.FromStatus(NtStatus.DriverProcessTerminated)))
+            {
                 completed++;
             }
         }
 
-        return completed;
+        return (completed, parked);
+    }
+
+    /// <summary>The driver runs again: send every parked IRP from the top of its stack.</summary>
+    public void ReleaseParked(IEnumerable<KernelIrp> parked)
+    {
+        foreach (var irp in parked)
+        {
+            SendToLayer(irp, 0, cancelAfterSend: false);
+        }
+    }
+
+    /// <summary>The driver will not come back (quarantine, restart off): parked IRPs end now.</summary>
+    public void FailParked(IEnumerable<KernelIrp> parked, NtStatus status)
+    {
+        foreach (var irp in parked)
+        {
+            TryFinish(irp, IoResult.FromStatus(status));
+        }
+    }
+
+    /// <summary>Re-opens a file object on a restarted layer: a Create sent to that layer only, so
+    /// the new instance builds the per-handle state the old one had (as shadow drivers replay).</summary>
+    public Task<IoResult> ReplayCreateAsync(FileObject file, int layerIndex)
+    {
+        var irp = new KernelIrp(Interlocked.Increment(ref _lastIrpId), file, MajorFunction.Create, 0, 0, 0, 0,
+            ReadOnlyMemory<byte>.Empty, Memory<byte>.Empty, _time.GetTimestamp())
+        {
+            IsReplay = true,
+            Layer = layerIndex,
+        };
+        _irps[irp.Id] = irp;
+        irp.Deadline = _time.CreateTimer(static s => ((IoManagerDeadline)s!).Fire(), new IoManagerDeadline(this, irp), file.Device.RequestTimeout, Timeout.InfiniteTimeSpan);
+        var layer = irp.Layers[layerIndex];
+        layer.Host.Dispatch(irp, layer);
+        return irp.Completion.Task;
     }
 
     /// <summary>A message for the IRP could not be sent (its host is gone): complete it now
     /// rather than leave it to its deadline.</summary>
-    public void FailUndeliverable(KernelIrp irp) => TryFinish(irp, IoResult.FromStatus(NtStatus.DriverProcessTerminated));
+    public void FailUndeliverable(KernelIrp irp)
+    {
+        var driver = irp.Layers[irp.Layer].Driver;
+        if (!TryPark(irp, driver))
+        {
+            TryFinish(irp, IoResult.FromStatus(NtStatus.DriverProcessTerminated));
+        }
+    }
 
     /// <summary>The kernel goes down: an in-kernel driver faulted. Every caller gets SystemCrashed.</summary>
     public void BugCheck(string reason)
@@ -245,7 +301,7 @@ internal sealed class IoManager
         _events.Add(KernelEventKind.BugCheck, null, null, reason);
         foreach (var irp in _irps.Values)
         {
-            TryFinish(irp, IoResult.FromStatus(NtStatus.SystemCrashed));
+            _ = TryFinish(irp, IoResult.FromStatus(NtStatus.SystemCrashed));
         }
     }
 
@@ -254,8 +310,11 @@ internal sealed class IoManager
         var layer = irp.Layers[index];
         if (!layer.Driver.IsRunning)
         {
-            var status = layer.Driver.State == DriverState.Failed ? NtStatus.DriverProcessTerminated : NtStatus.DeviceNotReady;
-            TryFinish(irp, IoResult.FromStatus(status));
+            if (!TryPark(irp, layer.Driver))
+            {
+                TryFinish(irp, IoResult.FromStatus(StatusWhileDown(layer.Driver)));
+            }
+
             return;
         }
 
@@ -333,20 +392,61 @@ internal sealed class IoManager
         };
     }
 
-    private void TryFinish(KernelIrp irp, IoResult result)
+    private bool TryFinish(KernelIrp irp, IoResult result)
     {
         lock (irp.Gate)
         {
             if (irp.Completed)
             {
-                return;
+                return false;
             }
 
             irp.Completed = true;
         }
 
         Finish(irp, result, ReadOnlyMemory<byte>.Empty);
+        return true;
     }
+
+    /// <summary>Parks an IRP for a restarting driver that retries this kind of request. The
+    /// driver's gate makes parking and the restart's release of the queue mutually exclusive.</summary>
+    private static bool TryPark(KernelIrp irp, KernelDriver driver)
+    {
+        var recovery = driver.Manifest.Recovery;
+        if (irp.IsReplay || recovery.InFlight != InFlightPolicy.Retry || !recovery.Idempotent.Contains(irp.MajorFunction))
+        {
+            return false;
+        }
+
+        lock (driver.Gate)
+        {
+            if (driver.State != DriverState.Restarting)
+            {
+                return false;
+            }
+
+            lock (irp.Gate)
+            {
+                if (irp.Completed)
+                {
+                    return true;
+                }
+
+                irp.ResetToTop();
+            }
+
+            driver.Parked.Enqueue(irp);
+            return true;
+        }
+    }
+
+    /// <summary>What a request to a driver that is not running gets.</summary>
+    private static NtStatus StatusWhileDown(KernelDriver driver) => driver.State switch
+    {
+        DriverState.Quarantined => NtStatus.DeviceQuarantined,
+        DriverState.Failed => NtStatus.DriverProcessTerminated,
+        _ => NtStatus.DeviceNotReady,
+    };
 
     /// <summary>The one completion to the caller; only the thread that set Completed gets here.</summary>
     private void Finish(KernelIrp irp, IoResult result, ReadOnlyMemory<byte> data)

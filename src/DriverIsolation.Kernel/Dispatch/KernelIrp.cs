@@ -22,6 +22,9 @@ internal sealed class KernelIrp
         OutputLength = callerOutput.Length;
         StartTimestamp = startTimestamp;
         Layers = file.Device.Layers;
+        OriginalOffset = offset;
+        OriginalLength = length;
+        OriginalInput = input;
     }
 
     public long Id { get; }
@@ -48,6 +51,26 @@ internal sealed class KernelIrp
     public ReadOnlyMemory<byte> Input { get; set; }
 
     public Memory<byte> CallerOutput { get; }
+
+    public long OriginalOffset { get; }
+
+    public int OriginalLength { get; }
+
+    public ReadOnlyMemory<byte> OriginalInput { get; }
+
+    /// <summary>True for the kernel's own replay of a Create after a restart (no caller waits).</summary>
+    public bool IsReplay { get; init; }
+
+    /// <summary>Puts the IRP back as it entered the stack, to be issued again from the top (a
+    /// retried idempotent request). Call under <see cref="Gate"/>.</summary>
+    public void ResetToTop()
+    {
+        Layer = 0;
+        CompletionLayers = null;
+        Offset = OriginalOffset;
+        Length = OriginalLength;
+        Input = OriginalInput;
+    }
 
     public int OutputLength { get; }
 

@@ -5,16 +5,26 @@ public enum DriverState
     Loading,
     Running,
 
-    /// <summary>Its host is gone (crashed, killed, or the driver failed to load).</summary>
+    /// <summary>Its host died; the watchdog is bringing it back.</summary>
+    Restarting,
+
+    /// <summary>Too many failures: disabled, its devices fail fast with DeviceQuarantined.</summary>
+    Quarantined,
+
+    /// <summary>Down for good (failed to load, or restarting is off).</summary>
     Failed,
     Stopped,
 }
 
-/// <summary>The kernel's record of one driver: its manifest, where it runs, and its state.</summary>
+/// <summary>The kernel's record of one driver: its manifest, where it runs now, its state, and
+/// the requests parked while it restarts. <see cref="Gate"/> guards state changes and parking,
+/// so that no IRP is parked after the queue was released.</summary>
 internal sealed class KernelDriver(int id, DriverManifest manifest, IsolationModel isolation, IHostChannel host)
 {
+    private volatile IHostChannel _host = host;
     private volatile string? _failure;
     private volatile int _state = (int)DriverState.Loading;
+    private TaskCompletionSource<string> _instanceFailed = NewFailure();
 
     public int Id { get; } = id;
 
@@ -22,9 +32,10 @@ internal sealed class KernelDriver(int id, DriverManifest manifest, IsolationMod
 
     public string Name => Manifest.Name;
 
-    public IsolationModel Isolation { get; } = isolation;
+    /// <summary>Where it runs now: a driver escalated out of a shared host runs in its own process.</summary>
+    public IsolationModel Isolation { get; set; } = isolation;
 
-    public IHostChannel Host { get; } = host;
+    public IHostChannel Host => _host;
 
     public DriverState State => (DriverState)_state;
 
@@ -34,13 +45,55 @@ internal sealed class KernelDriver(int id, DriverManifest manifest, IsolationMod
 
     public List<KernelDevice> Devices { get; } = [];
 
-    public void SetRunning() => _state = (int)DriverState.Running;
+    public Lock Gate { get; } = new();
 
-    public void SetStopped() => _state = (int)DriverState.Stopped;
+    /// <summary>IRPs waiting for the restarted instance (retry policy). Guarded by <see cref="Gate"/>.</summary>
+    public Queue<KernelIrp> Parked { get; } = new();
 
-    public void SetFailed(string reason)
+    public int Restarts { get; set; }
+
+    /// <summary>When the running instance went down (for recovery times).</summary>
+    public long DownTimestamp { get; set; }
+
+    public Task<string> InstanceFailed
     {
-        _failure ??= reason;
-        _state = (int)DriverState.Failed;
+        get { lock (Gate) { return _instanceFailed.Task; } }
     }
+
+    public void AttachHost(IHostChannel host) => _host = host;
+
+    /// <summary>A new instance is starting: failures are reported against it from now on.</summary>
+    public void BeginInstance()
+    {
+        lock (Gate)
+        {
+            _instanceFailed = NewFailure();
+        }
+    }
+
+    public void SignalInstanceFailed(string reason)
+    {
+        lock (Gate)
+        {
+            _instanceFailed.TrySetResult(reason);
+        }
+    }
+
+    public void SetState(DriverState state, string? reason = null)
+    {
+        if (reason is not null)
+        {
+            _failure = reason;
+        }
+
+        _state = (int)state;
+    }
+
+    public void SetRunning() => SetState(DriverState.Running);
+
+    public void SetStopped() => SetState(DriverState.Stopped);
+
+    public void SetFailed(string reason) => SetState(DriverState.Failed, reason);
+
+    private static TaskCompletionSource<string> NewFailure() => new(TaskCreationOptions.RunContinuationsAsynchronously);
 }

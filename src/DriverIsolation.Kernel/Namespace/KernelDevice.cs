@@ -18,6 +18,11 @@ internal sealed class KernelDevice(string name, DeviceType deviceType, TimeSpan 
 
     public DeviceStatistics Statistics { get; } = new();
 
+    /// <summary>Open handles, remembered so a restarted driver can be told about them again.</summary>
+    public System.Collections.Concurrent.ConcurrentDictionary<long, FileObject> OpenFiles { get; } = new();
+
+    public int IndexOf(KernelDriver driver) => Array.FindIndex(_layers, l => l.Driver == driver);
+
     public void AddBottom(DeviceLayer layer) => _layers = [.. _layers, layer];
 
     public void AddTop(DeviceLayer layer) => _layers = [layer, .. _layers];

@@ -5,16 +5,19 @@ namespace DriverIsolation.Tests;
 /// <summary>
 /// One driver crashes (an unhandled exception in its Write routine) while it holds a pending Read.
 /// What else goes down depends only on the isolation model: in its own process, nothing; in a
-/// shared host, its host mates; in the kernel, everything.
+/// shared host, its host mates; in the kernel, everything. Restarting is off here, to see the
+/// blast radius alone (recovery has its own tests).
 /// </summary>
 [Collection("processes")]
 public sealed class BlastRadiusTests
 {
+    private static DriverManifest NoRestart(DriverManifest manifest) => manifest with { Recovery = new RecoveryPolicy { Restart = false } };
+
     [Fact]
     public async Task Process_CrashingDriver_FailsOnlyItsOwnRequests()
     {
         await using var kernel = new Microkernel();
-        await kernel.StartAsync([TestManifests.Test("Crash"), TestManifests.Sample("Null")], IsolationModel.Process).Bounded();
+        await kernel.StartAsync([NoRestart(TestManifests.Test("Crash")), NoRestart(TestManifests.Sample("Null"))], IsolationModel.Process).Bounded();
         await using var crash = await kernel.OpenAsync(@"\Device\Crash").Bounded();
         await using var nul = await kernel.OpenAsync(@"\Device\Null").Bounded();
 
@@ -40,9 +43,9 @@ public sealed class BlastRadiusTests
         await using var kernel = new Microkernel();
         await kernel.StartAsync(
         [
-            TestManifests.Test("Crash") with { Isolation = IsolationModel.SharedHost },
-            TestManifests.Sample("Null") with { Isolation = IsolationModel.SharedHost },
-            TestManifests.Sample("Echo") with { Isolation = IsolationModel.Process },
+            NoRestart(TestManifests.Test("Crash")) with { Isolation = IsolationModel.SharedHost },
+            NoRestart(TestManifests.Sample("Null")) with { Isolation = IsolationModel.SharedHost },
+            NoRestart(TestManifests.Sample("Echo")) with { Isolation = IsolationModel.Process },
         ]).Bounded();
         await using var crash = await kernel.OpenAsync(@"\Device\Crash").Bounded();
         await using var nul = await kernel.OpenAsync(@"\Device\Null").Bounded();
@@ -63,7 +66,7 @@ public sealed class BlastRadiusTests
     public async Task InKernel_CrashingDriver_BugChecksTheWholeSystem()
     {
         await using var kernel = new Microkernel();
-        await kernel.StartAsync([TestManifests.Test("Crash"), TestManifests.Sample("Null")], IsolationModel.InKernel).Bounded();
+        await kernel.StartAsync([NoRestart(TestManifests.Test("Crash")), NoRestart(TestManifests.Sample("Null"))], IsolationModel.InKernel).Bounded();
         await using var crash = await kernel.OpenAsync(@"\Device\Crash").Bounded();
         await using var nul = await kernel.OpenAsync(@"\Device\Null").Bounded();
 
@@ -82,7 +85,7 @@ public sealed class BlastRadiusTests
     public async Task KillDriverHost_OutstandingIrpsCompleteOnceWithDriverProcessTerminated()
     {
         await using var kernel = new Microkernel();
-        await kernel.StartAsync([TestManifests.Sample("Echo")], IsolationModel.Process).Bounded();
+        await kernel.StartAsync([NoRestart(TestManifests.Sample("Echo"))], IsolationModel.Process).Bounded();
         await using var echo = await kernel.OpenAsync(@"\Device\Echo").Bounded();
         var reads = Enumerable.Range(0, 10).Select(_ => echo.ReadAsync(new byte[4])).ToList();
         Assert.Equal(10, echo.OutstandingRequests);

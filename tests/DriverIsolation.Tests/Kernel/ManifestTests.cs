@@ -13,7 +13,9 @@ public sealed class ManifestTests
           "hostGroup": "storage",
           "parameters": { "a": "x", "n": 5, "flag": true },
           "devices": [ { "name": "\\Device\\Disk7", "type": "disk", "links": ["\\??\\Disk7"], "parameters": { "sizeBytes": "4096" } } ],
-          "limits": { "requestTimeoutMs": 1500 }
+          "limits": { "requestTimeoutMs": 1500, "memoryMb": 64, "critical": ["read", "deviceControl"] },
+          "recovery": { "restart": true, "inFlight": "retry", "idempotent": ["read", "write"], "maxFailures": 3, "failureWindowMs": 10000,
+                        "quietPeriodMs": 2000, "backoffBaseMs": 5, "backoffMaxMs": 500, "bootCritical": true }
         }
         """;
 
@@ -32,6 +34,21 @@ public sealed class ManifestTests
         Assert.Equal([@"\??\Disk7"], device.Links);
         Assert.Equal("4096", device.Parameters["sizeBytes"]);
         Assert.Equal(TimeSpan.FromMilliseconds(1500), manifest.Limits.RequestTimeout);
+        Assert.Equal(64L * 1024 * 1024, manifest.Limits.MemoryBytes);
+        Assert.Equal([MajorFunction.Read, MajorFunction.DeviceControl], manifest.Limits.Critical);
+        Assert.Equal(new RecoveryPolicy
+        {
+            Restart = true,
+            InFlight = InFlightPolicy.Retry,
+            Idempotent = manifest.Recovery.Idempotent,
+            MaxFailures = 3,
+            FailureWindow = TimeSpan.FromSeconds(10),
+            QuietPeriod = TimeSpan.FromSeconds(2),
+            BackoffBase = TimeSpan.FromMilliseconds(5),
+            BackoffMax = TimeSpan.FromMilliseconds(500),
+            BootCritical = true,
+        }, manifest.Recovery);
+        Assert.Equal([MajorFunction.Read, MajorFunction.Write], manifest.Recovery.Idempotent);
         Assert.False(manifest.IsFilter);
     }
 
@@ -60,7 +77,11 @@ public sealed class ManifestTests
     [InlineData("{ \"name\": \"X\", \"assembly\": \"x.dll\", \"devices\": [ { \"name\": \"\\\\Device\\\\X\", \"type\": \"gpu\" } ] }", "$.devices[0].type", "got \"gpu\"")]
     [InlineData("{ \"name\": \"X\", \"assembly\": \"x.dll\", \"devices\": [ { \"name\": \"\\\\Device\\\\X\", \"links\": [\"NUL\"] } ] }", "$.devices[0].links[0]", "expected a namespace path")]
     [InlineData("{ \"name\": \"X\", \"assembly\": \"x.dll\", \"devices\": [ { \"name\": \"\\\\Device\\\\X\" } ], \"limits\": { \"requestTimeoutMs\": -1 } }", "$.limits.requestTimeoutMs", "expected a positive whole number; got the number -1")]
-    [InlineData("{ \"name\": \"X\", \"assembly\": \"x.dll\", \"devices\": [ { \"name\": \"\\\\Device\\\\X\" } ], \"limits\": { \"memoryMb\": 5 } }", "$.limits.memoryMb", "unknown field")]
+    [InlineData("{ \"name\": \"X\", \"assembly\": \"x.dll\", \"devices\": [ { \"name\": \"\\\\Device\\\\X\" } ], \"limits\": { \"cpuPercent\": 5 } }", "$.limits.cpuPercent", "unknown field")]
+    [InlineData("{ \"name\": \"X\", \"assembly\": \"x.dll\", \"devices\": [ { \"name\": \"\\\\Device\\\\X\" } ], \"limits\": { \"critical\": [\"reed\"] } }", "$.limits.critical[0]", "expected one of create, cleanup, close, read")]
+    [InlineData("{ \"name\": \"X\", \"assembly\": \"x.dll\", \"devices\": [ { \"name\": \"\\\\Device\\\\X\" } ], \"recovery\": { \"inFlight\": \"replay\" } }", "$.recovery.inFlight", "expected \"fail\" or \"retry\"; got \"replay\"")]
+    [InlineData("{ \"name\": \"X\", \"assembly\": \"x.dll\", \"devices\": [ { \"name\": \"\\\\Device\\\\X\" } ], \"recovery\": { \"restart\": \"yes\" } }", "$.recovery.restart", "expected true or false; got the string \"yes\"")]
+    [InlineData("{ \"name\": \"X\", \"assembly\": \"x.dll\", \"devices\": [ { \"name\": \"\\\\Device\\\\X\" } ], \"recovery\": { \"backoffBaseMs\": 100, \"backoffMaxMs\": 10 } }", "$.recovery.backoffMaxMs", "must be at least backoffBaseMs")]
     [InlineData("{ \"name\": \"X\", \"assembly\": \"x.dll\", \"devices\": [ { \"name\": \"\\\\Device\\\\X\" } ], \"parameters\": { \"k\": [1] } }", "$.parameters.k", "expected a string, number or boolean; got an array")]
     public void Parse_BadManifest_NamesTheFieldAndWhatWasExpected(string json, string field, string problem)
     {
