@@ -1,17 +1,39 @@
+using System.IO.MemoryMappedFiles;
+
 namespace DriverIsolation.Drivers.RamDisk;
 
-/// <summary>The device extension: the media and its geometry. Requests may arrive on several
-/// threads at once; one lock keeps every transfer whole (a copy of a few KiB is short).</summary>
-internal sealed class RamDiskDevice(int bytesPerSector, long sectorCount)
+/// <summary>
+/// The device extension: the media and its geometry. The media is private memory, or, with the
+/// <c>backingFile</c> parameter, a memory-mapped file (e.g. under /dev/shm) that outlives the
+/// driver's process, so a restarted instance finds the data the old one wrote. Requests may arrive
+/// on several threads at once; one lock keeps every transfer whole (a copy of a few KiB is short).
+/// </summary>
+internal sealed class RamDiskDevice
 {
-    private readonly byte[] _media = new byte[bytesPerSector * sectorCount];
+    private readonly byte[]? _memory;
+    private readonly MemoryMappedViewAccessor? _mapped;
     private readonly Lock _lock = new();
 
-    public int BytesPerSector { get; } = bytesPerSector;
+    public RamDiskDevice(int bytesPerSector, long sectorCount, string? backingFile)
+    {
+        BytesPerSector = bytesPerSector;
+        SectorCount = sectorCount;
+        if (backingFile is null)
+        {
+            _memory = new byte[Length];
+            return;
+        }
 
-    public long SectorCount { get; } = sectorCount;
+        // Mapped once for the life of the driver instance; the OS releases it with the process.
+        using var file = MemoryMappedFile.CreateFromFile(backingFile, FileMode.OpenOrCreate, mapName: null, Length, MemoryMappedFileAccess.ReadWrite);
+        _mapped = file.CreateViewAccessor(0, Length);
+    }
 
-    public long Length => _media.LongLength;
+    public int BytesPerSector { get; }
+
+    public long SectorCount { get; }
+
+    public long Length => BytesPerSector * SectorCount;
 
     /// <summary>Checks a transfer: whole sectors, inside the disk. A read starting at or past the
     /// end is EndOfFile; one that starts inside but runs past it is InvalidParameter.</summary>
@@ -34,7 +56,14 @@ internal sealed class RamDiskDevice(int bytesPerSector, long sectorCount)
     {
         lock (_lock)
         {
-            _media.AsSpan((int)offset, destination.Length).CopyTo(destination);
+            if (_memory is not null)
+            {
+                _memory.AsSpan((int)offset, destination.Length).CopyTo(destination);
+            }
+            else
+            {
+                _mapped!.SafeMemoryMappedViewHandle.ReadSpan((ulong)offset, destination);
+            }
         }
     }
 
@@ -42,7 +71,14 @@ internal sealed class RamDiskDevice(int bytesPerSector, long sectorCount)
     {
         lock (_lock)
         {
-            source.CopyTo(_media.AsSpan((int)offset));
+            if (_memory is not null)
+            {
+                source.CopyTo(_memory.AsSpan((int)offset));
+            }
+            else
+            {
+                _mapped!.SafeMemoryMappedViewHandle.WriteSpan((ulong)offset, source);
+            }
         }
     }
 }

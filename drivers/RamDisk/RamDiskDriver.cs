@@ -32,7 +32,8 @@ public sealed class RamDiskDriver : IDriver
             return NtStatus.InvalidParameter;
         }
 
-        device.Extension = new RamDiskDevice((int)sectorSize, size / sectorSize);
+        device.Extension = new RamDiskDevice((int)sectorSize, size / sectorSize,
+            device.Parameters.TryGetValue("backingFile", out var backingFile) ? backingFile : null);
         return NtStatus.Success;
     }
 

@@ -52,6 +52,16 @@ public sealed class KernelEventLog
     public Task<KernelEvent> WaitForAsync(KernelEventKind kind, CancellationToken cancellationToken = default) =>
         WaitForAsync(e => e.Kind == kind, cancellationToken);
 
+    /// <summary>Completes with the <paramref name="count"/>-th event (seen or to come) that matches.</summary>
+    public Task<KernelEvent> WaitForCountAsync(Func<KernelEvent, bool> match, int count, CancellationToken cancellationToken = default)
+    {
+        ArgumentNullException.ThrowIfNull(match);
+        // The predicate runs under the log's lock, for past and future events alike, so the
+        // counter sees every matching event exactly once and in order.
+        var seen = 0;
+        return WaitForAsync(e => match(e) && ++seen == count, cancellationToken);
+    }
+
     internal KernelEvent Add(KernelEventKind kind, string? driver, long? irpId, string detail)
     {
         var e = new KernelEvent(_time.GetUtcNow(), kind, driver, irpId, detail);

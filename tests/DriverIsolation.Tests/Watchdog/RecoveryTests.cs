@@ -1,0 +1,160 @@
+using DriverIsolation.Kernel;
+
+namespace DriverIsolation.Tests;
+
+/// <summary>
+/// The watchdog with real host processes: a host killed under load comes back, the retry policy
+/// hides the crash from callers, handles keep working, crash loops end in quarantine while the
+/// others serve, a crashing shared host's drivers move to their own processes, and a boot-critical
+/// driver that crashes at every load leaves the system in safe mode instead of a boot loop.
+/// (Backoffs are a few milliseconds of real time here; the policy's exact timing has its own
+/// fake-clock tests.)
+/// </summary>
+[Collection("processes")]
+public sealed class RecoveryTests : IDisposable
+{
+    private const int Blocks = 64;
+    private const int BlockSize = 4096;
+    private static readonly RecoveryPolicy Fast = new() { BackoffBase = TimeSpan.FromMilliseconds(1), BackoffMax = TimeSpan.FromMilliseconds(20) };
+    private readonly string _backingFile = Path.Combine(Directory.Exists("/dev/shm") ? "/dev/shm" : Path.GetTempPath(), $"drviso-test-{Guid.NewGuid():N}");
+
+    public void Dispose() => File.Delete(_backingFile);
+
+    [Fact]
+    public async Task HostKilledUnderLoad_RetryPolicy_EveryRequestSucceedsOnceAndDataIsIntact()
+    {
+        await using var kernel = new Microkernel();
+        await kernel.StartAsync([RamDisk(Fast with { InFlight = InFlightPolicy.Retry })], IsolationModel.Process).Bounded();
+        await using var disk = await kernel.OpenAsync(@"\??\RamDisk0").Bounded();
+        var firstPid = kernel.GetDrivers().Single().ProcessId;
+
+        var writes = Enumerable.Range(0, Blocks).Select(b => disk.WriteAsync(Pattern(b, 1), (long)b * BlockSize)).ToList();
+        kernel.KillDriverHost("RamDisk");
+        var written = await Task.WhenAll(writes).Bounded();
+        await kernel.Events.WaitForAsync(KernelEventKind.DriverRestarted).Bounded();
+
+        Assert.All(written, r => Assert.Equal(new IoResult(NtStatus.Success, BlockSize), r));
+        for (var b = 0; b < Blocks; b++)
+        {
+            var back = new byte[BlockSize];
+            Assert.Equal(new IoResult(NtStatus.Success, BlockSize), await disk.ReadAsync(back, (long)b * BlockSize).Bounded());
+            Assert.Equal(Pattern(b, 1), back);
+        }
+
+        var driver = kernel.GetDrivers().Single();
+        Assert.Equal(DriverState.Running, driver.State);
+        Assert.Equal(1, driver.Restarts);
+        Assert.NotEqual(firstPid, driver.ProcessId);
+        Assert.Equal(0, kernel.OutstandingIrps);
+        Assert.Equal(0, kernel.Events.Count(KernelEventKind.CompletionRefused));
+    }
+
+    [Fact]
+    public async Task HostKilled_FailPolicy_PendingRequestsFailOnceAndTheHandleWorksAfterTheRestart()
+    {
+        await using var kernel = new Microkernel();
+        await kernel.StartAsync([TestManifests.Sample("Echo") with { Recovery = Fast }], IsolationModel.Process).Bounded();
+        await using var echo = await kernel.OpenAsync(@"\??\Echo").Bounded();
+        var reads = Enumerable.Range(0, 3).Select(_ => echo.ReadAsync(new byte[8])).ToList();
+        Assert.Equal(3, echo.OutstandingRequests);
+
+        kernel.KillDriverHost("Echo");
+        var results = await Task.WhenAll(reads).Bounded();
+        var restarted = await kernel.Events.WaitForAsync(KernelEventKind.DriverRestarted).Bounded();
+
+        Assert.All(results, r => Assert.Equal(IoResult.FromStatus(NtStatus.DriverProcessTerminated), r));
+        Assert.Contains("1 handles re-opened", restarted.Detail, StringComparison.Ordinal);
+        Assert.Equal(new IoResult(NtStatus.Success, 5), await echo.WriteAsync("after"u8.ToArray()).Bounded());
+        var buffer = new byte[8];
+        Assert.Equal(new IoResult(NtStatus.Success, 5), await echo.ReadAsync(buffer).Bounded());
+        Assert.Equal("after"u8.ToArray(), buffer[..5]);
+    }
+
+    [Fact]
+    public async Task CrashLoop_EndsInQuarantineWhileTheOthersServe_AndCanBeReenabled()
+    {
+        await using var kernel = new Microkernel();
+        await kernel.StartAsync(
+        [
+            TestManifests.Test("Crash") with { Recovery = Fast with { MaxFailures = 2 } },
+            TestManifests.Sample("Null"),
+        ], IsolationModel.Process).Bounded();
+        await using var crash = await kernel.OpenAsync(@"\Device\Crash").Bounded();
+        await using var nul = await kernel.OpenAsync(@"\Device\Null").Bounded();
+
+        for (var failure = 1; failure <= 2; failure++)
+        {
+            Assert.Equal(NtStatus.DriverProcessTerminated, (await crash.WriteAsync(new byte[1]).Bounded()).Status);
+            await kernel.Events.WaitForCountAsync(e => e.Kind == KernelEventKind.DriverRestarted && e.Driver == "Crash", failure).Bounded();
+            Assert.Equal(new IoResult(NtStatus.Success, 8), await nul.ReadAsync(new byte[8]).Bounded());
+        }
+
+        Assert.Equal(NtStatus.DriverProcessTerminated, (await crash.WriteAsync(new byte[1]).Bounded()).Status);
+        var quarantined = await kernel.Events.WaitForAsync(KernelEventKind.DriverQuarantined).Bounded();
+
+        Assert.Equal("Crash", quarantined.Driver);
+        Assert.StartsWith("3 failures within", quarantined.Detail, StringComparison.Ordinal);
+        Assert.Equal(IoResult.FromStatus(NtStatus.DeviceQuarantined), await crash.ReadAsync(new byte[1]).Bounded());
+        Assert.Equal("Crash", Assert.Single(kernel.GetQuarantined()).Name);
+        Assert.Equal(new IoResult(NtStatus.Success, 8), await nul.ReadAsync(new byte[8]).Bounded());
+        Assert.Equal(DriverState.Running, kernel.GetDrivers().Single(d => d.Name == "Null").State);
+
+        kernel.Reenable("Crash");
+        await kernel.Events.WaitForCountAsync(e => e.Kind == KernelEventKind.DriverRestarted && e.Driver == "Crash", 3).Bounded();
+        Assert.Equal(DriverState.Running, kernel.GetDrivers().Single(d => d.Name == "Crash").State);
+        Assert.Empty(kernel.GetQuarantined());
+    }
+
+    [Fact]
+    public async Task SharedHostCrash_DriversComeBackEachInTheirOwnProcess()
+    {
+        await using var kernel = new Microkernel();
+        await kernel.StartAsync(
+        [
+            TestManifests.Test("Crash") with { Recovery = Fast },
+            TestManifests.Sample("Null") with { Recovery = Fast },
+        ], IsolationModel.SharedHost).Bounded();
+        await using var crash = await kernel.OpenAsync(@"\Device\Crash").Bounded();
+        await using var nul = await kernel.OpenAsync(@"\Device\Null").Bounded();
+        var sharedPid = kernel.GetDrivers().Select(d => d.ProcessId).Distinct().Single();
+
+        await crash.WriteAsync(new byte[1]).Bounded();
+        await kernel.Events.WaitForCountAsync(e => e.Kind == KernelEventKind.DriverRestarted, 2).Bounded();
+
+        var drivers = kernel.GetDrivers();
+        Assert.All(drivers, d => Assert.Equal(IsolationModel.Process, d.Isolation));
+        Assert.All(drivers, d => Assert.NotEqual(sharedPid, d.ProcessId));
+        Assert.NotEqual(drivers[0].ProcessId, drivers[1].ProcessId);
+        Assert.Equal(new IoResult(NtStatus.Success, 8), await nul.ReadAsync(new byte[8]).Bounded());
+    }
+
+    [Fact]
+    public async Task BootCriticalDriverCrashingAtEveryLoad_SystemBootsInSafeModeWithoutIt()
+    {
+        await using var kernel = new Microkernel();
+
+        await kernel.StartAsync([TestManifests.Test("BootCrash"), TestManifests.Sample("Null")], IsolationModel.Process).Bounded();
+
+        Assert.NotNull(kernel.SafeModeReason);
+        Assert.StartsWith("BootCrash is quarantined", kernel.SafeModeReason, StringComparison.Ordinal);
+        Assert.Equal(KernelEventKind.SafeMode, (await kernel.Events.WaitForAsync(KernelEventKind.SafeMode).Bounded()).Kind);
+        Assert.Equal("BootCrash", Assert.Single(kernel.GetQuarantined()).Name);
+        await using var nul = await kernel.OpenAsync(@"\??\NUL").Bounded();
+        Assert.Equal(new IoResult(NtStatus.Success, 8), await nul.ReadAsync(new byte[8]).Bounded());
+    }
+
+    private DriverManifest RamDisk(RecoveryPolicy recovery)
+    {
+        var sample = TestManifests.Sample("RamDisk");
+        var device = sample.Devices[0];
+        var parameters = new Dictionary<string, string>(device.Parameters) { ["backingFile"] = _backingFile };
+        return sample with { Recovery = recovery, Devices = [device with { Parameters = parameters }] };
+    }
+
+    private static byte[] Pattern(int block, int generation)
+    {
+        var data = new byte[BlockSize];
+        new Random((block * 31) + generation).NextBytes(data);
+        return data;
+    }
+}
