@@ -23,6 +23,11 @@ public sealed class KernelOptions
     /// the DRVISO_DRVHOST environment variable.</summary>
     public string? HostPath { get; set; }
 
+    /// <summary>Heartbeat period of each host process: a host with two pings unanswered is hung
+    /// and killed. Default 1 s. Null turns heartbeats off (tests that drive a fake clock far
+    /// ahead would otherwise make every host look hung).</summary>
+    public TimeSpan? HeartbeatPeriod { get; set; } = TimeSpan.FromSeconds(1);
+
     /// <summary>How many finished IRP ids are remembered to tell a late or duplicate completion
     /// from one for an IRP that never existed. Default 4096.</summary>
     public int FinishedIrpMemory { get; set; } = 4096;

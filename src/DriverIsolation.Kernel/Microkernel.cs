@@ -37,7 +37,7 @@ public sealed class Microkernel : IAsyncDisposable
         var time = timeProvider ?? TimeProvider.System;
         _time = time;
         Events = new KernelEventLog(time);
-        _io = new IoManager(time, Events, _logger, _options);
+        _io = new IoManager(time, Events, _logger, _options) { OnCriticalTimeout = OnCriticalTimeout };
         _launcher = new HostLauncher(_options, _io, Events, _loggerFactory);
     }
 
@@ -97,6 +97,14 @@ public sealed class Microkernel : IAsyncDisposable
             }
         })).ConfigureAwait(false);
         var channels = started.ToDictionary(s => s.Key, s => (s.Channel, s.Error), StringComparer.Ordinal);
+        foreach (var (hostName, entry) in hostsToStart)
+        {
+            if (channels[hostName].Channel is ProcessHostChannel channel)
+            {
+                StartHeartbeat(channel, entry.Drivers.Select(d => d.Limits.MemoryBytes));
+            }
+        }
+
         lock (_gate)
         {
             _hosts.AddRange(started.Where(s => s.Channel is not null).Select(s => s.Channel!));
@@ -360,6 +368,33 @@ public sealed class Microkernel : IAsyncDisposable
         }
     }
 
+    /// <summary>Heartbeats for a host, with the strictest memory budget of the drivers in it.</summary>
+    private void StartHeartbeat(ProcessHostChannel host, IEnumerable<long?> budgets)
+    {
+        if (_options.HeartbeatPeriod is not { } period)
+        {
+            return;
+        }
+
+        var limits = budgets.Where(b => b is not null).ToList();
+        host.StartHeartbeat(_time, period, limits.Count == 0 ? null : limits.Min(), OnWatchdogKill);
+    }
+
+    private void OnWatchdogKill(IHostChannel host, string reason)
+    {
+        Log.WatchdogKill(_logger, host.Name, reason);
+        Events.Add(KernelEventKind.WatchdogKill, host.Name, null, reason);
+    }
+
+    /// <summary>A request the manifest marks critical outlived its deadline: the driver is hung.
+    /// Killing its host turns the hang into a crash, which the supervisor already handles.</summary>
+    private void OnCriticalTimeout(DeviceLayer layer, KernelIrp irp)
+    {
+        var reason = $"hung: critical {irp.MajorFunction} IRP {irp.Id} to {irp.Device.Name} passed its {irp.Device.RequestTimeout.TotalMilliseconds:F0} ms deadline";
+        OnWatchdogKill(layer.Host, reason);
+        layer.Host.Kill($"watchdog: {reason}");
+    }
+
     private void Supervise(KernelDriver driver)
     {
         var supervisor = new DriverSupervisor(new KernelDriverLifecycle(this, driver), driver.Manifest.Recovery, _time);
@@ -403,6 +438,7 @@ public sealed class Microkernel : IAsyncDisposable
             _hosts.Add(host);
         }
 
+        StartHeartbeat(host, [driver.Manifest.Limits.MemoryBytes]);
         var escalated = driver.Isolation == IsolationModel.SharedHost;
         driver.AttachHost(host);
         driver.Isolation = IsolationModel.Process;

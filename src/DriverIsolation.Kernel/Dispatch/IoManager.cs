@@ -41,6 +41,10 @@ internal sealed class IoManager
 
     public int OutstandingCount => _irps.Count;
 
+    /// <summary>Called when an IRP of a major function its driver marks critical passes its
+    /// deadline (the kernel kills the host: a hang becomes a crash).</summary>
+    public Action<DeviceLayer, KernelIrp>? OnCriticalTimeout { get; init; }
+
     public string? BugCheckReason => _bugCheck;
 
     public FileObject NewFileObject(KernelDevice device, string openedAs) =>
@@ -342,6 +346,12 @@ internal sealed class IoManager
         Log.IrpTimedOut(_logger, irp.Id, irp.MajorFunction, irp.Device.Name, irp.Device.RequestTimeout);
         _events.Add(KernelEventKind.IrpTimedOut, layer.Driver.Name, irp.Id, $"{irp.MajorFunction} to {irp.Device.Name} passed its deadline of {irp.Device.RequestTimeout}");
         Finish(irp, IoResult.FromStatus(NtStatus.IoTimeout), ReadOnlyMemory<byte>.Empty);
+
+        if (layer.Driver.Manifest.Limits.Critical.Contains(irp.MajorFunction) && layer.Host.Isolation != IsolationModel.InKernel)
+        {
+            OnCriticalTimeout?.Invoke(layer, irp);
+            return;
+        }
 
         // Let the driver drop it; its completion, if it ever comes, is refused as late.
         layer.Host.Cancel(irp.Id, layer);

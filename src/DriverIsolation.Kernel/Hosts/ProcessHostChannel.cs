@@ -25,6 +25,7 @@ internal sealed class ProcessHostChannel : IHostChannel
     private readonly TaskCompletionSource<string> _exited = new(TaskCreationOptions.RunContinuationsAsynchronously);
     private volatile string? _killReason;
     private int _exitReported;
+    private HeartbeatMonitor? _heartbeat;
 
     public ProcessHostChannel(string name, IsolationModel isolation, Process process, FrameConnection connection, IoManager io,
         KernelEventLog events, ILogger logger, Action<ProcessHostChannel, string> onExited)
@@ -61,6 +62,14 @@ internal sealed class ProcessHostChannel : IHostChannel
         _ = DoReceiveAsync();
         _ = WatchProcessAsync();
     }
+
+    /// <summary>Starts heartbeats; <paramref name="onWatchdogKill"/> hears why the host was killed.</summary>
+    public void StartHeartbeat(TimeProvider time, TimeSpan period, long? memoryBudget, Action<ProcessHostChannel, string> onWatchdogKill) =>
+        _heartbeat = new HeartbeatMonitor(time, period, memoryBudget, Ping, reason =>
+        {
+            onWatchdogKill(this, reason);
+            Kill($"watchdog: {reason}");
+        });
 
     public Task<(NtStatus Status, string? Detail)> LoadDriverAsync(KernelDriver driver, string assemblyPath, CancellationToken cancellationToken)
     {
@@ -197,6 +206,7 @@ internal sealed class ProcessHostChannel : IHostChannel
             case Pong pong:
                 LastPongSequence = pong.Sequence;
                 LastWorkingSetBytes = pong.WorkingSetBytes;
+                _heartbeat?.OnPong(pong.Sequence, pong.WorkingSetBytes);
                 return true;
             case Protocol.Log log:
                 var level = log.Level is >= 0 and <= (int)LogLevel.Critical ? (LogLevel)log.Level : LogLevel.Information;
@@ -234,6 +244,7 @@ internal sealed class ProcessHostChannel : IHostChannel
     private async Task WatchProcessAsync()
     {
         await _process.WaitForExitAsync().ConfigureAwait(false);
+        _heartbeat?.Dispose();
         _connection.Abort("host process exited");
         var reason = _killReason is { } killed
             ? $"{killed} ({ExitCodes.Describe(_process.ExitCode)})"

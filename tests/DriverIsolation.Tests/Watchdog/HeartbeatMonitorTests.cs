@@ -1,0 +1,92 @@
+using DriverIsolation.Kernel;
+using Microsoft.Extensions.Time.Testing;
+
+namespace DriverIsolation.Tests;
+
+public sealed class HeartbeatMonitorTests
+{
+    private static readonly TimeSpan Period = TimeSpan.FromSeconds(1);
+    private readonly FakeTimeProvider _time = new();
+    private readonly List<long> _pings = [];
+    private readonly List<string> _kills = [];
+
+    [Fact]
+    public void AnsweredPings_NeverKill()
+    {
+        using var monitor = Monitor(memoryBudget: null);
+
+        for (var i = 1; i <= 10; i++)
+        {
+            _time.Advance(Period);
+            monitor.OnPong(i, 1);
+        }
+
+        Assert.Equal(Enumerable.Range(1, 10).Select(i => (long)i), _pings);
+        Assert.Empty(_kills);
+    }
+
+    [Fact]
+    public void TwoPingsUnanswered_KillsAtTheNextPeriodAndNotBefore()
+    {
+        using var monitor = Monitor(memoryBudget: null);
+
+        _time.Advance(Period);
+        _time.Advance(Period);
+        Assert.Empty(_kills);
+        _time.Advance(Period - TimeSpan.FromTicks(1));
+        Assert.Empty(_kills);
+        _time.Advance(TimeSpan.FromTicks(1));
+
+        Assert.Equal("hung: 2 heartbeats unanswered (period 1000 ms)", Assert.Single(_kills));
+        Assert.Equal([1L, 2L], _pings);
+        _time.Advance(Period * 5);
+        Assert.Single(_kills);
+    }
+
+    [Fact]
+    public void LateAnswer_ResetsTheCount()
+    {
+        using var monitor = Monitor(memoryBudget: null);
+
+        _time.Advance(Period);
+        _time.Advance(Period);
+        monitor.OnPong(2, 1);
+        _time.Advance(Period);
+        _time.Advance(Period);
+
+        Assert.Empty(_kills);
+        _time.Advance(Period);
+        Assert.Single(_kills);
+    }
+
+    [Fact]
+    public void WorkingSetOverBudget_KillsOnceWithTheNumbers()
+    {
+        using var monitor = Monitor(memoryBudget: 100L * 1024 * 1024);
+
+        _time.Advance(Period);
+        monitor.OnPong(1, 99L * 1024 * 1024);
+        Assert.Empty(_kills);
+        _time.Advance(Period);
+        monitor.OnPong(2, 101L * 1024 * 1024);
+        monitor.OnPong(2, 150L * 1024 * 1024);
+
+        Assert.Equal("over its memory budget: working set 101 MiB > 100 MiB", Assert.Single(_kills));
+    }
+
+    [Fact]
+    public void PongForAPingNeverSent_IsIgnored()
+    {
+        using var monitor = Monitor(memoryBudget: null);
+
+        monitor.OnPong(1_000, 1);
+        _time.Advance(Period);
+        _time.Advance(Period);
+        _time.Advance(Period);
+
+        Assert.Single(_kills);
+    }
+
+    private HeartbeatMonitor Monitor(long? memoryBudget) =>
+        new(_time, Period, memoryBudget, _pings.Add, _kills.Add);
+}
