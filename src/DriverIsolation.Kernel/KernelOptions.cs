@@ -28,6 +28,10 @@ public sealed class KernelOptions
     /// ahead would otherwise make every host look hung).</summary>
     public TimeSpan? HeartbeatPeriod { get; set; } = TimeSpan.FromSeconds(1);
 
+    /// <summary>Idle hosts kept started, so a restart does not wait for a process start.
+    /// Default 1; 0 turns the pool off. Each idle host costs a process (some tens of MiB).</summary>
+    public int WarmPoolSize { get; set; } = 1;
+
     /// <summary>How many finished IRP ids are remembered to tell a late or duplicate completion
     /// from one for an IRP that never existed. Default 4096.</summary>
     public int FinishedIrpMemory { get; set; } = 4096;

@@ -28,6 +28,7 @@ public sealed class Microkernel : IAsyncDisposable
     private int _nextDeviceId;
     private volatile string? _safeMode;
     private volatile bool _booting;
+    private readonly WarmPool _pool;
 
     public Microkernel(KernelOptions? options = null, ILoggerFactory? loggerFactory = null, TimeProvider? timeProvider = null)
     {
@@ -39,6 +40,7 @@ public sealed class Microkernel : IAsyncDisposable
         Events = new KernelEventLog(time);
         _io = new IoManager(time, Events, _logger, _options) { OnCriticalTimeout = OnCriticalTimeout };
         _launcher = new HostLauncher(_options, _io, Events, _loggerFactory);
+        _pool = new WarmPool(_launcher, _options.WarmPoolSize, OnHostExited, _stopping.Token);
     }
 
     /// <summary>What the kernel observed: hosts, loads, refusals, timeouts, crashes.</summary>
@@ -166,6 +168,10 @@ public sealed class Microkernel : IAsyncDisposable
         await Task.WhenAll(recovering.Select(d => Events.WaitForAsync(e => e.Driver == d.Name &&
             e.Kind is KernelEventKind.DriverRestarted or KernelEventKind.DriverQuarantined or KernelEventKind.DriverLoadFailed, cancellationToken))).ConfigureAwait(false);
         _booting = false;
+        if (supervised.Count + recovering.Count > 0)
+        {
+            _pool.Fill();
+        }
     }
 
     /// <summary>Opens a device by name or link (IRP_MJ_CREATE).</summary>
@@ -233,7 +239,7 @@ public sealed class Microkernel : IAsyncDisposable
             }
         }
 
-        await Task.WhenAll(hosts.Select(h => h.DisposeAsync().AsTask())).ConfigureAwait(false);
+        await Task.WhenAll(hosts.Select(h => h.DisposeAsync().AsTask()).Append(_pool.DisposeAsync())).ConfigureAwait(false);
         if (_inKernel is not null)
         {
             await _inKernel.DisposeAsync().ConfigureAwait(false);
@@ -423,14 +429,17 @@ public sealed class Microkernel : IAsyncDisposable
         }
 
         driver.BeginInstance();
-        ProcessHostChannel host;
-        try
+        var host = _pool.TryTake(driver.Name);
+        if (host is null)
         {
-            host = await _launcher.StartAsync(driver.Name, IsolationModel.Process, OnHostExited, cancellationToken).ConfigureAwait(false);
-        }
-        catch (HostStartException ex)
-        {
-            throw new DriverStartException(ex.Message);
+            try
+            {
+                host = await _launcher.StartAsync(driver.Name, IsolationModel.Process, OnHostExited, cancellationToken).ConfigureAwait(false);
+            }
+            catch (HostStartException ex)
+            {
+                throw new DriverStartException(ex.Message);
+            }
         }
 
         lock (_gate)
@@ -536,6 +545,9 @@ public sealed class Microkernel : IAsyncDisposable
         _io.FailParked(parked, NtStatus.DriverProcessTerminated);
         Events.Add(KernelEventKind.DriverLoadFailed, driver.Name, null, reason);
     }
+
+    /// <summary>PIDs of the idle hosts kept ready for restarts.</summary>
+    public IReadOnlyList<int> WarmPoolProcessIds => _pool.ProcessIds;
 
     /// <summary>The drivers the watchdog has quarantined.</summary>
     public IReadOnlyList<DriverInfo> GetQuarantined() => [.. GetDrivers().Where(d => d.State == DriverState.Quarantined)];

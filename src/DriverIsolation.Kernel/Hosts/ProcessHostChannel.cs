@@ -41,7 +41,8 @@ internal sealed class ProcessHostChannel : IHostChannel
         _onExited = onExited;
     }
 
-    public string Name { get; }
+    /// <summary>The host's name; a pooled host takes its driver's name when it is handed out.</summary>
+    public string Name { get; set; }
 
     public IsolationModel Isolation { get; }
 

@@ -50,6 +50,26 @@ public sealed class RecoveryTests : IDisposable
     }
 
     [Fact]
+    public async Task Restart_TakesTheWarmHostAndThePoolRefills()
+    {
+        await using var kernel = new Microkernel(new KernelOptions { WarmPoolSize = 1 });
+        await kernel.StartAsync([TestManifests.Sample("Null") with { Recovery = Fast }], IsolationModel.Process).Bounded();
+        var warm = await kernel.Events.WaitForAsync(e => e.Kind == KernelEventKind.HostStarted && e.Driver == "pool-1").Bounded();
+        var warmPid = Assert.Single(kernel.WarmPoolProcessIds);
+        Assert.Equal($"PID {warmPid}", warm.Detail);
+
+        kernel.KillDriverHost("Null");
+        await kernel.Events.WaitForAsync(KernelEventKind.DriverRestarted).Bounded();
+        await kernel.Events.WaitForAsync(e => e.Kind == KernelEventKind.HostStarted && e.Driver == "pool-2").Bounded();
+
+        var driver = kernel.GetDrivers().Single();
+        Assert.Equal(warmPid, driver.ProcessId);
+        Assert.Equal("Null", driver.Host);
+        await using var nul = await kernel.OpenAsync(@"\Device\Null").Bounded();
+        Assert.Equal(NtStatus.Success, (await nul.ReadAsync(new byte[4]).Bounded()).Status);
+    }
+
+    [Fact]
     public async Task HostKilled_FailPolicy_PendingRequestsFailOnceAndTheHandleWorksAfterTheRestart()
     {
         await using var kernel = new Microkernel();
