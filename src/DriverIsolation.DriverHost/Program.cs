@@ -39,6 +39,9 @@ catch (FormatException)
     return ExitCodes.Usage;
 }
 
+// Compile the host's paths now, so the first real driver does not pay for it (see HostWarmup).
+HostWarmup.Run();
+
 using var stop = new CancellationTokenSource();
 var parentGone = ParentWatch.WaitForParentExitAsync(parentPid, TimeSpan.FromMilliseconds(250), stop.Token);
 

@@ -54,6 +54,9 @@ public sealed class Microkernel : IAsyncDisposable
     /// <summary>Why the system runs in safe mode (a boot-critical driver is quarantined), or null.</summary>
     public string? SafeModeReason => _safeMode;
 
+    /// <summary>Completions delivered twice for one IRP (the invariant says 0).</summary>
+    public long DuplicateDeliveries => _io.DuplicateDeliveries;
+
     /// <summary>IRPs in the kernel that have not completed yet.</summary>
     public int OutstandingIrps => _io.OutstandingCount;
 
@@ -422,6 +425,18 @@ public sealed class Microkernel : IAsyncDisposable
     /// it. Throws <see cref="DriverStartException"/> if any step fails.
     /// </summary>
     internal async Task RestartDriverAsync(KernelDriver driver, CancellationToken cancellationToken)
+    {
+        try
+        {
+            await RestartInFreshHostAsync(driver, cancellationToken).ConfigureAwait(false);
+        }
+        finally
+        {
+            _pool.Fill();
+        }
+    }
+
+    private async Task RestartInFreshHostAsync(KernelDriver driver, CancellationToken cancellationToken)
     {
         lock (driver.Gate)
         {

@@ -4,5 +4,6 @@ using DriverIsolation.Cli.Commands;
 var root = new RootCommand("drviso: a simulated microkernel whose drivers run in isolated host processes")
 {
     DemoCommand.Create(),
+    ChaosCommand.Create(),
 };
 return await root.Parse(args).InvokeAsync();

@@ -28,6 +28,7 @@ internal sealed class IoManager
     private readonly ILogger _logger;
     private readonly KernelOptions _options;
     private long _lastIrpId;
+    private long _duplicateDeliveries;
     private long _lastFileId;
     private volatile string? _bugCheck;
 
@@ -40,6 +41,11 @@ internal sealed class IoManager
     }
 
     public int OutstandingCount => _irps.Count;
+
+    /// <summary>Completions delivered to a caller for an IRP that had already been delivered
+    /// (among the recently finished ones): the exactly-once invariant, checked where it matters.
+    /// Must stay 0.</summary>
+    public long DuplicateDeliveries => Interlocked.Read(ref _duplicateDeliveries);
 
     /// <summary>Called when an IRP of a major function its driver marks critical passes its
     /// deadline (the kernel kills the host: a hang becomes a crash).</summary>
@@ -252,6 +258,11 @@ internal sealed class IoManager
     {
         foreach (var irp in parked)
         {
+            lock (irp.Gate)
+            {
+                irp.Parked = false;
+            }
+
             SendToLayer(irp, 0, cancelAfterSend: false);
         }
     }
@@ -437,11 +448,12 @@ internal sealed class IoManager
 
             lock (irp.Gate)
             {
-                if (irp.Completed)
+                if (irp.Completed || irp.Parked)
                 {
                     return true;
                 }
 
+                irp.Parked = true;
                 irp.ResetToTop();
             }
 
@@ -477,7 +489,11 @@ internal sealed class IoManager
 
     private void Remember(long irpId, NtStatus status)
     {
-        _finished[irpId] = status;
+        if (!_finished.TryAdd(irpId, status))
+        {
+            Interlocked.Increment(ref _duplicateDeliveries);
+        }
+
         _finishedOrder.Enqueue(irpId);
         while (_finishedOrder.Count > _options.FinishedIrpMemory && _finishedOrder.TryDequeue(out var old))
         {

@@ -89,6 +89,9 @@ internal sealed class KernelIrp
 
     public bool CancelRequested { get; set; }
 
+    /// <summary>Waiting in a restarting driver's queue. Guarded by <see cref="Gate"/>.</summary>
+    public bool Parked { get; set; }
+
     public ITimer? Deadline { get; set; }
 
     public CancellationTokenRegistration CallerCancellation { get; set; }

@@ -25,6 +25,7 @@ internal sealed class ProcessHostChannel : IHostChannel
     private readonly TaskCompletionSource<string> _exited = new(TaskCreationOptions.RunContinuationsAsynchronously);
     private volatile string? _killReason;
     private int _exitReported;
+    private int _exitProcessed;
     private HeartbeatMonitor? _heartbeat;
 
     public ProcessHostChannel(string name, IsolationModel isolation, Process process, FrameConnection connection, IoManager io,
@@ -92,7 +93,7 @@ internal sealed class ProcessHostChannel : IHostChannel
         if (!Send(new Protocol.Dispatch(irp.Id, layer.DeviceId, irp.MajorFunction, irp.MinorFunction, irp.File.Id, irp.Offset,
                 irp.Length, irp.IoControlCode, irp.Input, irp.OutputLength)))
         {
-            _io.FailUndeliverable(irp);
+            Undeliverable(irp);
         }
     }
 
@@ -101,6 +102,17 @@ internal sealed class ProcessHostChannel : IHostChannel
     public void LowerCompleted(KernelIrp irp, DeviceLayer layer, NtStatus status, long information, ReadOnlyMemory<byte> data)
     {
         if (!Send(new Protocol.LowerCompleted(irp.Id, layer.DeviceId, status, information, data)))
+        {
+            Undeliverable(irp);
+        }
+    }
+
+    /// <summary>The pipe is closed, so the host is dying. Until its exit is processed the IRP is
+    /// left where it is: the exit sweep completes or parks every IRP this host holds, by policy.
+    /// Once the exit has been processed, the sweep is over and the IRP is handled here.</summary>
+    private void Undeliverable(KernelIrp irp)
+    {
+        if (Volatile.Read(ref _exitProcessed) != 0)
         {
             _io.FailUndeliverable(irp);
         }
@@ -111,15 +123,19 @@ internal sealed class ProcessHostChannel : IHostChannel
     public void Kill(string reason)
     {
         _killReason ??= reason;
-        _connection.Abort(reason);
+
+        // SIGKILL first, then drop the pipe: the host must be gone before anything else happens.
+        // (drvhost starts no processes of its own, so there is no tree to walk.)
         try
         {
-            _process.Kill(entireProcessTree: true);
+            _process.Kill();
         }
         catch (InvalidOperationException)
         {
             // Already exited.
         }
+
+        _connection.Abort(reason);
     }
 
     /// <summary>Asks the host to unload its drivers and exit; kills it if it does not within
@@ -261,6 +277,7 @@ internal sealed class ProcessHostChannel : IHostChannel
         }
 
         _onExited(this, reason);
+        Volatile.Write(ref _exitProcessed, 1);
         _exited.TrySetResult(reason);
     }
 

@@ -5,7 +5,7 @@ namespace DriverIsolation.Kernel;
 /// <summary>
 /// Idle driver hosts, already started and past the handshake, kept so that a restart does not
 /// pay for a process start (tens of milliseconds for a .NET host on an idle machine, far more on
-/// a busy one). Taking one starts a replacement in the background.
+/// a busy one). A replacement is started in the background once the restart that took one is done.
 /// </summary>
 internal sealed class WarmPool(HostLauncher launcher, int size, Action<ProcessHostChannel, string> onExited, CancellationToken stopping)
 {
@@ -25,22 +25,21 @@ internal sealed class WarmPool(HostLauncher launcher, int size, Action<ProcessHo
         }
     }
 
-    /// <summary>An idle live host, renamed for its driver, or null if none is ready.</summary>
+    /// <summary>An idle live host, renamed for its driver, or null if none is ready. The caller
+    /// calls <see cref="Fill"/> when its restart is done: a process start competing with the
+    /// restart for the CPU would slow the restart down.</summary>
     public ProcessHostChannel? TryTake(string name)
     {
-        ProcessHostChannel? taken = null;
         while (_idle.TryDequeue(out var host))
         {
             if (host.IsAlive)
             {
-                taken = host;
-                taken.Name = name;
-                break;
+                host.Name = name;
+                return host;
             }
         }
 
-        Fill();
-        return taken;
+        return null;
     }
 
     public async Task DisposeAsync()
