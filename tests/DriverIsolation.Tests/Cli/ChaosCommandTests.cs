@@ -1,0 +1,77 @@
+using System.Diagnostics;
+using System.Text.Json;
+
+namespace DriverIsolation.Tests;
+
+/// <summary><c>drviso chaos</c> as a user runs it: a short run with host kills must keep every
+/// invariant, say so in its JSON, and exit 0. (Recovery times are reported, never asserted.)</summary>
+[Collection("processes")]
+public sealed class ChaosCommandTests : IDisposable
+{
+    private readonly string _json = Path.Combine(Path.GetTempPath(), $"drviso-chaos-{Guid.NewGuid():N}.json");
+
+    public void Dispose() => File.Delete(_json);
+
+    [Fact]
+    public async Task Chaos_ShortRunWithKills_ReportsNothingLostNothingDuplicatedDataVerified()
+    {
+        var (exitCode, output) = await DrvisoAsync("chaos", "--duration", "4s", "--kill-every", "500ms", "--seed", "7", "--json", _json);
+
+        Assert.True(exitCode == 0, output);
+        using var report = JsonDocument.Parse(await File.ReadAllTextAsync(_json));
+        var root = report.RootElement;
+        Assert.Equal(0, root.GetProperty("lost").GetInt64());
+        Assert.Equal(0, root.GetProperty("duplicated").GetInt64());
+        Assert.True(root.GetProperty("data_verified").GetBoolean());
+        Assert.True(root.GetProperty("kernel_alive").GetBoolean());
+        Assert.InRange(root.GetProperty("kills").GetInt32(), 1, 10);
+        Assert.Equal(root.GetProperty("kills").GetInt32(), root.GetProperty("restarts").GetInt32());
+        var completed = root.GetProperty("completed").EnumerateObject().Sum(p => p.Value.GetInt64());
+        Assert.Equal(root.GetProperty("issued").GetInt64(), completed);
+        Assert.True(root.GetProperty("completed").GetProperty("Success").GetInt64() > 0);
+        foreach (var field in new[] { "recovery_p50_ms", "recovery_p99_ms" })
+        {
+            Assert.Equal(JsonValueKind.Number, root.GetProperty(field).ValueKind);
+        }
+    }
+
+    [Fact]
+    public async Task Chaos_BadDuration_FailsWithAClearMessage()
+    {
+        var (exitCode, output) = await DrvisoAsync("chaos", "--duration", "soon");
+
+        Assert.NotEqual(0, exitCode);
+        Assert.Contains("--duration: expected a duration like 500ms, 60s or 2m; got \"soon\"", output, StringComparison.Ordinal);
+    }
+
+    private static async Task<(int ExitCode, string Output)> DrvisoAsync(params string[] args)
+    {
+        var start = new ProcessStartInfo(Environment.GetEnvironmentVariable("DOTNET_HOST_PATH") ?? "dotnet")
+        {
+            RedirectStandardOutput = true,
+            RedirectStandardError = true,
+            UseShellExecute = false,
+        };
+        start.ArgumentList.Add(Path.Combine(AppContext.BaseDirectory, "drviso.dll"));
+        foreach (var arg in args)
+        {
+            start.ArgumentList.Add(arg);
+        }
+
+        using var process = Process.Start(start)!;
+        try
+        {
+            var stdout = process.StandardOutput.ReadToEndAsync();
+            var stderr = process.StandardError.ReadToEndAsync();
+            await process.WaitForExitAsync().WaitAsync(TimeSpan.FromMinutes(2));
+            return (process.ExitCode, await stdout + await stderr);
+        }
+        finally
+        {
+            if (!process.HasExited)
+            {
+                process.Kill(entireProcessTree: true);
+            }
+        }
+    }
+}
