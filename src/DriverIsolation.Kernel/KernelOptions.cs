@@ -28,6 +28,15 @@ public sealed class KernelOptions
     /// ahead would otherwise make every host look hung).</summary>
     public TimeSpan? HeartbeatPeriod { get; set; } = TimeSpan.FromSeconds(1);
 
+    /// <summary>Log lines a host may send per second (burst as many). Default 1000. Protects the
+    /// kernel's log and CPU from a driver that floods it; past it the host is killed.</summary>
+    public int MaxLogLinesPerSecond { get; set; } = 1000;
+
+    /// <summary>Refused messages (forged, duplicate or late completions, bad pass-downs) a host
+    /// may cause per second (burst as many). Default 100. A few are bugs; a flood is an attack,
+    /// and past it the host is killed.</summary>
+    public int MaxRefusalsPerSecond { get; set; } = 100;
+
     /// <summary>Idle hosts kept started, so a restart does not wait for a process start.
     /// Default 1; 0 turns the pool off. Each idle host costs a process (some tens of MiB).</summary>
     public int WarmPoolSize { get; set; } = 1;

@@ -39,7 +39,7 @@ public sealed class Microkernel : IAsyncDisposable
         _time = time;
         Events = new KernelEventLog(time);
         _io = new IoManager(time, Events, _logger, _options) { OnCriticalTimeout = OnCriticalTimeout };
-        _launcher = new HostLauncher(_options, _io, Events, _loggerFactory);
+        _launcher = new HostLauncher(_options, _io, Events, _loggerFactory, time);
         _pool = new WarmPool(_launcher, _options.WarmPoolSize, OnHostExited, _stopping.Token);
     }
 

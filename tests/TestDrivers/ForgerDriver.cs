@@ -28,7 +28,7 @@ public sealed class ForgerDriver : IDriver
     }
 
     /// <summary>Copies a real IRP's private plumbing into a new IRP with another id.</summary>
-    private static Irp Forge(Irp real, long id)
+    internal static Irp Forge(Irp real, long id)
     {
         var port = typeof(Irp).GetField("_port", BindingFlags.NonPublic | BindingFlags.Instance)!.GetValue(real);
         var constructor = typeof(Irp).GetConstructors(BindingFlags.NonPublic | BindingFlags.Instance).Single();

@@ -508,6 +508,7 @@ internal sealed class IoManager
             if (status is NtStatus.IoTimeout or NtStatus.DriverProcessTerminated or NtStatus.SystemCrashed)
             {
                 _events.Add(KernelEventKind.LateCompletion, from.Name, irpId, $"{what} after the kernel completed the IRP with {status}");
+                from.CountRefusal();
                 return;
             }
 
@@ -524,6 +525,7 @@ internal sealed class IoManager
     {
         Log.CompletionRefused(_logger, what, irpId, from.Name, reason);
         _events.Add(KernelEventKind.CompletionRefused, from.Name, irpId, $"{what} refused: {reason}");
+        from.CountRefusal();
     }
 
     /// <summary>Timer and cancellation-token state: which IRP, for which manager.</summary>

@@ -14,7 +14,7 @@ namespace DriverIsolation.Kernel;
 /// name, a one-time token handed over on the child's standard input (never its command line),
 /// and a handshake that checks the token, the protocol version and the PID the kernel spawned.
 /// </summary>
-internal sealed class HostLauncher(KernelOptions options, IoManager io, KernelEventLog events, ILoggerFactory loggerFactory)
+internal sealed class HostLauncher(KernelOptions options, IoManager io, KernelEventLog events, ILoggerFactory loggerFactory, TimeProvider time)
 {
     private readonly ILogger _logger = loggerFactory.CreateLogger("DriverIsolation.Kernel.Hosts");
 
@@ -57,7 +57,7 @@ internal sealed class HostLauncher(KernelOptions options, IoManager io, KernelEv
             connection.Send(new Welcome(ProtocolConstants.Version, hostName));
             var channel = new ProcessHostChannel(hostName, isolation, process, connection, io, events,
                 loggerFactory.CreateLogger($"DriverIsolation.Host.{hostName}"), onExited);
-            channel.Start();
+            channel.Start(time, options);
             Log.HostStarted(_logger, hostName, process.Id, isolation.ToManifestName());
             events.Add(KernelEventKind.HostStarted, hostName, null, $"PID {process.Id}");
             return channel;

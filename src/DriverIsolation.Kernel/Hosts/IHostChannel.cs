@@ -29,4 +29,7 @@ internal interface IHostChannel : IAsyncDisposable
 
     /// <summary>Ends the host now (kill -9 for a process); its IRPs complete through the exit path.</summary>
     void Kill(string reason);
+
+    /// <summary>The kernel refused a message from this host (counted against its refusal limit).</summary>
+    void CountRefusal();
 }

@@ -64,6 +64,11 @@ internal sealed class InKernelHostChannel : IHostChannel, IKernelLink
             return (NtStatus.Success, null);
         });
 
+    /// <summary>In-kernel drivers are the kernel: there is nothing to kill for misbehaving.</summary>
+    public void CountRefusal()
+    {
+    }
+
     public void Kill(string reason) => _io.BugCheck($"the kernel itself was asked to stop: {reason}");
 
     public ValueTask DisposeAsync()

@@ -27,6 +27,11 @@ internal sealed class ProcessHostChannel : IHostChannel
     private int _exitReported;
     private int _exitProcessed;
     private HeartbeatMonitor? _heartbeat;
+    private RateLimit? _logLimit;
+    private RateLimit? _refusalLimit;
+    private int _maxLogLines;
+    private int _violated;
+    private int _maxRefusals;
 
     public ProcessHostChannel(string name, IsolationModel isolation, Process process, FrameConnection connection, IoManager io,
         KernelEventLog events, ILogger logger, Action<ProcessHostChannel, string> onExited)
@@ -59,8 +64,12 @@ internal sealed class ProcessHostChannel : IHostChannel
     public long LastWorkingSetBytes { get; private set; }
 
     /// <summary>Starts the receive loop and the process-exit watch (after the handshake).</summary>
-    public void Start()
+    public void Start(TimeProvider time, KernelOptions options)
     {
+        _maxLogLines = options.MaxLogLinesPerSecond;
+        _maxRefusals = options.MaxRefusalsPerSecond;
+        _logLimit = new RateLimit(time, options.MaxLogLinesPerSecond, options.MaxLogLinesPerSecond);
+        _refusalLimit = new RateLimit(time, options.MaxRefusalsPerSecond, options.MaxRefusalsPerSecond);
         _ = DoReceiveAsync();
         _ = WatchProcessAsync();
     }
@@ -120,6 +129,14 @@ internal sealed class ProcessHostChannel : IHostChannel
 
     public void Ping(long sequence) => Send(new Ping(sequence));
 
+    public void CountRefusal()
+    {
+        if (_refusalLimit?.TryTake() == false)
+        {
+            Violation($"refusal flood: more than {_maxRefusals} refused messages a second");
+        }
+    }
+
     public void Kill(string reason)
     {
         _killReason ??= reason;
@@ -171,7 +188,8 @@ internal sealed class ProcessHostChannel : IHostChannel
     {
         try
         {
-            while (await _connection.ReadAsync().ConfigureAwait(false) is { } message)
+            // Nothing more is taken from a host once it is condemned, even frames already buffered.
+            while (_killReason is null && await _connection.ReadAsync().ConfigureAwait(false) is { } message)
             {
                 if (!Handle(message))
                 {
@@ -225,6 +243,9 @@ internal sealed class ProcessHostChannel : IHostChannel
                 LastWorkingSetBytes = pong.WorkingSetBytes;
                 _heartbeat?.OnPong(pong.Sequence, pong.WorkingSetBytes);
                 return true;
+            case Protocol.Log when _logLimit?.TryTake() == false:
+                Violation($"log flood: more than {_maxLogLines} log lines a second");
+                return false;
             case Protocol.Log log:
                 var level = log.Level is >= 0 and <= (int)LogLevel.Critical ? (LogLevel)log.Level : LogLevel.Information;
                 Log.DriverLog(_logger, level, Name, log.Message.Length > 4096 ? log.Message[..4096] : log.Message);
@@ -253,6 +274,11 @@ internal sealed class ProcessHostChannel : IHostChannel
 
     private void Violation(string reason)
     {
+        if (Interlocked.Exchange(ref _violated, 1) != 0)
+        {
+            return;
+        }
+
         Log.ProtocolViolation(_logger, Name, reason);
         _events.Add(KernelEventKind.ProtocolViolation, Name, null, reason);
         Kill($"protocol violation: {reason}");
