@@ -45,7 +45,9 @@ internal sealed class HostLauncher(KernelOptions options, IoManager io, KernelEv
 
             await connected.ConfigureAwait(false);
             var connection = new FrameConnection(server, untrustedPeer: true, options.MaxFrameSize);
-            var refusal = await HandshakeAsync(connection, token, process.Id, timeout.Token).ConfigureAwait(false);
+            var peerPid = PeerCredentials.TryGetProcessId(server);
+            var hello = await connection.ReadAsync(timeout.Token).ConfigureAwait(false);
+            var refusal = CheckHello(hello, token, process.Id, peerPid);
             if (refusal is not null)
             {
                 Log.HandshakeRefused(_logger, hostName, refusal);
@@ -70,10 +72,11 @@ internal sealed class HostLauncher(KernelOptions options, IoManager io, KernelEv
         }
     }
 
-    /// <summary>Reads the Hello and says what is wrong with it, or null if nothing is.</summary>
-    private static async Task<string?> HandshakeAsync(FrameConnection connection, byte[] token, int spawnedPid, CancellationToken cancellationToken)
+    /// <summary>Says what is wrong with a host's first message, or null if nothing is: it must be
+    /// a Hello in the kernel's protocol version, with the one-time token, from the PID the kernel
+    /// spawned, both as the host claims it and (where the OS tells) as the socket's peer.</summary>
+    internal static string? CheckHello(Message? first, byte[] token, int spawnedPid, int? peerPid)
     {
-        var first = await connection.ReadAsync(cancellationToken).ConfigureAwait(false);
         if (first is not Hello hello)
         {
             return first is null ? "closed the pipe before saying Hello" : $"sent {first.GetType().Name} before Hello";
@@ -84,13 +87,18 @@ internal sealed class HostLauncher(KernelOptions options, IoManager io, KernelEv
             return $"protocol version {hello.ProtocolVersion}, the kernel speaks {ProtocolConstants.Version}";
         }
 
-        if (hello.Token is null || !CryptographicOperations.FixedTimeEquals(hello.Token, token))
+        if (!CryptographicOperations.FixedTimeEquals(hello.Token, token))
         {
             return "wrong token";
         }
 
-        return hello.ProcessId != spawnedPid
-            ? $"claims PID {hello.ProcessId}, the kernel spawned {spawnedPid}"
+        if (hello.ProcessId != spawnedPid)
+        {
+            return $"claims PID {hello.ProcessId}, the kernel spawned {spawnedPid}";
+        }
+
+        return peerPid is { } peer && peer != spawnedPid
+            ? $"the pipe's peer is PID {peer} (by its socket credentials), the kernel spawned {spawnedPid}"
             : null;
     }
 
