@@ -214,7 +214,7 @@ public sealed class Microkernel : IAsyncDisposable
         lock (_gate)
         {
             driver = _drivers.FirstOrDefault(d => d.Name.Equals(driverName, StringComparison.OrdinalIgnoreCase))
-                ?? throw new ArgumentException($"no driver named {driverName}", nameof(driverName));
+                ?? throw new KeyNotFoundException($"no driver named {driverName}");
         }
 
         driver.Host.Kill($"killed on request ({driverName})");
@@ -575,7 +575,7 @@ public sealed class Microkernel : IAsyncDisposable
         lock (_gate)
         {
             driver = _drivers.FirstOrDefault(d => d.Name.Equals(driverName, StringComparison.OrdinalIgnoreCase))
-                ?? throw new ArgumentException($"no driver named {driverName}", nameof(driverName));
+                ?? throw new KeyNotFoundException($"no driver named {driverName}");
         }
 
         lock (driver.Gate)

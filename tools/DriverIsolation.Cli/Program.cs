@@ -5,5 +5,9 @@ var root = new RootCommand("drviso: a simulated microkernel whose drivers run in
 {
     DemoCommand.Create(),
     ChaosCommand.Create(),
+    ServeCommand.Create(),
+    DriversCommand.CreateDrivers(),
+    DriversCommand.CreateQuarantine(),
+    DriversCommand.CreateInject(),
 };
 return await root.Parse(args).InvokeAsync();

@@ -1,4 +1,3 @@
-using System.Diagnostics;
 using System.Text.Json;
 
 namespace DriverIsolation.Tests;
@@ -15,7 +14,7 @@ public sealed class ChaosCommandTests : IDisposable
     [Fact]
     public async Task Chaos_ShortRunWithKills_ReportsNothingLostNothingDuplicatedDataVerified()
     {
-        var (exitCode, output) = await DrvisoAsync("chaos", "--duration", "4s", "--kill-every", "500ms", "--seed", "7", "--json", _json);
+        var (exitCode, output) = await Drviso.RunAsync("chaos", "--duration", "4s", "--kill-every", "500ms", "--seed", "7", "--json", _json);
 
         Assert.True(exitCode == 0, output);
         using var report = JsonDocument.Parse(await File.ReadAllTextAsync(_json));
@@ -38,40 +37,9 @@ public sealed class ChaosCommandTests : IDisposable
     [Fact]
     public async Task Chaos_BadDuration_FailsWithAClearMessage()
     {
-        var (exitCode, output) = await DrvisoAsync("chaos", "--duration", "soon");
+        var (exitCode, output) = await Drviso.RunAsync("chaos", "--duration", "soon");
 
         Assert.NotEqual(0, exitCode);
         Assert.Contains("--duration: expected a duration like 500ms, 60s or 2m; got \"soon\"", output, StringComparison.Ordinal);
-    }
-
-    private static async Task<(int ExitCode, string Output)> DrvisoAsync(params string[] args)
-    {
-        var start = new ProcessStartInfo(Environment.GetEnvironmentVariable("DOTNET_HOST_PATH") ?? "dotnet")
-        {
-            RedirectStandardOutput = true,
-            RedirectStandardError = true,
-            UseShellExecute = false,
-        };
-        start.ArgumentList.Add(Path.Combine(AppContext.BaseDirectory, "drviso.dll"));
-        foreach (var arg in args)
-        {
-            start.ArgumentList.Add(arg);
-        }
-
-        using var process = Process.Start(start)!;
-        try
-        {
-            var stdout = process.StandardOutput.ReadToEndAsync();
-            var stderr = process.StandardError.ReadToEndAsync();
-            await process.WaitForExitAsync().WaitAsync(TimeSpan.FromMinutes(2));
-            return (process.ExitCode, await stdout + await stderr);
-        }
-        finally
-        {
-            if (!process.HasExited)
-            {
-                process.Kill(entireProcessTree: true);
-            }
-        }
     }
 }

@@ -1,0 +1,62 @@
+using System.Text.Json.Serialization;
+
+namespace DriverIsolation.Cli.Control;
+
+/// <summary>
+/// The control channel of a serving kernel: one JSON line in, one JSON line out, per connection,
+/// on a current-user-only pipe named after the kernel's PID. It is for people and tools on the
+/// same machine (list drivers, re-enable one, break one), never the I/O path.
+/// </summary>
+internal sealed record ControlRequest(
+    [property: JsonPropertyName("op")] string Op,
+    [property: JsonPropertyName("driver")] string? Driver = null);
+
+internal sealed record ControlResponse(
+    [property: JsonPropertyName("ok")] bool Ok,
+    [property: JsonPropertyName("error")] string? Error = null,
+    [property: JsonPropertyName("drivers")] IReadOnlyList<ControlDriver>? Drivers = null,
+    [property: JsonPropertyName("safe_mode")] string? SafeMode = null);
+
+internal sealed record ControlDriver(
+    [property: JsonPropertyName("name")] string Name,
+    [property: JsonPropertyName("state")] string State,
+    [property: JsonPropertyName("isolation")] string Isolation,
+    [property: JsonPropertyName("pid")] int ProcessId,
+    [property: JsonPropertyName("restarts")] int Restarts,
+    [property: JsonPropertyName("failure")] string? Failure);
+
+internal static class ControlPipe
+{
+    public const string Prefix = "drviso-ctl-";
+
+    public static string NameFor(int kernelPid) => $"{Prefix}{kernelPid}";
+
+    /// <summary>PIDs of the kernels serving on this machine, from their control pipes (on Unix a
+    /// named pipe is a socket file in the temp directory).</summary>
+    public static IReadOnlyList<int> Serving()
+    {
+        var pids = new List<int>();
+        foreach (var path in Directory.EnumerateFiles(Path.GetTempPath(), $"CoreFxPipe_{Prefix}*"))
+        {
+            if (int.TryParse(Path.GetFileName(path)[($"CoreFxPipe_{Prefix}".Length)..], System.Globalization.CultureInfo.InvariantCulture, out var pid) && IsAlive(pid))
+            {
+                pids.Add(pid);
+            }
+        }
+
+        return pids;
+    }
+
+    private static bool IsAlive(int pid)
+    {
+        try
+        {
+            using var process = System.Diagnostics.Process.GetProcessById(pid);
+            return !process.HasExited;
+        }
+        catch (ArgumentException)
+        {
+            return false;
+        }
+    }
+}

@@ -1,0 +1,92 @@
+using System.IO.Pipes;
+using System.Text.Json;
+using DriverIsolation.Kernel;
+
+namespace DriverIsolation.Cli.Control;
+
+/// <summary>Answers control requests for one kernel until cancelled. A bad request gets an error
+/// response, never takes the server (or the kernel) down.</summary>
+internal sealed class ControlServer(Microkernel kernel)
+{
+    public async Task RunAsync(CancellationToken cancellationToken)
+    {
+        var name = ControlPipe.NameFor(Microkernel.ProcessId);
+        while (!cancellationToken.IsCancellationRequested)
+        {
+            var pipe = new NamedPipeServerStream(name, PipeDirection.InOut, NamedPipeServerStream.MaxAllowedServerInstances,
+                PipeTransmissionMode.Byte, PipeOptions.Asynchronous | PipeOptions.CurrentUserOnly);
+            try
+            {
+                await pipe.WaitForConnectionAsync(cancellationToken).ConfigureAwait(false);
+            }
+            catch (OperationCanceledException)
+            {
+                await pipe.DisposeAsync().ConfigureAwait(false);
+                return;
+            }
+
+            _ = ServeAsync(pipe);
+        }
+    }
+
+    private async Task ServeAsync(NamedPipeServerStream pipe)
+    {
+        await using (pipe.ConfigureAwait(false))
+        {
+            using var reader = new StreamReader(pipe, leaveOpen: true);
+            var writer = new StreamWriter(pipe, leaveOpen: true) { AutoFlush = true };
+            await using (writer.ConfigureAwait(false))
+            {
+                ControlResponse response;
+                try
+                {
+                    using var timeout = new CancellationTokenSource(TimeSpan.FromSeconds(10));
+                    var line = await reader.ReadLineAsync(timeout.Token).ConfigureAwait(false);
+                    var request = line is null ? null : JsonSerializer.Deserialize<ControlRequest>(line);
+                    response = request is null ? new ControlResponse(false, "empty request") : Handle(request);
+                }
+                catch (Exception ex) when (ex is JsonException or OperationCanceledException or IOException)
+                {
+                    response = new ControlResponse(false, $"bad request: {ex.Message}");
+                }
+
+                try
+                {
+                    await writer.WriteLineAsync(JsonSerializer.Serialize(response)).ConfigureAwait(false);
+                }
+                catch (IOException)
+                {
+                    // The client went away: nothing to answer.
+                }
+            }
+        }
+    }
+
+    private ControlResponse Handle(ControlRequest request)
+    {
+        try
+        {
+            switch (request.Op)
+            {
+                case "drivers":
+                    return Drivers();
+                case "reenable" when request.Driver is { } driver:
+                    kernel.Reenable(driver);
+                    return Drivers();
+                case "kill" when request.Driver is { } driver:
+                    kernel.KillDriverHost(driver);
+                    return new ControlResponse(true);
+                default:
+                    return new ControlResponse(false, $"unknown request \"{request.Op}\" (expected drivers, reenable, kill; reenable and kill name a driver)");
+            }
+        }
+        catch (Exception ex) when (ex is KeyNotFoundException or InvalidOperationException)
+        {
+            return new ControlResponse(false, ex.Message);
+        }
+    }
+
+    private ControlResponse Drivers() => new(true, Drivers:
+        [.. kernel.GetDrivers().Select(d => new ControlDriver(d.Name, d.State.ToString(), d.Isolation.ToManifestName(), d.ProcessId, d.Restarts, d.Failure))],
+        SafeMode: kernel.SafeModeReason);
+}
