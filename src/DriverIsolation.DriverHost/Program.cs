@@ -8,6 +8,8 @@ using DriverIsolation.Protocol;
 string? pipeName = null;
 string hostName = "drvhost";
 var parentPid = -1;
+var echo = args.Contains("--echo");
+args = [.. args.Where(a => a != "--echo")];
 for (var i = 0; i + 1 < args.Length; i += 2)
 {
     switch (args[i])
@@ -23,8 +25,17 @@ for (var i = 0; i + 1 < args.Length; i += 2)
 
 if (pipeName is null || parentPid <= 0)
 {
-    await Console.Error.WriteLineAsync("usage: drvhost --pipe <name> --parent-pid <pid> [--name <host name>]  (token on stdin)");
+    await Console.Error.WriteLineAsync("usage: drvhost --pipe <name> --parent-pid <pid> [--name <host name>] [--echo]  (token on stdin)");
     return ExitCodes.Usage;
+}
+
+if (echo)
+{
+    // The benchmark baseline: no handshake, no runtime (see EchoPeer).
+    var echoPipe = new NamedPipeClientStream(".", pipeName, PipeDirection.InOut, PipeOptions.Asynchronous | PipeOptions.CurrentUserOnly);
+    await echoPipe.ConnectAsync(30_000);
+    await using var echoConnection = new FrameConnection(echoPipe, untrustedPeer: false);
+    return await EchoPeer.RunAsync(echoConnection);
 }
 
 var tokenLine = await Console.In.ReadLineAsync();

@@ -1,7 +1,6 @@
 using System.Diagnostics;
 using System.Globalization;
 using System.IO.Pipes;
-using System.Runtime.InteropServices;
 using System.Security.Cryptography;
 using DriverIsolation.DriverHost;
 using DriverIsolation.Protocol;
@@ -104,42 +103,15 @@ internal sealed class HostLauncher(KernelOptions options, IoManager io, KernelEv
 
     private Process Spawn(string pipeName, string hostName)
     {
-        var hostAssembly = options.HostPath ?? Environment.GetEnvironmentVariable("DRVISO_DRVHOST") ?? Path.Combine(AppContext.BaseDirectory, "drvhost.dll");
+        var hostAssembly = DriverHostExecutable.AssemblyPath(options.HostPath);
         if (!File.Exists(hostAssembly))
         {
             throw new HostStartException(hostName, $"the host executable is not at {hostAssembly}");
         }
 
-        var start = new ProcessStartInfo(DotnetExecutable())
-        {
-            RedirectStandardInput = true,
-            RedirectStandardOutput = true,
-            RedirectStandardError = true,
-            UseShellExecute = false,
-        };
-        start.ArgumentList.Add(hostAssembly);
-        start.ArgumentList.Add("--pipe");
-        start.ArgumentList.Add(pipeName);
-        start.ArgumentList.Add("--parent-pid");
-        start.ArgumentList.Add(Environment.ProcessId.ToString(CultureInfo.InvariantCulture));
-        start.ArgumentList.Add("--name");
-        start.ArgumentList.Add(hostName);
+        var start = DriverHostExecutable.StartInfo(options.HostPath,
+            ["--pipe", pipeName, "--parent-pid", Environment.ProcessId.ToString(CultureInfo.InvariantCulture), "--name", hostName]);
         return Process.Start(start) ?? throw new HostStartException(hostName, "Process.Start returned nothing");
-    }
-
-    /// <summary>The dotnet muxer that runs this process, so the host runs on the same runtime.</summary>
-    private static string DotnetExecutable()
-    {
-        var fromEnvironment = Environment.GetEnvironmentVariable("DOTNET_HOST_PATH");
-        if (!string.IsNullOrEmpty(fromEnvironment) && File.Exists(fromEnvironment))
-        {
-            return fromEnvironment;
-        }
-
-        // .../dotnet/shared/Microsoft.NETCore.App/<version>/ -> .../dotnet/dotnet
-        var root = Path.GetFullPath(Path.Combine(RuntimeEnvironment.GetRuntimeDirectory(), "..", "..", ".."));
-        var muxer = Path.Combine(root, OperatingSystem.IsWindows() ? "dotnet.exe" : "dotnet");
-        return File.Exists(muxer) ? muxer : "dotnet";
     }
 
     private void PumpOutput(Process process, string hostName)

@@ -1,0 +1,41 @@
+using System.Text.Json;
+
+namespace DriverIsolation.Tests;
+
+/// <summary><c>drviso bench --quick</c> runs and writes every field its JSON promises. The figures
+/// themselves are never asserted: this machine is shared and noisy.</summary>
+[Collection("processes")]
+public sealed class BenchCommandTests : IDisposable
+{
+    private readonly string _json = Path.Combine(Path.GetTempPath(), $"drviso-bench-{Guid.NewGuid():N}.json");
+
+    public void Dispose() => File.Delete(_json);
+
+    [Fact]
+    public async Task BenchQuick_WritesEveryPromisedField()
+    {
+        var (exitCode, output) = await Drviso.RunAsync("bench", "--quick", "--json", _json);
+
+        Assert.True(exitCode == 0, output);
+        using var report = JsonDocument.Parse(await File.ReadAllTextAsync(_json));
+        var root = report.RootElement;
+        foreach (var percentile in new[] { "rtt_p50_us", "rtt_p99_us" })
+        {
+            var paths = root.GetProperty(percentile);
+            foreach (var measured in new[] { "raw_pipe", "in_kernel", "shared_host", "process" })
+            {
+                Assert.True(paths.GetProperty(measured).GetDouble() > 0, $"{percentile}.{measured}");
+            }
+
+            Assert.Equal(JsonValueKind.Null, paths.GetProperty("raw_shm").ValueKind);
+            Assert.Equal(JsonValueKind.Null, paths.GetProperty("ring").ValueKind);
+        }
+
+        foreach (var field in new[] { "ratio_process_vs_raw_pipe", "in_kernel_ns", "alloc_bytes_per_irp", "raw_throughput_per_s", "recovery_p50_ms" })
+        {
+            Assert.True(root.GetProperty(field).GetDouble() > 0, field);
+        }
+
+        Assert.Equal(["1", "16", "64"], root.GetProperty("throughput_per_s").EnumerateObject().Select(p => p.Name).Order(StringComparer.Ordinal));
+    }
+}

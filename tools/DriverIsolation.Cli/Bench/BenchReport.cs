@@ -1,0 +1,28 @@
+using System.Text.Json.Serialization;
+
+namespace DriverIsolation.Cli.Bench;
+
+/// <summary>What <c>drviso bench</c> measured. Transports not built yet (raw shared memory, the
+/// ring) are null rather than missing, so a reader sees they were not measured.</summary>
+internal sealed record BenchReport
+{
+    [JsonPropertyName("requests")] public int Requests { get; init; }
+
+    [JsonPropertyName("payload_bytes")] public int PayloadBytes { get; init; }
+
+    [JsonPropertyName("rtt_p50_us")] public required SortedDictionary<string, double?> RttP50Us { get; init; }
+
+    [JsonPropertyName("rtt_p99_us")] public required SortedDictionary<string, double?> RttP99Us { get; init; }
+
+    [JsonPropertyName("ratio_process_vs_raw_pipe")] public double RatioProcessVsRawPipe { get; init; }
+
+    [JsonPropertyName("in_kernel_ns")] public double InKernelNs { get; init; }
+
+    [JsonPropertyName("alloc_bytes_per_irp")] public double AllocBytesPerIrp { get; init; }
+
+    [JsonPropertyName("throughput_per_s")] public required SortedDictionary<string, double> ThroughputPerS { get; init; }
+
+    [JsonPropertyName("raw_throughput_per_s")] public double RawThroughputPerS { get; init; }
+
+    [JsonPropertyName("recovery_p50_ms")] public double? RecoveryP50Ms { get; init; }
+}

@@ -1,0 +1,211 @@
+using System.Diagnostics;
+using System.Globalization;
+using System.IO.Pipes;
+using DriverIsolation.Kernel;
+using DriverIsolation.Protocol;
+
+namespace DriverIsolation.Cli.Bench;
+
+/// <summary>
+/// The comparisons of the benchmark suite, short and in one process tree: a 512-byte Read of the
+/// Null driver per isolation model against the raw transport under it (drvhost's echo mode: same
+/// pipe, same framing, same message sizes, no kernel and no IRP), throughput with 1, 16 and 64
+/// requests in flight, allocations per request, and recovery from a killed host.
+/// </summary>
+internal sealed class QuickBench(bool quick, Action<string> progress)
+{
+    private const int Payload = 512;
+    private readonly int _requests = quick ? 3_000 : 30_000;
+    private readonly int _warmup = quick ? 500 : 3_000;
+
+    public async Task<BenchReport> RunAsync()
+    {
+        var rtt = new Dictionary<IsolationModel, double[]>();
+        var throughput = new SortedDictionary<string, double>(StringComparer.Ordinal);
+        double allocPerIrp = 0;
+        foreach (var model in new[] { IsolationModel.InKernel, IsolationModel.SharedHost, IsolationModel.Process })
+        {
+            progress(model.ToManifestName());
+            await using var kernel = new Microkernel(new KernelOptions { WarmPoolSize = 0 });
+            await kernel.StartAsync([EmbeddedManifests.Load("Null")], model).ConfigureAwait(false);
+            await using var nul = await kernel.OpenAsync(@"\Device\Null").ConfigureAwait(false);
+            var buffer = new byte[Payload];
+            for (var i = 0; i < _warmup; i++)
+            {
+                await nul.ReadAsync(buffer).ConfigureAwait(false);
+            }
+
+            rtt[model] = await TimeEachAsync(() => nul.ReadAsync(buffer)).ConfigureAwait(false);
+            if (model != IsolationModel.Process)
+            {
+                continue;
+            }
+
+            var before = GC.GetTotalAllocatedBytes(precise: true);
+            for (var i = 0; i < _requests; i++)
+            {
+                await nul.ReadAsync(buffer).ConfigureAwait(false);
+            }
+
+            allocPerIrp = (GC.GetTotalAllocatedBytes(precise: true) - before) / (double)_requests;
+            foreach (var depth in new[] { 1, 16, 64 })
+            {
+                throughput[depth.ToString(CultureInfo.InvariantCulture)] = await ThroughputAsync(depth, () => nul.ReadAsync(new byte[Payload])).ConfigureAwait(false);
+            }
+        }
+
+        // The raw baseline after the models: the framing code it shares with them is warm by now,
+        // so the comparison is not between cold and hot code.
+        progress("raw pipe (drvhost --echo)");
+        var (rawRtt, rawThroughput) = await RawPipeAsync().ConfigureAwait(false);
+        progress("recovery");
+        var recovery = await RecoveryAsync().ConfigureAwait(false);
+        var processP50 = Percentile(rtt[IsolationModel.Process], 50);
+        var rawP50 = Percentile(rawRtt, 50);
+        return new BenchReport
+        {
+            Requests = _requests,
+            PayloadBytes = Payload,
+            RttP50Us = Keyed(rawRtt, rtt, 50),
+            RttP99Us = Keyed(rawRtt, rtt, 99),
+            RatioProcessVsRawPipe = Math.Round(processP50 / rawP50, 2),
+            InKernelNs = Math.Round(Percentile(rtt[IsolationModel.InKernel], 50) * 1000, 0),
+            AllocBytesPerIrp = Math.Round(allocPerIrp, 0),
+            ThroughputPerS = throughput,
+            RawThroughputPerS = Math.Round(rawThroughput, 0),
+            RecoveryP50Ms = recovery,
+        };
+    }
+
+    private async Task<(double[] Rtt, double Throughput)> RawPipeAsync()
+    {
+        var name = $"drviso-bench-{Environment.ProcessId}-{Guid.NewGuid():N}";
+        await using var server = new NamedPipeServerStream(name, PipeDirection.InOut, 1, PipeTransmissionMode.Byte, PipeOptions.Asynchronous | PipeOptions.CurrentUserOnly);
+        using var peer = Process.Start(DriverHostExecutable.StartInfo(null,
+            ["--echo", "--pipe", name, "--parent-pid", Environment.ProcessId.ToString(CultureInfo.InvariantCulture)]))!;
+        try
+        {
+            await server.WaitForConnectionAsync().WaitAsync(TimeSpan.FromSeconds(30)).ConfigureAwait(false);
+            await using var connection = new FrameConnection(server, untrustedPeer: true);
+            long id = 0;
+            async Task<IoResult> RoundTrip()
+            {
+                connection.Send(new Dispatch(++id, 1, MajorFunction.Read, 0, 1, 0, Payload, 0, ReadOnlyMemory<byte>.Empty, Payload));
+                var reply = (Complete)(await connection.ReadAsync().ConfigureAwait(false))!;
+                return new IoResult(reply.Status, reply.Information);
+            }
+
+            for (var i = 0; i < _warmup; i++)
+            {
+                await RoundTrip().ConfigureAwait(false);
+            }
+
+            var rtt = await TimeEachAsync(RoundTrip).ConfigureAwait(false);
+
+            // Pipelined: keep 64 requests in flight on the one connection.
+            var clock = Stopwatch.StartNew();
+            var sent = 0;
+            for (; sent < 64; sent++)
+            {
+                connection.Send(new Dispatch(++id, 1, MajorFunction.Read, 0, 1, 0, Payload, 0, ReadOnlyMemory<byte>.Empty, Payload));
+            }
+
+            for (var received = 0; received < _requests; received++)
+            {
+                await connection.ReadAsync().ConfigureAwait(false);
+                if (sent < _requests)
+                {
+                    connection.Send(new Dispatch(++id, 1, MajorFunction.Read, 0, 1, 0, Payload, 0, ReadOnlyMemory<byte>.Empty, Payload));
+                    sent++;
+                }
+            }
+
+            return (rtt, _requests / clock.Elapsed.TotalSeconds);
+        }
+        finally
+        {
+            if (!peer.HasExited)
+            {
+                peer.Kill();
+            }
+        }
+    }
+
+    private async Task<double[]> TimeEachAsync(Func<Task<IoResult>> request)
+    {
+        var micros = new double[_requests];
+        for (var i = 0; i < _requests; i++)
+        {
+            var start = Stopwatch.GetTimestamp();
+            await request().ConfigureAwait(false);
+            micros[i] = Stopwatch.GetElapsedTime(start).TotalMicroseconds;
+        }
+
+        Array.Sort(micros);
+        return micros;
+    }
+
+    private async Task<double> ThroughputAsync(int depth, Func<Task<IoResult>> request)
+    {
+        var clock = Stopwatch.StartNew();
+        await Task.WhenAll(Enumerable.Range(0, depth).Select(async lane =>
+        {
+            for (var i = lane; i < _requests; i += depth)
+            {
+                await request().ConfigureAwait(false);
+            }
+        })).ConfigureAwait(false);
+        return Math.Round(_requests / clock.Elapsed.TotalSeconds, 0);
+    }
+
+    /// <summary>Kill the Null driver's host with a warm host ready; time until a Read that was
+    /// issued right after the kill is served by the new instance.</summary>
+    private async Task<double?> RecoveryAsync()
+    {
+        await using var kernel = new Microkernel(new KernelOptions { WarmPoolSize = 1 });
+        var manifest = EmbeddedManifests.Load("Null") with
+        {
+            Recovery = new RecoveryPolicy { InFlight = InFlightPolicy.Retry, QuietPeriod = TimeSpan.FromMilliseconds(50), MaxFailures = 1_000 },
+        };
+        await kernel.StartAsync([manifest], IsolationModel.Process).ConfigureAwait(false);
+        await using var nul = await kernel.OpenAsync(@"\Device\Null").ConfigureAwait(false);
+        var buffer = new byte[Payload];
+        var samples = new List<double>();
+        for (var i = 0; i < (quick ? 5 : 15); i++)
+        {
+            var settle = Stopwatch.StartNew();
+            while (kernel.WarmPoolProcessIds.Count == 0 && settle.Elapsed < TimeSpan.FromSeconds(30))
+            {
+                await Task.Delay(20).ConfigureAwait(false);
+            }
+
+            for (var j = 0; j < 200; j++)
+            {
+                await nul.ReadAsync(buffer).ConfigureAwait(false);
+            }
+
+            var start = Stopwatch.GetTimestamp();
+            kernel.KillDriverHost("Null");
+            var result = await nul.ReadAsync(buffer).ConfigureAwait(false);
+            if (result.IsSuccess)
+            {
+                samples.Add(Stopwatch.GetElapsedTime(start).TotalMilliseconds);
+            }
+        }
+
+        return samples.Count == 0 ? null : Math.Round(Percentile([.. samples.Order()], 50), 2);
+    }
+
+    private static SortedDictionary<string, double?> Keyed(double[] raw, Dictionary<IsolationModel, double[]> models, double p) => new(StringComparer.Ordinal)
+    {
+        ["raw_pipe"] = Math.Round(Percentile(raw, p), 2),
+        ["raw_shm"] = null,
+        ["in_kernel"] = Math.Round(Percentile(models[IsolationModel.InKernel], p), 3),
+        ["shared_host"] = Math.Round(Percentile(models[IsolationModel.SharedHost], p), 2),
+        ["process"] = Math.Round(Percentile(models[IsolationModel.Process], p), 2),
+        ["ring"] = null,
+    };
+
+    private static double Percentile(double[] sorted, double p) =>
+        sorted[Math.Clamp((int)Math.Ceiling(p / 100 * sorted.Length) - 1, 0, sorted.Length - 1)];
+}

@@ -1,0 +1,49 @@
+using System.CommandLine;
+using System.Globalization;
+using System.Text.Json;
+using DriverIsolation.Cli.Bench;
+using Spectre.Console;
+
+namespace DriverIsolation.Cli.Commands;
+
+/// <summary><c>drviso bench [--quick] [--json file]</c>: a short measurement of isolation overhead
+/// against the raw transport, for users who do not want a full BenchmarkDotNet run.</summary>
+internal static class BenchCommand
+{
+    private static readonly JsonSerializerOptions Indented = new() { WriteIndented = true };
+
+    public static Command Create()
+    {
+        var quick = new Option<bool>("--quick") { Description = "Fewer requests (a few seconds instead of under a minute)" };
+        var json = new Option<FileInfo?>("--json") { Description = "Also write the results as JSON to this file" };
+        var command = new Command("bench", "Measure the IRP round trip per isolation model against the raw pipe under it") { quick, json };
+        command.SetAction((parse, _) => RunAsync(parse.GetValue(quick), parse.GetValue(json)));
+        return command;
+    }
+
+    private static async Task<int> RunAsync(bool quick, FileInfo? json)
+    {
+        var report = await new QuickBench(quick, step => AnsiConsole.MarkupLine($"[grey]measuring {step.EscapeMarkup()}...[/]")).RunAsync().ConfigureAwait(false);
+        var table = new Table().Border(TableBorder.Rounded).AddColumn("path").AddColumn(new TableColumn("p50 µs").RightAligned()).AddColumn(new TableColumn("p99 µs").RightAligned());
+        foreach (var (path, p50) in report.RttP50Us)
+        {
+            table.AddRow(path, Format(p50), Format(report.RttP99Us[path]));
+        }
+
+        AnsiConsole.Write(table);
+        AnsiConsole.MarkupLine(string.Create(CultureInfo.InvariantCulture,
+            $"process vs raw pipe (p50): [bold]{report.RatioProcessVsRawPipe:F2}x[/]; in-kernel dispatch p50 {report.InKernelNs:F0} ns; {report.AllocBytesPerIrp:F0} B allocated per IRP (process, kernel side)"));
+        AnsiConsole.MarkupLine(string.Create(CultureInfo.InvariantCulture,
+            $"throughput (process) at depth 1 / 16 / 64: {report.ThroughputPerS["1"]:F0} / {report.ThroughputPerS["16"]:F0} / {report.ThroughputPerS["64"]:F0} IRP/s; raw pipe at 64: {report.RawThroughputPerS:F0}/s"));
+        AnsiConsole.MarkupLine($"recovery (kill -> first IRP served, warm pool) p50: {Format(report.RecoveryP50Ms)} ms");
+        if (json is not null)
+        {
+            await File.WriteAllTextAsync(json.FullName, JsonSerializer.Serialize(report, Indented)).ConfigureAwait(false);
+            AnsiConsole.MarkupLine($"Results written to {json.FullName.EscapeMarkup()}");
+        }
+
+        return 0;
+    }
+
+    private static string Format(double? value) => value is { } v ? v.ToString("F2", CultureInfo.InvariantCulture) : "not built";
+}
