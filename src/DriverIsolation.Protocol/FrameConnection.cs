@@ -41,9 +41,6 @@ public sealed class FrameConnection : IAsyncDisposable
     /// <summary>Why the connection ended, once it has (first reason wins).</summary>
     public string? CloseReason { get; private set; }
 
-    /// <summary>Frames received and decoded so far.</summary>
-    public long FramesReceived { get; private set; }
-
     /// <summary>
     /// Reads the next message. Returns null when the peer closed the connection cleanly between
     /// frames. Throws <see cref="ProtocolException"/> for a malformed, oversized or truncated frame.
@@ -69,7 +66,6 @@ public sealed class FrameConnection : IAsyncDisposable
                 if (FrameCodec.TryReadFrame(ref buffer, _maxFrameSize, out var body))
                 {
                     var message = FrameCodec.DecodeBody(body, _readOptions);
-                    FramesReceived++;
                     _input.AdvanceTo(buffer.Start);
                     return message;
                 }

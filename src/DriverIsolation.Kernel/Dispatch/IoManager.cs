@@ -80,7 +80,7 @@ internal sealed class IoManager
         // The system buffer: drivers get a copy, never the caller's memory.
         var systemInput = input.IsEmpty ? ReadOnlyMemory<byte>.Empty : input.ToArray();
         var irp = new KernelIrp(Interlocked.Increment(ref _lastIrpId), file, majorFunction, 0, offset, length,
-            ioControlCode, systemInput, output, _time.GetTimestamp());
+            ioControlCode, systemInput, output);
         _irps[irp.Id] = irp;
         file.Outstanding[irp.Id] = irp;
         irp.Deadline = _time.CreateTimer(static s => ((IoManagerDeadline)s!).Fire(), new IoManagerDeadline(this, irp), device.RequestTimeout, Timeout.InfiniteTimeSpan);
@@ -281,7 +281,7 @@ internal sealed class IoManager
     public Task<IoResult> ReplayCreateAsync(FileObject file, int layerIndex)
     {
         var irp = new KernelIrp(Interlocked.Increment(ref _lastIrpId), file, MajorFunction.Create, 0, 0, 0, 0,
-            ReadOnlyMemory<byte>.Empty, Memory<byte>.Empty, _time.GetTimestamp())
+            ReadOnlyMemory<byte>.Empty, Memory<byte>.Empty)
         {
             IsReplay = true,
             Layer = layerIndex,

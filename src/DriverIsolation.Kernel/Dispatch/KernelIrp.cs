@@ -8,7 +8,7 @@ namespace DriverIsolation.Kernel;
 internal sealed class KernelIrp
 {
     public KernelIrp(long id, FileObject file, MajorFunction majorFunction, byte minorFunction, long offset, int length,
-        uint ioControlCode, ReadOnlyMemory<byte> input, Memory<byte> callerOutput, long startTimestamp)
+        uint ioControlCode, ReadOnlyMemory<byte> input, Memory<byte> callerOutput)
     {
         Id = id;
         File = file;
@@ -20,7 +20,6 @@ internal sealed class KernelIrp
         Input = input;
         CallerOutput = callerOutput;
         OutputLength = callerOutput.Length;
-        StartTimestamp = startTimestamp;
         Layers = file.Device.Layers;
         OriginalOffset = offset;
         OriginalLength = length;
@@ -73,8 +72,6 @@ internal sealed class KernelIrp
     }
 
     public int OutputLength { get; }
-
-    public long StartTimestamp { get; }
 
     public Lock Gate { get; } = new();
 

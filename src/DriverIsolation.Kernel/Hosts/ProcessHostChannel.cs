@@ -59,10 +59,6 @@ internal sealed class ProcessHostChannel : IHostChannel
     /// <summary>Completes with the exit reason once the host is gone and its IRPs are completed.</summary>
     public Task<string> Exited => _exited.Task;
 
-    public long LastPongSequence { get; private set; }
-
-    public long LastWorkingSetBytes { get; private set; }
-
     /// <summary>Starts the receive loop and the process-exit watch (after the handshake).</summary>
     public void Start(TimeProvider time, KernelOptions options)
     {
@@ -239,8 +235,6 @@ internal sealed class ProcessHostChannel : IHostChannel
                 _io.OnPassDown(this, p.IrpId, p.DeviceId, p.WantsCompletion, p.Offset, p.Length, p.Input);
                 return true;
             case Pong pong:
-                LastPongSequence = pong.Sequence;
-                LastWorkingSetBytes = pong.WorkingSetBytes;
                 _heartbeat?.OnPong(pong.Sequence, pong.WorkingSetBytes);
                 return true;
             case Protocol.Log when _logLimit?.TryTake() == false:

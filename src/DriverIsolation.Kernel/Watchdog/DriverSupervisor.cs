@@ -54,9 +54,6 @@ internal sealed class DriverSupervisor
     /// <summary>Raised when a restart is scheduled, before its delay starts.</summary>
     public event Action<RestartSchedule>? RestartScheduled;
 
-    /// <summary>Failures inside the current window.</summary>
-    public int RecentFailures => _failures.Count;
-
     /// <summary>Supervises until the driver is quarantined, given up on, or the kernel stops.</summary>
     public async Task RunAsync(CancellationToken cancellationToken)
     {

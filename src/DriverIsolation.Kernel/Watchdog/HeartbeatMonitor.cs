@@ -29,11 +29,6 @@ internal sealed class HeartbeatMonitor : IDisposable
         _timer = time.CreateTimer(static s => ((HeartbeatMonitor)s!).Tick(), this, period, period);
     }
 
-    public long Sent
-    {
-        get { lock (_gate) { return _sent; } }
-    }
-
     public void OnPong(long sequence, long workingSetBytes)
     {
         string? reason = null;
