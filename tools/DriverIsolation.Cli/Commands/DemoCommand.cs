@@ -50,7 +50,9 @@ internal static class DemoCommand
         using var loggerFactory = LoggerFactory.Create(b => b
             .AddSimpleConsole(o => o.SingleLine = true)
             .SetMinimumLevel(verbose ? LogLevel.Information : LogLevel.Warning));
-        await using var kernel = new Microkernel(new KernelOptions(), loggerFactory);
+        // No warm pool: nothing crashes in the demo, and a spare host starting up would compete
+        // with the workload for the CPU while it is being measured.
+        await using var kernel = new Microkernel(new KernelOptions { WarmPoolSize = 0 }, loggerFactory);
 
         AnsiConsole.MarkupLine($"[bold]DriverIsolation demo[/]: kernel PID [cyan]{Microkernel.ProcessId}[/], isolation [cyan]{isolation.ToManifestName()}[/]");
         var booted = System.Diagnostics.Stopwatch.StartNew();
