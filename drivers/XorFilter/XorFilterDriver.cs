@@ -17,9 +17,14 @@ public sealed class XorFilterDriver : IDriver
     public NtStatus DriverEntry(DriverObject driver)
     {
         ArgumentNullException.ThrowIfNull(driver);
-        var key = driver.Parameters.TryGetValue("key", out var text) && byte.TryParse(text, NumberStyles.Integer, CultureInfo.InvariantCulture, out var parsed)
-            ? parsed
-            : DefaultKey;
+
+        // A key that does not parse fails the load: silently falling back to the default would
+        // write data under a key nobody configured.
+        if (!TryParseKey(driver.Parameters, out var key))
+        {
+            return NtStatus.InvalidParameter;
+        }
+
         driver.AddDevice = (_, device) =>
         {
             device.Extension = new FilterDevice(key);
@@ -29,5 +34,19 @@ public sealed class XorFilterDriver : IDriver
         driver[MajorFunction.Read] = CipherDispatch.Read;
         driver[MajorFunction.DeviceControl] = CipherDispatch.DeviceControl;
         return NtStatus.Success;
+    }
+
+    /// <summary>Reads <c>key</c>: decimal ("90") or hexadecimal ("0x5A"); absent means the default.</summary>
+    private static bool TryParseKey(IReadOnlyDictionary<string, string> parameters, out byte key)
+    {
+        key = DefaultKey;
+        if (!parameters.TryGetValue("key", out var text))
+        {
+            return true;
+        }
+
+        return text.StartsWith("0x", StringComparison.OrdinalIgnoreCase)
+            ? byte.TryParse(text.AsSpan(2), NumberStyles.AllowHexSpecifier, CultureInfo.InvariantCulture, out key)
+            : byte.TryParse(text, NumberStyles.None, CultureInfo.InvariantCulture, out key);
     }
 }

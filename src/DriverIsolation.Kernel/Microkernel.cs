@@ -154,6 +154,10 @@ public sealed class Microkernel : IAsyncDisposable
             {
                 supervised.Add(driver);
             }
+            else if (status == NtStatus.DriverProcessTerminated && !manifest.Recovery.Restart)
+            {
+                FailLoad(driver, detail ?? "its host died while loading it");
+            }
             else if (status == NtStatus.DriverProcessTerminated)
             {
                 // Its host died while loading it (a crash in DriverEntry, say): the watchdog

@@ -45,7 +45,17 @@ internal sealed class HostLauncher(KernelOptions options, IoManager io, KernelEv
             await connected.ConfigureAwait(false);
             var connection = new FrameConnection(server, untrustedPeer: true, options.MaxFrameSize);
             var peerPid = PeerCredentials.TryGetProcessId(server);
-            var hello = await connection.ReadAsync(timeout.Token).ConfigureAwait(false);
+            Message? hello;
+            try
+            {
+                hello = await connection.ReadAsync(timeout.Token).ConfigureAwait(false);
+            }
+            catch (OperationCanceledException) when (!cancellationToken.IsCancellationRequested)
+            {
+                await connection.DisposeAsync().ConfigureAwait(false);
+                throw new HostStartException(hostName, $"connected but said nothing within {options.HostStartTimeout}");
+            }
+
             var refusal = CheckHello(hello, token, process.Id, peerPid);
             if (refusal is not null)
             {

@@ -1,0 +1,115 @@
+using DriverIsolation.Kernel;
+using Microsoft.Extensions.Time.Testing;
+
+namespace DriverIsolation.Tests;
+
+/// <summary>
+/// A hostile driver host (tests/HostileHost, started by the kernel exactly like drvhost, token and
+/// all) attacks the kernel: at the handshake, with broken frames, with messages a host may not
+/// send, with completions that name the wrong device or overstate their data. Each attack is
+/// contained (refused, or the host killed with a clear reason) while an in-kernel Null driver in
+/// the same kernel keeps serving.
+/// </summary>
+[Collection("processes")]
+public sealed class HostileHostTests
+{
+    [Theory]
+    [InlineData("wrong-token", "refused at the handshake: wrong token")]
+    [InlineData("wrong-pid", "refused at the handshake: claims PID")]
+    [InlineData("silent", "connected but said nothing within 00:00:05")]
+    public async Task HandshakeAttack_HostRefusedAndKilled_OthersServe(string attack, string failure)
+    {
+        await using var kernel = await BootAsync(attack);
+
+        var driver = kernel.GetDrivers().Single(d => d.Name == attack);
+        Assert.Equal(DriverState.Failed, driver.State);
+        Assert.Contains(failure, driver.Failure, StringComparison.Ordinal);
+        Assert.Null(kernel.GetDevice($@"\Device\{attack}"));
+        await AssertNullServesAsync(kernel);
+    }
+
+    [Theory]
+    [InlineData("garbage", "Malformed message body")]
+    [InlineData("oversized", "Oversized frame: the length prefix says 2147483647 bytes")]
+    [InlineData("truncated", "Truncated frame")]
+    [InlineData("hello-again", "a host may not send Hello")]
+    [InlineData("unasked-answer", "which the kernel never asked about")]
+    public async Task FrameAttack_ProtocolViolationKillsTheHost_OthersServe(string attack, string violation)
+    {
+        await using var kernel = await BootAsync(attack);
+
+        var seen = await kernel.Events.WaitForAsync(KernelEventKind.ProtocolViolation).Bounded();
+
+        Assert.Equal(attack, seen.Driver);
+        Assert.Contains(violation, seen.Detail, StringComparison.Ordinal);
+        Assert.Equal(DriverState.Failed, kernel.GetDrivers().Single(d => d.Name == attack).State);
+        Assert.Null(kernel.BugCheckReason);
+        await AssertNullServesAsync(kernel);
+    }
+
+    [Fact]
+    public async Task CompletionNamingAnotherDevice_IsRefusedAndTheHonestOneIsApplied()
+    {
+        await using var kernel = await BootAsync("other-device");
+        await using var device = await kernel.OpenAsync(@"\Device\other-device").Bounded();
+        var buffer = new byte[8];
+
+        var result = await device.ReadAsync(buffer).Bounded();
+        var refused = await kernel.Events.WaitForAsync(e => e.Kind == KernelEventKind.CompletionRefused && e.IrpId is not null
+            && e.Detail.Contains("and the host named device", StringComparison.Ordinal)).Bounded();
+
+        Assert.Equal(new IoResult(NtStatus.Success, 8), result);
+        Assert.All(buffer, b => Assert.Equal(0x42, b));
+        Assert.Equal("other-device", refused.Driver);
+        await AssertNullServesAsync(kernel);
+    }
+
+    [Fact]
+    public async Task CompletionOverstatingItsData_IsRefusedAndTheRequestTimesOutInsteadOfOverflowing()
+    {
+        var time = new FakeTimeProvider();
+        await using var kernel = await BootAsync("overstate", time);
+        await using var device = await kernel.OpenAsync(@"\Device\overstate").Bounded();
+        var buffer = new byte[16];
+
+        var read = device.ReadAsync(buffer);
+        var refused = await kernel.Events.WaitForAsync(KernelEventKind.CompletionRefused).Bounded();
+        Assert.False(read.IsCompleted);
+        time.Advance(TimeSpan.FromSeconds(30));
+        var result = await read.Bounded();
+
+        Assert.Equal(IoResult.FromStatus(NtStatus.IoTimeout), result);
+        Assert.Contains("32 bytes of data for a 16-byte buffer", refused.Detail, StringComparison.Ordinal);
+        Assert.All(buffer, b => Assert.Equal(0, b));
+        await AssertNullServesAsync(kernel);
+    }
+
+    private static async Task<Microkernel> BootAsync(string attack, TimeProvider? time = null)
+    {
+        var kernel = new Microkernel(new KernelOptions
+        {
+            HostPath = Path.Combine(AppContext.BaseDirectory, "hostilehost.dll"),
+            // Only the silent host runs into this bound (the others answer at once); it is long
+            // enough for a slow machine to start a process and connect.
+            HostStartTimeout = TimeSpan.FromSeconds(attack == "silent" ? 5 : 30),
+            WarmPoolSize = 0,
+            HeartbeatPeriod = null,
+        }, timeProvider: time);
+        var hostile = new DriverManifest
+        {
+            Name = attack,
+            Assembly = "nothing-to-load.dll",
+            Isolation = IsolationModel.Process,
+            Devices = [new DeviceManifest { Name = $@"\Device\{attack}" }],
+            Recovery = new RecoveryPolicy { Restart = false },
+        };
+        await kernel.StartAsync([hostile, TestManifests.Sample("Null") with { Isolation = IsolationModel.InKernel }]).Bounded();
+        return kernel;
+    }
+
+    private static async Task AssertNullServesAsync(Microkernel kernel)
+    {
+        await using var nul = await kernel.OpenAsync(@"\??\NUL").Bounded();
+        Assert.Equal(new IoResult(NtStatus.Success, 8), await nul.ReadAsync(new byte[8]).Bounded());
+    }
+}

@@ -1,0 +1,100 @@
+using System.Buffers.Binary;
+using System.Globalization;
+using System.IO.Pipes;
+using DriverIsolation;
+using DriverIsolation.Protocol;
+
+// hostilehost --pipe <name> --parent-pid <pid> --name <attack>: started by the kernel exactly as
+// drvhost is (token on stdin), it then attacks according to its name (see Attack below).
+string pipeName = "", attack = "";
+for (var i = 0; i + 1 < args.Length; i += 2)
+{
+    switch (args[i])
+    {
+        case "--pipe": pipeName = args[i + 1]; break;
+        case "--name": attack = args[i + 1]; break;
+    }
+}
+
+var token = Convert.FromHexString((await Console.In.ReadLineAsync())!.Trim());
+var pipe = new NamedPipeClientStream(".", pipeName, PipeDirection.InOut, PipeOptions.Asynchronous | PipeOptions.CurrentUserOnly);
+await pipe.ConnectAsync(30_000);
+
+switch (attack)
+{
+    case "silent":
+        // Connects and never says a word.
+        await Task.Delay(Timeout.Infinite);
+        return 0;
+    case "wrong-token":
+        await RawAsync(pipe, FrameCodec.Encode(new Hello(ProtocolConstants.Version, new byte[token.Length], Environment.ProcessId)));
+        await Task.Delay(Timeout.Infinite);
+        return 0;
+    case "wrong-pid":
+        await RawAsync(pipe, FrameCodec.Encode(new Hello(ProtocolConstants.Version, token, Environment.ProcessId + 1)));
+        await Task.Delay(Timeout.Infinite);
+        return 0;
+}
+
+await using var connection = new FrameConnection(pipe, untrustedPeer: false);
+connection.Send(new Hello(ProtocolConstants.Version, token, Environment.ProcessId));
+if (await connection.ReadAsync() is not Welcome)
+{
+    return 4;
+}
+
+while (await connection.ReadAsync() is { } message)
+{
+    switch (message)
+    {
+        case LoadDriver load when attack == "garbage":
+            await RawAsync(pipe, [0x10, 0x00, 0x00, 0x00, .. "this is no frame"u8]);
+            break;
+        case LoadDriver when attack == "oversized":
+            var header = new byte[4];
+            BinaryPrimitives.WriteUInt32LittleEndian(header, 0x7FFF_FFFF);
+            await RawAsync(pipe, header);
+            break;
+        case LoadDriver when attack == "truncated":
+            var frame = FrameCodec.Encode(new Log(1, 2, "a frame that is cut in half"));
+            await RawAsync(pipe, frame[..(frame.Length / 2)]);
+            return 0;
+        case LoadDriver when attack == "hello-again":
+            connection.Send(new Hello(ProtocolConstants.Version, token, Environment.ProcessId));
+            break;
+        case LoadDriver load when attack == "unasked-answer":
+            connection.Send(new DriverLoaded(load.DriverId + 1000, NtStatus.Success, null));
+            break;
+        case LoadDriver load:
+            connection.Send(new DriverLoaded(load.DriverId, NtStatus.Success, null));
+            break;
+        case AddDevice add:
+            connection.Send(new DeviceAdded(add.DeviceId, NtStatus.Success, null));
+            break;
+        case Dispatch d when attack == "other-device":
+            // Names a device that is not the one the IRP was sent to, then completes honestly.
+            connection.Send(new Complete(d.IrpId, d.DeviceId + 1000, NtStatus.Success, d.OutputLength, new byte[d.OutputLength]));
+            connection.Send(new Complete(d.IrpId, d.DeviceId, NtStatus.Success, d.OutputLength, Enumerable.Repeat((byte)0x42, d.OutputLength).ToArray()));
+            break;
+        case Dispatch d when attack == "overstate" && d.MajorFunction == MajorFunction.Read:
+            // Returns more data than the buffer holds.
+            connection.Send(new Complete(d.IrpId, d.DeviceId, NtStatus.Success, d.OutputLength, new byte[d.OutputLength + 16]));
+            break;
+        case Dispatch d:
+            connection.Send(new Complete(d.IrpId, d.DeviceId, NtStatus.Success, 0, ReadOnlyMemory<byte>.Empty));
+            break;
+        case Ping ping:
+            connection.Send(new Pong(ping.Sequence, Environment.WorkingSet));
+            break;
+        case Shutdown:
+            return 0;
+    }
+}
+
+return 0;
+
+static async Task RawAsync(Stream stream, byte[] bytes)
+{
+    await stream.WriteAsync(bytes);
+    await stream.FlushAsync();
+}
