@@ -50,7 +50,7 @@ public sealed class DeviceHandle : IAsyncDisposable
     {
         foreach (var irp in _file.Outstanding.Values)
         {
-            IoManager.Cancel(irp);
+            _io.Cancel(irp);
         }
     }
 

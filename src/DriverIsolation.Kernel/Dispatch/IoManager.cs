@@ -94,10 +94,12 @@ internal sealed class IoManager
     }
 
     /// <summary>Asks the layer that holds the IRP to cancel it. The driver decides (its cancel
-    /// routine completes it); the deadline still bounds a driver that ignores the request.</summary>
-    public static void Cancel(KernelIrp irp)
+    /// routine completes it); the deadline still bounds a driver that ignores the request. An IRP
+    /// parked for a restarting driver is in the kernel's own queue: it is cancelled at once.</summary>
+    public void Cancel(KernelIrp irp)
     {
         DeviceLayer layer;
+        bool parked;
         lock (irp.Gate)
         {
             if (irp.Completed || irp.CancelRequested)
@@ -106,7 +108,16 @@ internal sealed class IoManager
             }
 
             irp.CancelRequested = true;
+            parked = irp.Parked;
+            irp.Completed |= parked;
             layer = irp.Layers[irp.Layer];
+        }
+
+        if (parked)
+        {
+            // It stays in the driver's queue; the release skips completed IRPs.
+            Finish(irp, IoResult.FromStatus(NtStatus.Cancelled), ReadOnlyMemory<byte>.Empty);
+            return;
         }
 
         layer.Host.Cancel(irp.Id, layer);
@@ -258,12 +269,22 @@ internal sealed class IoManager
     {
         foreach (var irp in parked)
         {
+            bool cancelled;
             lock (irp.Gate)
             {
                 irp.Parked = false;
+
+                // Finished while it waited (deadline, cancellation): its caller has its answer,
+                // and no driver may act on it now.
+                if (irp.Completed)
+                {
+                    continue;
+                }
+
+                cancelled = irp.CancelRequested;
             }
 
-            SendToLayer(irp, 0, cancelAfterSend: false);
+            SendToLayer(irp, 0, cancelAfterSend: cancelled);
         }
     }
 
@@ -343,6 +364,7 @@ internal sealed class IoManager
     private void OnDeadline(KernelIrp irp)
     {
         DeviceLayer layer;
+        bool parked;
         lock (irp.Gate)
         {
             if (irp.Completed)
@@ -351,12 +373,19 @@ internal sealed class IoManager
             }
 
             irp.Completed = true;
+            parked = irp.Parked;
             layer = irp.Layers[irp.Layer];
         }
 
         Log.IrpTimedOut(_logger, irp.Id, irp.MajorFunction, irp.Device.Name, irp.Device.RequestTimeout);
         _events.Add(KernelEventKind.IrpTimedOut, layer.Driver.Name, irp.Id, $"{irp.MajorFunction} to {irp.Device.Name} passed its deadline of {irp.Device.RequestTimeout}");
         Finish(irp, IoResult.FromStatus(NtStatus.IoTimeout), ReadOnlyMemory<byte>.Empty);
+
+        // A parked IRP waited for a restart, not for a hung driver: no kill, and no driver holds it.
+        if (parked)
+        {
+            return;
+        }
 
         if (layer.Driver.Manifest.Limits.Critical.Contains(irp.MajorFunction) && layer.Host.Isolation != IsolationModel.InKernel)
         {
@@ -533,6 +562,6 @@ internal sealed class IoManager
     {
         public void Fire() => manager.OnDeadline(irp);
 
-        public void Cancel() => IoManager.Cancel(irp);
+        public void Cancel() => manager.Cancel(irp);
     }
 }

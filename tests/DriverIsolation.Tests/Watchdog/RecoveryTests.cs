@@ -1,4 +1,5 @@
 using DriverIsolation.Kernel;
+using Microsoft.Extensions.Time.Testing;
 
 namespace DriverIsolation.Tests;
 
@@ -47,6 +48,42 @@ public sealed class RecoveryTests : IDisposable
         Assert.NotEqual(firstPid, driver.ProcessId);
         Assert.Equal(0, kernel.OutstandingIrps);
         Assert.Equal(0, kernel.Events.Count(KernelEventKind.CompletionRefused));
+    }
+
+    [Fact]
+    public async Task RequestParkedForABackedOffRestart_CancelledAtOnce_AndNoDriverEverSeesIt()
+    {
+        var time = new FakeTimeProvider();
+        var backoff = TimeSpan.FromSeconds(5);
+        await using var kernel = new Microkernel(new KernelOptions { HeartbeatPeriod = null }, timeProvider: time);
+        await kernel.StartAsync([RamDisk(new RecoveryPolicy { BackoffBase = backoff, BackoffMax = backoff, InFlight = InFlightPolicy.Retry })], IsolationModel.Process).Bounded();
+        await using var disk = await kernel.OpenAsync(@"\??\RamDisk0").Bounded();
+        kernel.KillDriverHost("RamDisk");
+        await kernel.Events.WaitForAsync(KernelEventKind.DriverRestarted).Bounded();
+
+        // The second failure waits for its backoff: requests issued meanwhile are parked.
+        kernel.KillDriverHost("RamDisk");
+        var scheduled = await kernel.Events.WaitForCountAsync(e => e.Kind == KernelEventKind.RestartScheduled, 2).Bounded();
+        var parked = disk.ReadAsync(new byte[BlockSize]);
+        Assert.False(parked.IsCompleted);
+        Assert.Equal(1, disk.OutstandingRequests);
+
+        disk.CancelIo();
+        Assert.True(parked.IsCompleted);
+        Assert.Equal(IoResult.FromStatus(NtStatus.Cancelled), await parked.Bounded());
+        Assert.Equal(0, disk.OutstandingRequests);
+
+        time.Advance(backoff);
+        await kernel.Events.WaitForCountAsync(e => e.Kind == KernelEventKind.DriverRestarted, 2).Bounded();
+        Assert.Equal(new IoResult(NtStatus.Success, BlockSize), await disk.WriteAsync(Pattern(0, 2)).Bounded());
+        var back = new byte[BlockSize];
+        Assert.Equal(new IoResult(NtStatus.Success, BlockSize), await disk.ReadAsync(back).Bounded());
+        Assert.Equal(Pattern(0, 2), back);
+        Assert.Equal(0, kernel.OutstandingIrps);
+        Assert.Equal(0, kernel.Events.Count(KernelEventKind.CompletionRefused));
+        Assert.Equal(0, kernel.Events.Count(KernelEventKind.LateCompletion));
+        Assert.Equal(0, kernel.Events.Count(KernelEventKind.WatchdogKill));
+        Assert.DoesNotContain("in 0 ms", scheduled.Detail, StringComparison.Ordinal);
     }
 
     [Fact]
