@@ -33,6 +33,10 @@ public sealed class DeviceObject
 
     public IReadOnlyDictionary<string, string> Parameters { get; }
 
+    /// <summary>The hardware this device drives (DMA, registers, interrupts); null for a device
+    /// with none (a software device or a filter).</summary>
+    public Hardware.IDeviceHardware? Hardware { get; internal set; }
+
     public ILogger Logger => Driver.Logger;
 
     /// <summary>The driver's per-device state (the device extension).</summary>

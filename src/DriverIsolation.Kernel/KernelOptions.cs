@@ -44,4 +44,22 @@ public sealed class KernelOptions
     /// <summary>How many finished IRP ids are remembered to tell a late or duplicate completion
     /// from one for an IRP that never existed. Default 4096.</summary>
     public int FinishedIrpMemory { get; set; } = 4096;
+
+    /// <summary>Size of simulated physical memory (a shared-memory file), created when a driver
+    /// declares hardware. Default 64 MiB.</summary>
+    public int PhysicalMemoryBytes { get; set; } = 64 << 20;
+
+    /// <summary>The kernel's region at the bottom of physical memory: kernel structures with
+    /// canaries and the I/O page tables. Default 1 MiB.</summary>
+    public int KernelRegionBytes { get; set; } = 1 << 20;
+
+    /// <summary>The IOMMU: off (a device can DMA anywhere), strict or lazy. Default strict.</summary>
+    public Hardware.IommuMode IommuMode { get; set; } = Hardware.IommuMode.Strict;
+
+    /// <summary>IOTLB size, fault-log size and the lazy mode's flush batch and interval.</summary>
+    public Hardware.IommuOptions Iommu { get; set; } = new();
+
+    /// <summary>How often the kernel checks its memory's canaries and page-table checksums (a
+    /// damaged kernel region is a system crash). Default 100 ms; null: only on demand.</summary>
+    public TimeSpan? IntegrityCheckPeriod { get; set; } = TimeSpan.FromMilliseconds(100);
 }

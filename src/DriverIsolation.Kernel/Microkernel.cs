@@ -1,3 +1,5 @@
+using DriverIsolation.Kernel.Hardware;
+using DriverIsolation.Protocol;
 using Microsoft.Extensions.Logging;
 using Microsoft.Extensions.Logging.Abstractions;
 
@@ -29,6 +31,7 @@ public sealed class Microkernel : IAsyncDisposable
     private volatile string? _safeMode;
     private volatile bool _booting;
     private readonly WarmPool _pool;
+    private ITimer? _integrityTimer;
 
     public Microkernel(KernelOptions? options = null, ILoggerFactory? loggerFactory = null, TimeProvider? timeProvider = null)
     {
@@ -71,6 +74,10 @@ public sealed class Microkernel : IAsyncDisposable
         ArgumentNullException.ThrowIfNull(manifests);
         var list = manifests.ToList();
         ManifestSet.Validate(list);
+        if (_io.Machine is null && list.Any(m => m.Devices.Any(d => d.Hardware is not null)))
+        {
+            StartMachine();
+        }
 
         var drivers = new List<KernelDriver>();
         var hostsToStart = new Dictionary<string, (IsolationModel Isolation, List<DriverManifest> Drivers)>(StringComparer.Ordinal);
@@ -252,7 +259,89 @@ public sealed class Microkernel : IAsyncDisposable
             await _inKernel.DisposeAsync().ConfigureAwait(false);
         }
 
+        if (_integrityTimer is not null)
+        {
+            await _integrityTimer.DisposeAsync().ConfigureAwait(false);
+        }
+
+        _io.Machine?.Dispose();
         _stopping.Dispose();
+    }
+
+    /// <summary>The IOMMU's mode, counters and fault records; null when no driver declares hardware.</summary>
+    public IommuInfo? GetIommu()
+    {
+        if (_io.Machine is not { } machine)
+        {
+            return null;
+        }
+
+        var iommu = machine.Iommu;
+        return new IommuInfo(iommu.Mode, iommu.FaultCount, iommu.Faults, iommu.FaultOverflow, iommu.IotlbHits, iommu.IotlbMisses,
+            [.. machine.Devices.Select(d => new HardwareDeviceInfo(d.Name, d.Kind, d.Requester.ToString(), machine.Iommu.DomainOf(d.Requester)?.Name, d.DmaErrors))]);
+    }
+
+    /// <summary>Checks the kernel region's canaries and page-table checksums now. Damage is a
+    /// system crash: the kernel bug-checks and stops serving I/O.</summary>
+    public KernelIntegrity VerifyKernelMemory()
+    {
+        if (_io.Machine is not { } machine)
+        {
+            return new KernelIntegrity([]);
+        }
+
+        var integrity = machine.KernelMemory.Verify();
+        if (!integrity.Intact && _io.BugCheckReason is null)
+        {
+            Log.KernelMemoryCorrupted(_logger, integrity.Damage[0]);
+            Events.Add(KernelEventKind.KernelMemoryCorrupted, null, null, string.Join("; ", integrity.Damage));
+            _io.BugCheck($"kernel memory corrupted: {integrity.Damage[0]}");
+        }
+
+        return integrity;
+    }
+
+    internal Machine? Machine => _io.Machine;
+
+    private void StartMachine()
+    {
+        var machine = new Machine(_options, _time);
+        machine.Iommu.Faulted += OnIommuFault;
+        _io.Machine = machine;
+        if (_options.IntegrityCheckPeriod is { } period)
+        {
+            _integrityTimer = _time.CreateTimer(_ => VerifyKernelMemory(), null, period, period);
+        }
+    }
+
+    private HardwareBinding? Bind(KernelDriver driver, DeviceLayer layer, KernelDevice device, HardwareManifest? hardware, IHostChannel host) =>
+        hardware is null || _io.Machine is not { } machine ? null : machine.Bind(driver, layer.DeviceId, device.Name, hardware, host);
+
+    /// <summary>The IOMMU blocked a DMA: the driver bound to the device is to blame, and its
+    /// manifest says what happens to it (in-kernel, there is nothing to kill: it is recorded).</summary>
+    private void OnIommuFault(IommuFault fault)
+    {
+        KernelDriver? driver;
+        lock (_gate)
+        {
+            driver = fault.Domain is null ? null : _drivers.FirstOrDefault(d => d.Name == fault.Domain);
+        }
+
+        Log.IommuFault(_logger, fault.ToString());
+        Events.Add(KernelEventKind.IommuFault, fault.Domain, null, fault.ToString());
+        if (driver is null || driver.Isolation == IsolationModel.InKernel || !driver.IsRunning)
+        {
+            return;
+        }
+
+        var reason = $"IOMMU fault: {fault}";
+        if (driver.Manifest.Recovery.OnIommuFault == IommuFaultPolicy.Quarantine)
+        {
+            driver.QuarantineDemand ??= reason;
+        }
+
+        OnWatchdogKill(driver.Host, reason);
+        driver.Host.Kill($"watchdog: {reason}");
     }
 
     private async Task<(NtStatus Status, string? Detail)> LoadAsync(KernelDriver driver, CancellationToken cancellationToken)
@@ -285,7 +374,7 @@ public sealed class Microkernel : IAsyncDisposable
             var device = new KernelDevice(deviceManifest.Name, deviceManifest.Type, manifest.Limits.RequestTimeout ?? _options.DefaultRequestTimeout);
             var layer = new DeviceLayer(Interlocked.Increment(ref _nextDeviceId), driver);
             device.AddBottom(layer);
-            if (await AddDeviceAsync(driver, layer, device, hasLowerDevice: false, deviceManifest.Parameters, cancellationToken).ConfigureAwait(false))
+            if (await AddDeviceAsync(driver, layer, device, hasLowerDevice: false, deviceManifest.Parameters, cancellationToken, deviceManifest.Hardware).ConfigureAwait(false))
             {
                 _namespace.AddDevice(device);
                 foreach (var link in deviceManifest.Links)
@@ -316,9 +405,20 @@ public sealed class Microkernel : IAsyncDisposable
     }
 
     private async Task<bool> AddDeviceAsync(KernelDriver driver, DeviceLayer layer, KernelDevice device, bool hasLowerDevice,
-        IReadOnlyDictionary<string, string> parameters, CancellationToken cancellationToken)
+        IReadOnlyDictionary<string, string> parameters, CancellationToken cancellationToken, HardwareManifest? hardware = null)
     {
-        var (status, detail) = await driver.Host.AddDeviceAsync(driver, layer, device, hasLowerDevice, parameters, cancellationToken).ConfigureAwait(false);
+        HardwareBinding? binding;
+        try
+        {
+            binding = Bind(driver, layer, device, hardware, driver.Host);
+        }
+        catch (InsufficientMemoryException ex)
+        {
+            Events.Add(KernelEventKind.DriverLoadFailed, driver.Name, null, $"no hardware for {device.Name}: {ex.Message}");
+            return false;
+        }
+
+        var (status, detail) = await driver.Host.AddDeviceAsync(driver, layer, device, hasLowerDevice, parameters, binding, cancellationToken).ConfigureAwait(false);
         if (!status.IsSuccess())
         {
             Events.Add(KernelEventKind.DriverLoadFailed, driver.Name, null, $"AddDevice for {device.Name} failed: {detail ?? status.ToString()}");
@@ -356,6 +456,12 @@ public sealed class Microkernel : IAsyncDisposable
             {
                 driver.SetState(stopping || !driver.Manifest.Recovery.Restart ? DriverState.Failed : DriverState.Restarting, $"host exited: {reason}");
             }
+        }
+
+        // The dead instance's DMA rights go first: a device it programmed can no longer reach memory.
+        foreach (var driver in hosted)
+        {
+            _io.Machine?.Unbind(driver);
         }
 
         var (completed, parked) = _io.OnHostExited(host);
@@ -488,8 +594,20 @@ public sealed class Microkernel : IAsyncDisposable
             {
                 var index = device.IndexOf(driver);
                 var layer = device.Layers[index];
-                var parameters = driver.Manifest.IsFilter ? driver.Manifest.Parameters : driver.Manifest.Devices.First(d => d.Name.Equals(device.Name, StringComparison.OrdinalIgnoreCase)).Parameters;
-                var added = await host.AddDeviceAsync(driver, layer, device, index < device.Layers.Length - 1, parameters, cancellationToken).ConfigureAwait(false);
+                var deviceManifest = driver.Manifest.IsFilter ? null : driver.Manifest.Devices.First(d => d.Name.Equals(device.Name, StringComparison.OrdinalIgnoreCase));
+                var parameters = deviceManifest?.Parameters ?? driver.Manifest.Parameters;
+                HardwareBinding? binding;
+                try
+                {
+                    binding = Bind(driver, layer, device, deviceManifest?.Hardware, host);
+                }
+                catch (InsufficientMemoryException ex)
+                {
+                    host.Kill("no DMA window on restart");
+                    throw new DriverStartException(ex.Message);
+                }
+
+                var added = await host.AddDeviceAsync(driver, layer, device, index < device.Layers.Length - 1, parameters, binding, cancellationToken).ConfigureAwait(false);
                 if (!added.Status.IsSuccess())
                 {
                     host.Kill("AddDevice failed on restart");
@@ -590,6 +708,7 @@ public sealed class Microkernel : IAsyncDisposable
             }
 
             driver.SetState(DriverState.Restarting);
+            driver.QuarantineDemand = null;
         }
 
         Events.Add(KernelEventKind.DriverReenabled, driver.Name, null, "re-enabled by hand");

@@ -22,6 +22,10 @@ namespace DriverIsolation.Protocol;
 [Union(13, typeof(Pong))]
 [Union(14, typeof(Log))]
 [Union(15, typeof(Shutdown))]
+[Union(16, typeof(DmaMap))]
+[Union(17, typeof(DmaUnmap))]
+[Union(18, typeof(RegisterWrite))]
+[Union(19, typeof(Interrupt))]
 public abstract record Message;
 
 /// <summary>H→K, first frame: proves the host is the one the kernel spawned.</summary>
@@ -65,7 +69,20 @@ public sealed record AddDevice(
     [property: Key(2)] string Name,
     [property: Key(3)] DeviceType DeviceType,
     [property: Key(4)] bool HasLowerDevice,
-    [property: Key(5)] Dictionary<string, string> Parameters) : Message;
+    [property: Key(5)] Dictionary<string, string> Parameters,
+    [property: Key(6)] HardwareBinding? Hardware = null) : Message;
+
+/// <summary>In <see cref="AddDevice"/>: the hardware behind the device and the DMA window the
+/// driver may use (a range of the shared physical-memory file, and its device address).</summary>
+[MessagePackObject]
+public sealed record HardwareBinding(
+    [property: Key(0)] string Kind,
+    [property: Key(1)] string RequesterId,
+    [property: Key(2)] Dictionary<string, string> Properties,
+    [property: Key(3)] string MemoryPath,
+    [property: Key(4)] long PhysicalAddress,
+    [property: Key(5)] int WindowBytes,
+    [property: Key(6)] ulong DeviceAddress);
 
 /// <summary>H→K: the outcome of <see cref="AddDevice"/>.</summary>
 [MessagePackObject]
@@ -146,3 +163,31 @@ public sealed record Log(
 /// <summary>K→H: unload every driver and exit.</summary>
 [MessagePackObject]
 public sealed record Shutdown([property: Key(0)] string Reason) : Message;
+
+/// <summary>H→K: map pages of a device's DMA window for the device (its IOMMU domain).</summary>
+[MessagePackObject]
+public sealed record DmaMap(
+    [property: Key(0)] int DeviceId,
+    [property: Key(1)] int FirstPage,
+    [property: Key(2)] int Pages,
+    [property: Key(3)] DmaAccess Access) : Message;
+
+/// <summary>H→K: unmap pages of a device's DMA window.</summary>
+[MessagePackObject]
+public sealed record DmaUnmap(
+    [property: Key(0)] int DeviceId,
+    [property: Key(1)] int FirstPage,
+    [property: Key(2)] int Pages) : Message;
+
+/// <summary>H→K: a driver writes a register of its device (a doorbell).</summary>
+[MessagePackObject]
+public sealed record RegisterWrite(
+    [property: Key(0)] int DeviceId,
+    [property: Key(1)] int Register,
+    [property: Key(2)] ulong Value) : Message;
+
+/// <summary>K→H: a device interrupted.</summary>
+[MessagePackObject]
+public sealed record Interrupt(
+    [property: Key(0)] int DeviceId,
+    [property: Key(1)] int Vector) : Message;

@@ -67,8 +67,12 @@ public sealed class HostServer : IKernelLink
                     _connection.Send(new DriverLoaded(load.DriverId, loaded.Status, loaded.Detail));
                     break;
                 case AddDevice add:
-                    var added = _runtime.AddDevice(add.DriverId, add.DeviceId, add.Name, add.DeviceType, add.HasLowerDevice, add.Parameters);
+                    var added = _runtime.AddDevice(add.DriverId, add.DeviceId, add.Name, add.DeviceType, add.HasLowerDevice, add.Parameters, add.Hardware);
                     _connection.Send(new DeviceAdded(add.DeviceId, added.Status, added.Detail));
+                    break;
+                case Interrupt interrupt:
+                    ThreadPool.UnsafeQueueUserWorkItem(
+                        static s => s.Runtime.Interrupt(s.Message.DeviceId, s.Message.Vector), (Runtime: _runtime, Message: interrupt), preferLocal: false);
                     break;
                 case Shutdown:
                     _runtime.UnloadAll();
@@ -99,4 +103,13 @@ public sealed class HostServer : IKernelLink
 
     void IKernelLink.Log(int driverId, LogLevel level, string message) =>
         _connection.Send(new Log(driverId, (int)level, message));
+
+    void IKernelLink.DmaMap(int deviceId, int firstPage, int pages, DmaAccess access) =>
+        _connection.Send(new DmaMap(deviceId, firstPage, pages, access));
+
+    void IKernelLink.DmaUnmap(int deviceId, int firstPage, int pages) =>
+        _connection.Send(new DmaUnmap(deviceId, firstPage, pages));
+
+    void IKernelLink.WriteRegister(int deviceId, int registerIndex, ulong value) =>
+        _connection.Send(new RegisterWrite(deviceId, registerIndex, value));
 }

@@ -99,5 +99,17 @@ internal static class HostWarmup
         public void Log(int driverId, LogLevel level, string message)
         {
         }
+
+        public void DmaMap(int deviceId, int firstPage, int pages, DmaAccess access)
+        {
+        }
+
+        public void DmaUnmap(int deviceId, int firstPage, int pages)
+        {
+        }
+
+        public void WriteRegister(int deviceId, int registerIndex, ulong value)
+        {
+        }
     }
 }

@@ -91,7 +91,7 @@ public sealed class DriverRuntime : IDeviceStackPort
 
     /// <summary>Creates a device object for a loaded driver and runs its AddDevice.</summary>
     public (NtStatus Status, string? Detail) AddDevice(int driverId, int deviceId, string name, DeviceType deviceType,
-        bool hasLowerDevice, IReadOnlyDictionary<string, string> parameters)
+        bool hasLowerDevice, IReadOnlyDictionary<string, string> parameters, Protocol.HardwareBinding? hardware = null)
     {
         if (!_drivers.TryGetValue(driverId, out var driver))
         {
@@ -102,6 +102,19 @@ public sealed class DriverRuntime : IDeviceStackPort
         if (!_devices.TryAdd(deviceId, device))
         {
             return (NtStatus.InvalidParameter, $"device id {deviceId} exists already");
+        }
+
+        if (hardware is not null)
+        {
+            try
+            {
+                device.Hardware = new HostDeviceHardware(deviceId, hardware, _link);
+            }
+            catch (IOException ex)
+            {
+                _devices.TryRemove(deviceId, out _);
+                return (NtStatus.DeviceNotReady, $"cannot map the DMA window of {name}: {ex.Message}");
+            }
         }
 
         var status = driver.DriverObject.AddDevice?.Invoke(driver.DriverObject, device) ?? NtStatus.Success;
@@ -192,8 +205,22 @@ public sealed class DriverRuntime : IDeviceStackPort
             driver.LoadContext?.Unload();
         }
 
+        foreach (var device in _devices.Values)
+        {
+            (device.Hardware as IDisposable)?.Dispose();
+        }
+
         _drivers.Clear();
         _devices.Clear();
+    }
+
+    /// <summary>A device interrupted: its driver's interrupt service routine runs on this thread.</summary>
+    public void Interrupt(int deviceId, int vector)
+    {
+        if (_devices.TryGetValue(deviceId, out var device) && device.Hardware is HostDeviceHardware hardware)
+        {
+            hardware.Interrupt(vector);
+        }
     }
 
     void IDeviceStackPort.Complete(Irp irp, NtStatus status, long information)

@@ -11,4 +11,12 @@ public interface IKernelLink
     void PassDown(long irpId, int deviceId, bool wantsCompletion, long offset, int length, ReadOnlyMemory<byte> input);
 
     void Log(int driverId, LogLevel level, string message);
+
+    /// <summary>Maps pages of a device's DMA window in its IOMMU domain.</summary>
+    void DmaMap(int deviceId, int firstPage, int pages, DmaAccess access);
+
+    void DmaUnmap(int deviceId, int firstPage, int pages);
+
+    /// <summary>A register write (doorbell) to a device.</summary>
+    void WriteRegister(int deviceId, int registerIndex, ulong value);
 }

@@ -39,6 +39,12 @@ public enum KernelEventKind
     /// <summary>The watchdog killed a host: missed heartbeats, over its memory budget, or a
     /// critical request past its deadline.</summary>
     WatchdogKill,
+
+    /// <summary>The IOMMU blocked a DMA; the driver is the domain's.</summary>
+    IommuFault,
+
+    /// <summary>The kernel's memory failed its canary or checksum check: a system crash.</summary>
+    KernelMemoryCorrupted,
 }
 
 /// <summary>Something the kernel observed, with its cause. Tests wait on these instead of sleeping;

@@ -61,4 +61,10 @@ internal static partial class Log
 
     [LoggerMessage(3003, LogLevel.Critical, "BUGCHECK: {Reason}")]
     public static partial void BugCheck(ILogger logger, string reason);
+
+    [LoggerMessage(3004, LogLevel.Critical, "Kernel memory corrupted: {Damage}")]
+    public static partial void KernelMemoryCorrupted(ILogger logger, string damage);
+
+    [LoggerMessage(4001, LogLevel.Warning, "IOMMU fault {Fault}")]
+    public static partial void IommuFault(ILogger logger, string fault);
 }

@@ -326,6 +326,9 @@ internal sealed class IoManager
     }
 
     /// <summary>The kernel goes down: an in-kernel driver faulted. Every caller gets SystemCrashed.</summary>
+    /// <summary>The simulated hardware, once a driver declares some.</summary>
+    public Hardware.Machine? Machine { get; set; }
+
     public void BugCheck(string reason)
     {
         if (Interlocked.CompareExchange(ref _bugCheck, reason, null) is not null)

@@ -19,7 +19,10 @@ internal interface IHostChannel : IAsyncDisposable
     Task<(NtStatus Status, string? Detail)> LoadDriverAsync(KernelDriver driver, string assemblyPath, CancellationToken cancellationToken);
 
     Task<(NtStatus Status, string? Detail)> AddDeviceAsync(KernelDriver driver, DeviceLayer layer, KernelDevice device, bool hasLowerDevice,
-        IReadOnlyDictionary<string, string> parameters, CancellationToken cancellationToken);
+        IReadOnlyDictionary<string, string> parameters, Protocol.HardwareBinding? hardware, CancellationToken cancellationToken);
+
+    /// <summary>A device bound to a driver here interrupted.</summary>
+    void Interrupt(int deviceId, int vector);
 
     void Dispatch(KernelIrp irp, DeviceLayer layer);
 

@@ -35,9 +35,20 @@ internal sealed class InKernelHostChannel : IHostChannel, IKernelLink
             _runtime.LoadDriver(driver.Id, driver.Name, assemblyPath, driver.Manifest.Type, driver.Manifest.Parameters)));
 
     public Task<(NtStatus Status, string? Detail)> AddDeviceAsync(KernelDriver driver, DeviceLayer layer, KernelDevice device, bool hasLowerDevice,
-        IReadOnlyDictionary<string, string> parameters, CancellationToken cancellationToken) =>
+        IReadOnlyDictionary<string, string> parameters, Protocol.HardwareBinding? hardware, CancellationToken cancellationToken) =>
         Task.FromResult(Guard(driver.Name, "AddDevice", () =>
-            _runtime.AddDevice(driver.Id, layer.DeviceId, device.Name, device.DeviceType, hasLowerDevice, parameters)));
+            _runtime.AddDevice(driver.Id, layer.DeviceId, device.Name, device.DeviceType, hasLowerDevice, parameters, hardware)));
+
+    /// <summary>Interrupts run on a pool thread, as a DPC would: never inside the register write
+    /// that caused them.</summary>
+    public void Interrupt(int deviceId, int vector) =>
+        ThreadPool.UnsafeQueueUserWorkItem(
+            static s => s.Self.Guard("interrupt", "interrupt service routine", () =>
+            {
+                s.Self._runtime.Interrupt(s.DeviceId, s.Vector);
+                return (NtStatus.Success, null);
+            }),
+            (Self: this, DeviceId: deviceId, Vector: vector), preferLocal: false);
 
     public void Dispatch(KernelIrp irp, DeviceLayer layer)
     {
@@ -82,6 +93,24 @@ internal sealed class InKernelHostChannel : IHostChannel, IKernelLink
 
     void IKernelLink.PassDown(long irpId, int deviceId, bool wantsCompletion, long offset, int length, ReadOnlyMemory<byte> input) =>
         _io.OnPassDown(this, irpId, deviceId, wantsCompletion, offset, length, input);
+
+    void IKernelLink.DmaMap(int deviceId, int firstPage, int pages, DmaAccess access) =>
+        HardwareRequest(_io.Machine?.Map(this, deviceId, firstPage, pages, access));
+
+    void IKernelLink.DmaUnmap(int deviceId, int firstPage, int pages) =>
+        HardwareRequest(_io.Machine?.Unmap(this, deviceId, firstPage, pages));
+
+    void IKernelLink.WriteRegister(int deviceId, int registerIndex, ulong value) =>
+        HardwareRequest(_io.Machine?.WriteRegister(this, deviceId, registerIndex, value));
+
+    // An in-kernel driver that asks for what is not its own is a kernel bug.
+    private void HardwareRequest(string? error)
+    {
+        if (error is not null)
+        {
+            _io.BugCheck($"an in-kernel driver made a bad DMA or register request: {error}");
+        }
+    }
 
     void IKernelLink.Log(int driverId, LogLevel level, string message) =>
         Log.DriverLogById(_driverLogger, level, driverId, message);

@@ -55,6 +55,10 @@ internal sealed class KernelDriver(int id, DriverManifest manifest, IsolationMod
     /// <summary>When the running instance went down (for recovery times).</summary>
     public long DownTimestamp { get; set; }
 
+    /// <summary>Why this driver must be quarantined rather than restarted (an IOMMU fault under
+    /// the quarantine policy); cleared when it is re-enabled.</summary>
+    public string? QuarantineDemand { get; set; }
+
     public Task<string> InstanceFailed
     {
         get { lock (Gate) { return _instanceFailed.Task; } }

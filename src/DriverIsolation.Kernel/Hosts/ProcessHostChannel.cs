@@ -86,10 +86,10 @@ internal sealed class ProcessHostChannel : IHostChannel
     }
 
     public Task<(NtStatus Status, string? Detail)> AddDeviceAsync(KernelDriver driver, DeviceLayer layer, KernelDevice device, bool hasLowerDevice,
-        IReadOnlyDictionary<string, string> parameters, CancellationToken cancellationToken)
+        IReadOnlyDictionary<string, string> parameters, HardwareBinding? hardware, CancellationToken cancellationToken)
     {
         var pending = NewPending(_pendingDevices, layer.DeviceId);
-        Send(new AddDevice(driver.Id, layer.DeviceId, device.Name, device.DeviceType, hasLowerDevice, new Dictionary<string, string>(parameters)));
+        Send(new AddDevice(driver.Id, layer.DeviceId, device.Name, device.DeviceType, hasLowerDevice, new Dictionary<string, string>(parameters), hardware));
         return pending.Task.WaitAsync(cancellationToken);
     }
 
@@ -103,6 +103,8 @@ internal sealed class ProcessHostChannel : IHostChannel
     }
 
     public void Cancel(long irpId, DeviceLayer layer) => Send(new Protocol.Cancel(irpId, layer.DeviceId));
+
+    public void Interrupt(int deviceId, int vector) => Send(new Protocol.Interrupt(deviceId, vector));
 
     public void LowerCompleted(KernelIrp irp, DeviceLayer layer, NtStatus status, long information, ReadOnlyMemory<byte> data)
     {
@@ -244,6 +246,12 @@ internal sealed class ProcessHostChannel : IHostChannel
                 var level = log.Level is >= 0 and <= (int)LogLevel.Critical ? (LogLevel)log.Level : LogLevel.Information;
                 Log.DriverLog(_logger, level, Name, log.Message.Length > 4096 ? log.Message[..4096] : log.Message);
                 return true;
+            case DmaMap map:
+                return Hardware(_io.Machine?.Map(this, map.DeviceId, map.FirstPage, map.Pages, map.Access));
+            case DmaUnmap unmap:
+                return Hardware(_io.Machine?.Unmap(this, unmap.DeviceId, unmap.FirstPage, unmap.Pages));
+            case RegisterWrite write:
+                return Hardware(_io.Machine?.WriteRegister(this, write.DeviceId, write.Register, write.Value));
             case DriverLoaded loaded:
                 return Answer(_pendingLoads, loaded.DriverId, (loaded.Status, loaded.Detail), nameof(DriverLoaded));
             case DeviceAdded added:
@@ -252,6 +260,19 @@ internal sealed class ProcessHostChannel : IHostChannel
                 Violation($"a host may not send {message.GetType().Name}");
                 return false;
         }
+    }
+
+    // A DMA or register request the kernel cannot honour names something that is not the host's:
+    // a protocol violation (and without a machine, no host has hardware to name).
+    private bool Hardware(string? error)
+    {
+        if (error is null && _io.Machine is not null)
+        {
+            return true;
+        }
+
+        Violation(error ?? "a DMA or register request, but no device has hardware");
+        return false;
     }
 
     private bool Answer(ConcurrentDictionary<int, TaskCompletionSource<(NtStatus, string?)>> pending, int id, (NtStatus, string?) result, string what)

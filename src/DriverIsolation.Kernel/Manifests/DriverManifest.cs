@@ -50,6 +50,36 @@ public sealed record DeviceManifest
     public IReadOnlyList<string> Links { get; init; } = [];
 
     public IReadOnlyDictionary<string, string> Parameters { get; init; } = new Dictionary<string, string>();
+
+    /// <summary>The simulated hardware this device drives; null for a software device.</summary>
+    public HardwareManifest? Hardware { get; init; }
+}
+
+/// <summary>Simulated hardware behind a device: what kind, how big, and the DMA window its
+/// driver gets (the IOMMU confines the device to it).</summary>
+public sealed record HardwareManifest
+{
+    /// <summary>"block" (a disk with submission and completion queues) or "nic" (tx/rx rings).</summary>
+    public required string Kind { get; init; }
+
+    /// <summary>Block devices: the media size. Default 16 MiB.</summary>
+    public int CapacityBytes { get; init; } = 16 << 20;
+
+    /// <summary>Bytes of DMA memory the driver may use for this device. Default 512 KiB.</summary>
+    public int DmaWindowBytes { get; init; } = 512 << 10;
+
+    /// <summary>NICs: the device wired back to back with this one.</summary>
+    public string? Peer { get; init; }
+}
+
+/// <summary>What the kernel does to a driver whose device an IOMMU fault is blamed on.</summary>
+public enum IommuFaultPolicy
+{
+    /// <summary>Kill its host; the watchdog restarts it with fresh DMA windows.</summary>
+    Restart,
+
+    /// <summary>Kill its host and quarantine it.</summary>
+    Quarantine,
 }
 
 public sealed record DriverLimits
@@ -108,4 +138,7 @@ public sealed record RecoveryPolicy
     /// <summary>The system cannot run properly without this driver: if it is quarantined at boot,
     /// the kernel comes up in safe mode (without it) and says so.</summary>
     public bool BootCritical { get; init; }
+
+    /// <summary>What an IOMMU fault blamed on the driver does. Default: restart.</summary>
+    public IommuFaultPolicy OnIommuFault { get; init; } = IommuFaultPolicy.Restart;
 }

@@ -10,9 +10,10 @@ namespace DriverIsolation.Kernel;
 public static class ManifestLoader
 {
     private static readonly string[] DriverFields = ["name", "assembly", "type", "isolation", "hostGroup", "parameters", "devices", "attachTo", "limits", "recovery"];
-    private static readonly string[] DeviceFields = ["name", "type", "links", "parameters"];
+    private static readonly string[] DeviceFields = ["name", "type", "links", "parameters", "hardware"];
+    private static readonly string[] HardwareFields = ["kind", "capacityMb", "dmaWindowKb", "peer"];
     private static readonly string[] LimitFields = ["requestTimeoutMs", "memoryMb", "critical"];
-    private static readonly string[] RecoveryFields = ["restart", "inFlight", "idempotent", "maxFailures", "failureWindowMs", "quietPeriodMs", "backoffBaseMs", "backoffMaxMs", "bootCritical"];
+    private static readonly string[] RecoveryFields = ["restart", "inFlight", "idempotent", "maxFailures", "failureWindowMs", "quietPeriodMs", "backoffBaseMs", "backoffMaxMs", "bootCritical", "onIommuFault"];
 
     private static readonly Dictionary<string, MajorFunction> MajorNames = new(StringComparer.Ordinal)
     {
@@ -163,6 +164,54 @@ public static class ManifestLoader
                     : throw new ManifestException(source, linkPath, $"expected a namespace path like \"\\\\??\\\\Disk0\"; got \"{text}\"");
             }),
             Parameters = reader.Parameters("parameters"),
+            Hardware = ReadHardware(reader),
+        };
+    }
+
+    private static HardwareManifest? ReadHardware(FieldReader device)
+    {
+        if (!device.TryGet("hardware", out var element))
+        {
+            return null;
+        }
+
+        var reader = new FieldReader(device.Source, $"{device.Path}.hardware", element);
+        reader.ExpectObject(HardwareFields);
+        var kind = reader.RequiredString("kind");
+        if (kind is not ("block" or "nic"))
+        {
+            throw reader.Error("kind", $"expected \"block\" or \"nic\"; got \"{kind}\"");
+        }
+
+        var defaults = new HardwareManifest { Kind = kind };
+        var capacityMb = reader.OptionalPositiveInt("capacityMb");
+        if (capacityMb > 1024)
+        {
+            throw reader.Error("capacityMb", $"at most 1024 (the media is held in memory); got {capacityMb}");
+        }
+
+        var windowKb = reader.OptionalPositiveInt("dmaWindowKb");
+        if (windowKb is { } kb && (kb % 4 != 0 || kb > 64 * 1024))
+        {
+            throw reader.Error("dmaWindowKb", $"expected a multiple of 4 (whole 4 KiB pages) up to 65536; got {kb}");
+        }
+
+        var peer = reader.OptionalString("peer");
+        if (peer is not null && kind != "nic")
+        {
+            throw reader.Error("peer", "only a NIC has a peer");
+        }
+
+        if (kind == "nic" && capacityMb is not null)
+        {
+            throw reader.Error("capacityMb", "only a block device has a capacity");
+        }
+
+        return defaults with
+        {
+            CapacityBytes = capacityMb * (1 << 20) ?? defaults.CapacityBytes,
+            DmaWindowBytes = windowKb * 1024 ?? defaults.DmaWindowBytes,
+            Peer = peer,
         };
     }
 
@@ -222,6 +271,12 @@ public static class ManifestLoader
             BackoffBase = Milliseconds(reader.OptionalPositiveInt("backoffBaseMs")) ?? defaults.BackoffBase,
             BackoffMax = Milliseconds(reader.OptionalPositiveInt("backoffMaxMs")) ?? defaults.BackoffMax,
             BootCritical = reader.OptionalBool("bootCritical") ?? defaults.BootCritical,
+            OnIommuFault = reader.OptionalString("onIommuFault") switch
+            {
+                null or "restart" => IommuFaultPolicy.Restart,
+                "quarantine" => IommuFaultPolicy.Quarantine,
+                var other => throw reader.Error("onIommuFault", $"expected \"restart\" or \"quarantine\"; got \"{other}\""),
+            },
         };
         return policy.BackoffMax < policy.BackoffBase
             ? throw reader.Error("backoffMaxMs", $"must be at least backoffBaseMs ({policy.BackoffBase.TotalMilliseconds} ms)")

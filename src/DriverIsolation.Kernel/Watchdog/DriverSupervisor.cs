@@ -105,6 +105,13 @@ internal sealed class DriverSupervisor
 
     private void Failed(string reason)
     {
+        if (_driver.QuarantineDemand is { } demand)
+        {
+            _failures.RecordAndCheck(_time.GetUtcNow());
+            _driver.Quarantine(demand);
+            throw new SupervisionEndedException();
+        }
+
         if (_failures.RecordAndCheck(_time.GetUtcNow()))
         {
             _driver.Quarantine($"{_failures.Count} failures within {_policy.FailureWindow} (the limit is {_policy.MaxFailures}); last: {reason}");

@@ -19,6 +19,10 @@ internal interface IDriverLifecycle
 
     /// <summary>Restarting is off for this driver: it stays down.</summary>
     void GiveUp(string reason);
+
+    /// <summary>Set when the driver's failure calls for quarantine whatever the count (the
+    /// manifest's policy for an IOMMU fault): the supervisor quarantines instead of restarting.</summary>
+    string? QuarantineDemand => null;
 }
 
 /// <summary>A fresh instance of a driver could not be started.</summary>

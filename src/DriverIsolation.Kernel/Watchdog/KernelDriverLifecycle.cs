@@ -14,4 +14,6 @@ internal sealed class KernelDriverLifecycle(Microkernel kernel, KernelDriver dri
     public void Quarantine(string reason) => kernel.QuarantineDriver(driver, reason);
 
     public void GiveUp(string reason) => kernel.GiveUpOnDriver(driver, reason);
+
+    public string? QuarantineDemand => driver.QuarantineDemand;
 }

@@ -12,7 +12,8 @@ internal static class AllMessages
         new Refused("wrong token"),
         new LoadDriver(7, "RamDisk", "/opt/drivers/RamDisk.dll", "Some.Type", new Dictionary<string, string> { ["a"] = "1", ["b"] = "two" }),
         new DriverLoaded(7, NtStatus.ObjectNameNotFound, "missing"),
-        new AddDevice(7, 11, @"\Device\RamDisk0", DeviceType.Disk, true, new Dictionary<string, string> { ["sizeBytes"] = "1048576" }),
+        new AddDevice(7, 11, @"\Device\RamDisk0", DeviceType.Disk, true, new Dictionary<string, string> { ["sizeBytes"] = "1048576" },
+            new HardwareBinding("block", "00:01.0", new Dictionary<string, string> { ["capacityBytes"] = "16777216" }, "/dev/shm/phys", 0x100000, 0x40000, 0x1_0000_0000)),
         new DeviceAdded(11, NtStatus.Success, null),
         new Dispatch(123456789012, 11, MajorFunction.DeviceControl, 3, 99, 4096, 512, 0x70000, new byte[] { 9, 8, 7 }, 16),
         new Complete(123456789012, 11, NtStatus.BufferTooSmall, 16, new byte[] { 1, 2 }),
@@ -23,5 +24,9 @@ internal static class AllMessages
         new Pong(17, 123_456_789),
         new Log(7, 4, "driver said something"),
         new Shutdown("kernel shutdown"),
+        new DmaMap(11, 3, 2, DmaAccess.Write),
+        new DmaUnmap(11, 3, 2),
+        new RegisterWrite(11, 4, ulong.MaxValue),
+        new Interrupt(11, 1),
     ];
 }

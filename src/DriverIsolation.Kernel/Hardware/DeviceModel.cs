@@ -1,0 +1,55 @@
+namespace DriverIsolation.Kernel.Hardware;
+
+/// <summary>
+/// A piece of simulated hardware in the kernel process. It is programmed through register writes,
+/// touches memory only through the <see cref="DmaEngine"/> (so only where the IOMMU lets its
+/// requester ID), and signals its driver with interrupts. Its own state (a disk's media) lives
+/// here, so it outlives any driver instance.
+/// </summary>
+public abstract class DeviceModel(string name, RequesterId requester, DmaEngine dma)
+{
+    private Action<int>? _interrupt;
+
+    public string Name => name;
+
+    public RequesterId Requester => requester;
+
+    protected DmaEngine Dma => dma;
+
+    /// <summary>"block" or "nic".</summary>
+    public abstract string Kind { get; }
+
+    /// <summary>What the driver learns about the device when it is bound.</summary>
+    public abstract IReadOnlyDictionary<string, string> Properties { get; }
+
+    /// <summary>DMAs the IOMMU refused this device (it then reports an error or stops).</summary>
+    public long DmaErrors => Interlocked.Read(ref _dmaErrors);
+
+    private long _dmaErrors;
+
+    /// <summary>The interrupt line: the kernel routes it to the bound driver (null: not connected).</summary>
+    public void ConnectInterrupt(Action<int>? line) => Volatile.Write(ref _interrupt, line);
+
+    /// <summary>A register write from the driver.</summary>
+    public abstract void WriteRegister(int registerIndex, ulong value);
+
+    /// <summary>Back to power-on state (queues disabled, addresses forgotten); the media stays.
+    /// Done when the driver goes away, before its IOMMU domain is torn down.</summary>
+    public abstract void Reset();
+
+    protected void RaiseInterrupt(int vector) => Volatile.Read(ref _interrupt)?.Invoke(vector);
+
+    protected bool Read(ulong address, Span<byte> destination) => Count(dma.TryRead(requester, address, destination));
+
+    protected bool Write(ulong address, ReadOnlySpan<byte> source) => Count(dma.TryWrite(requester, address, source));
+
+    private bool Count(bool ok)
+    {
+        if (!ok)
+        {
+            Interlocked.Increment(ref _dmaErrors);
+        }
+
+        return ok;
+    }
+}
