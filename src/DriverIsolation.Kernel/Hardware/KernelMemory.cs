@@ -126,9 +126,16 @@ public sealed class KernelMemory
             tables = [.. _tableSums];
         }
 
-        foreach (var (frame, expected) in tables)
+        foreach (var (frame, _) in tables)
         {
-            if (Sum(Words(frame)) != expected)
+            // Under the lock: a table being written now must not look damaged half-way.
+            bool damaged;
+            lock (_gate)
+            {
+                damaged = _tableSums.TryGetValue(frame, out var expected) && Sum(Words(frame)) != expected;
+            }
+
+            if (damaged)
             {
                 damage.Add($"I/O page table frame {frame} (0x{frame << PhysicalMemory.FrameShift:x}): contents do not match its checksum");
             }

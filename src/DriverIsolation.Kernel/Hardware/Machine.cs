@@ -168,6 +168,13 @@ internal sealed class Machine : IDisposable
         return null;
     }
 
+    /// <summary>The physical address and length of the DMA window a device's driver holds now.</summary>
+    public (long Physical, int Length)? WindowOf(string deviceName)
+    {
+        var binding = _bindings.Values.FirstOrDefault(b => b.Model.Name.Equals(deviceName, StringComparison.OrdinalIgnoreCase));
+        return binding is null ? null : (binding.Frame << PhysicalMemory.FrameShift, binding.Pages * PhysicalMemory.FrameSize);
+    }
+
     public void Dispose()
     {
         Iommu.Dispose();
