@@ -70,9 +70,15 @@ internal sealed class Machine : IDisposable
                 model = hardware.Kind switch
                 {
                     "block" => new BlockDeviceModel(deviceName, requester, Dma, hardware.CapacityBytes),
+                    "nic" => new NicModel(deviceName, requester, Dma, string.Create(CultureInfo.InvariantCulture, $"02:00:00:00:00:{requester.Device:x2}")),
                     _ => throw new NotSupportedException($"no device model for hardware kind \"{hardware.Kind}\""),
                 };
                 _models[deviceName] = model;
+                if (model is NicModel nic && hardware.Peer is { } peerName)
+                {
+                    nic.Peer = _models.GetValueOrDefault(peerName) as NicModel;
+                    nic.Peer?.Peer ??= nic;
+                }
             }
 
             if (!_domains.TryGetValue(driver, out var domain))

@@ -25,8 +25,18 @@ internal static class ManifestSet
             }
         }
 
+        var nics = manifests.SelectMany(m => m.Devices).Where(d => d.Hardware?.Kind == "nic").Select(d => d.Name).ToHashSet(StringComparer.OrdinalIgnoreCase);
         foreach (var manifest in manifests)
         {
+            for (var i = 0; i < manifest.Devices.Count; i++)
+            {
+                if (manifest.Devices[i].Hardware?.Peer is { } peer && (!nics.Contains(peer) || peer.Equals(manifest.Devices[i].Name, StringComparison.OrdinalIgnoreCase)))
+                {
+                    throw new ManifestException(manifest.Source, $"$.devices[{i}].hardware.peer",
+                        $"\"{peer}\" is not another NIC in this set (NICs: {string.Join(", ", nics.Order(StringComparer.OrdinalIgnoreCase))})");
+                }
+            }
+
             for (var i = 0; i < manifest.AttachTo.Count; i++)
             {
                 if (!names.ContainsKey(manifest.AttachTo[i]))
