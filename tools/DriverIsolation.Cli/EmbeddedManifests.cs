@@ -5,7 +5,7 @@ namespace DriverIsolation.Cli;
 /// <summary>The sample drivers' manifests, compiled into drviso so the demo needs no files.</summary>
 internal static class EmbeddedManifests
 {
-    public static readonly string[] SampleNames = ["Null", "RamDisk", "Echo", "XorFilter"];
+    public static readonly string[] SampleNames = ["Null", "RamDisk", "Echo", "XorFilter", "VBlock", "VNic"];
 
     public static IReadOnlyList<DriverManifest> Samples() => [.. SampleNames.Select(Load)];
 

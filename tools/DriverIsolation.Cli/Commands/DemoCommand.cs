@@ -33,28 +33,34 @@ internal static class DemoCommand
                 r.AddError("--requests must be between 4 and 1000000");
             }
         });
+        var iommu = new Option<string>("--iommu")
+        {
+            Description = "The IOMMU's mode for the simulated devices: off, strict or lazy",
+            DefaultValueFactory = _ => "strict",
+        };
+        iommu.AcceptOnlyFromAmong("off", "strict", "lazy");
         var seed = new Option<int>("--seed") { Description = "Seed of the workload's data", DefaultValueFactory = _ => 1 };
         var verbose = new Option<bool>("--verbose") { Description = "Show the kernel's log" };
 
         var command = new Command("demo", "Boot the sample drivers and run a short mixed workload through them")
         {
-            isolation, requests, seed, verbose,
+            isolation, iommu, requests, seed, verbose,
         };
         command.SetAction((parse, _) => RunAsync(
-            IsolationModels.Parse(parse.GetValue(isolation)!), parse.GetValue(requests), parse.GetValue(seed), parse.GetValue(verbose)));
+            IsolationModels.Parse(parse.GetValue(isolation)!), Enum.Parse<Kernel.Hardware.IommuMode>(parse.GetValue(iommu)!, ignoreCase: true), parse.GetValue(requests), parse.GetValue(seed), parse.GetValue(verbose)));
         return command;
     }
 
-    private static async Task<int> RunAsync(IsolationModel isolation, int requests, int seed, bool verbose)
+    private static async Task<int> RunAsync(IsolationModel isolation, Kernel.Hardware.IommuMode iommuMode, int requests, int seed, bool verbose)
     {
         using var loggerFactory = LoggerFactory.Create(b => b
             .AddSimpleConsole(o => o.SingleLine = true)
             .SetMinimumLevel(verbose ? LogLevel.Information : LogLevel.Warning));
         // No warm pool: nothing crashes in the demo, and a spare host starting up would compete
         // with the workload for the CPU while it is being measured.
-        await using var kernel = new Microkernel(new KernelOptions { WarmPoolSize = 0 }, loggerFactory);
+        await using var kernel = new Microkernel(new KernelOptions { WarmPoolSize = 0, IommuMode = iommuMode }, loggerFactory);
 
-        AnsiConsole.MarkupLine($"[bold]DriverIsolation demo[/]: kernel PID [cyan]{Microkernel.ProcessId}[/], isolation [cyan]{isolation.ToManifestName()}[/]");
+        AnsiConsole.MarkupLine($"[bold]DriverIsolation demo[/]: kernel PID [cyan]{Microkernel.ProcessId}[/], isolation [cyan]{isolation.ToManifestName()}[/], IOMMU [cyan]{iommuMode.ToString().ToLowerInvariant()}[/]");
         var booted = System.Diagnostics.Stopwatch.StartNew();
         await kernel.StartAsync(EmbeddedManifests.Samples(), isolation).ConfigureAwait(false);
         var drivers = kernel.GetDrivers();
@@ -84,14 +90,43 @@ internal static class DemoCommand
         var refused = kernel.Events.Count(KernelEventKind.CompletionRefused);
         AnsiConsole.MarkupLine(string.Create(CultureInfo.InvariantCulture,
             $"{recorder.Devices.Values.Sum(d => d.Count)} requests in {ran.ElapsedMilliseconds} ms. Data verified: {workload.VerifiedBlocks} disk blocks through XorFilter → RamDisk " +
-            $"(the filter transformed {workload.FilterStatistics.Writes} writes and {workload.FilterStatistics.Reads} reads), {workload.VerifiedMessages} echo messages."));
+            $"(the filter transformed {workload.FilterStatistics.Writes} writes and {workload.FilterStatistics.Reads} reads), {workload.VerifiedMessages} echo messages, " +
+            $"{workload.VerifiedTransfers} VBlock transfers, {workload.VerifiedFrames} frames between the NICs."));
+        var iommuClean = PrintHardware(kernel);
         AnsiConsole.MarkupLine($"Kernel: {kernel.OutstandingIrps} IRPs outstanding, {refused} completions refused by the verifier.");
         foreach (var problem in warmUp.Problems.Concat(workload.Problems).Take(20))
         {
             AnsiConsole.MarkupLine($"[red]problem:[/] {problem.EscapeMarkup()}");
         }
 
-        return warmUp.Problems.Count == 0 && workload.Problems.Count == 0 && kernel.OutstandingIrps == 0 ? 0 : 1;
+        return warmUp.Problems.Count == 0 && workload.Problems.Count == 0 && kernel.OutstandingIrps == 0 && iommuClean ? 0 : 1;
+    }
+
+    /// <summary>The simulated devices, who drives them, and what the IOMMU saw. In the normal demo
+    /// every DMA is inside its driver's windows: no faults, kernel memory intact.</summary>
+    private static bool PrintHardware(Microkernel kernel)
+    {
+        var iommu = kernel.GetIommu();
+        if (iommu is null)
+        {
+            AnsiConsole.MarkupLine("[red]No simulated hardware was started.[/]");
+            return false;
+        }
+
+        AnsiConsole.MarkupLine(("Hardware: " + string.Join(", ", iommu.Devices.Select(d =>
+            $"{d.Name} ({d.Kind}, requester {d.RequesterId}, bound to {d.BoundTo ?? "nobody"})"))).EscapeMarkup());
+        var lookups = iommu.IotlbHits + iommu.IotlbMisses;
+        var integrity = kernel.VerifyKernelMemory();
+        var faultColour = iommu.FaultCount == 0 ? "green" : "red";
+        AnsiConsole.MarkupLine(string.Create(CultureInfo.InvariantCulture,
+            $"IOMMU {iommu.Mode.ToString().ToLowerInvariant()}: [{faultColour}]{iommu.FaultCount} faults[/], {lookups} translations " +
+            $"(IOTLB hit rate {(lookups == 0 ? 0 : 100.0 * iommu.IotlbHits / lookups):F1} %), kernel memory {(integrity.Intact ? "intact" : "[red]CORRUPT[/]")}."));
+        foreach (var fault in iommu.Faults.Take(5))
+        {
+            AnsiConsole.MarkupLine($"[red]IOMMU fault:[/] {fault.ToString().EscapeMarkup()}");
+        }
+
+        return iommu.FaultCount == 0 && integrity.Intact;
     }
 
     private static void PrintSummary(Microkernel kernel, LatencyRecorder recorder)
