@@ -70,6 +70,24 @@ while (await connection.ReadAsync() is { } message)
             break;
         case AddDevice add:
             connection.Send(new DeviceAdded(add.DeviceId, NtStatus.Success, null));
+            switch (attack)
+            {
+                case "dma-outside-window" when add.Hardware is { } hardware:
+                    // The page just past the end of its own window.
+                    connection.Send(new DmaMap(add.DeviceId, hardware.WindowBytes / 4096, 1, DmaAccess.ReadWrite));
+                    break;
+                case "dma-other-device":
+                    // The device added just before this one belongs to another driver.
+                    connection.Send(new DmaMap(add.DeviceId - 1, 0, 1, DmaAccess.ReadWrite));
+                    break;
+                case "register-other-device":
+                    connection.Send(new RegisterWrite(add.DeviceId - 1, 0, 0x1000));
+                    break;
+                case "dma-bad-access":
+                    connection.Send(new DmaMap(add.DeviceId, 0, 1, (DmaAccess)0x41));
+                    break;
+            }
+
             break;
         case Dispatch d when attack == "other-device":
             // Names a device that is not the one the IRP was sent to, then completes honestly.

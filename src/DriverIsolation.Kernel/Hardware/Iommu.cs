@@ -169,9 +169,9 @@ public sealed class Iommu : IDisposable
             error = $"physical 0x{physical:x} (+{pages} pages) is not page-aligned memory";
         }
 
-        if (error is null && (access & DmaAccess.ReadWrite) == DmaAccess.None)
+        if (error is null && access is not (DmaAccess.Read or DmaAccess.Write or DmaAccess.ReadWrite))
         {
-            error = "a mapping needs read or write access";
+            error = $"a mapping needs read, write or both; got access {(int)access}";
         }
 
         if (error is not null || Mode == IommuMode.Off)

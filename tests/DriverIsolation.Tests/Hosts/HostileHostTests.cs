@@ -84,7 +84,43 @@ public sealed class HostileHostTests
         await AssertNullServesAsync(kernel);
     }
 
-    private static async Task<Microkernel> BootAsync(string attack, TimeProvider? time = null)
+    /// <summary>A host asks the kernel to map DMA pages or write registers that are not its own:
+    /// a page past its window, another driver's device, an access that is neither read nor write.
+    /// The host is killed before anything changes; no mapping is made, the other driver's device
+    /// keeps serving its data, and the hostile device's domain is torn down.</summary>
+    [Theory]
+    [InlineData("dma-outside-window", "DMA map of pages 16+1 is outside the 16-page window of device 3")]
+    [InlineData("dma-other-device", "device 2 belongs to VBlock, not to this host")]
+    [InlineData("register-other-device", "device 2 belongs to VBlock, not to this host")]
+    [InlineData("dma-bad-access", "a mapping needs read, write or both; got access 65")]
+    public async Task DmaAttack_ProtocolViolationKillsTheHost_TheOtherDevicesDataIntact(string attack, string violation)
+    {
+        // Null (device 1) and VBlock (device 2) run in the kernel; the hostile host's device (3)
+        // has a block device of its own behind it, with a 64 KiB window.
+        await using var kernel = await BootAsync(attack, withHardware: true);
+        await using var disk = await kernel.OpenAsync(@"\??\VBlock0").Bounded();
+        var data = Enumerable.Range(0, 8192).Select(i => (byte)(i * 7)).ToArray();
+        Assert.Equal(new IoResult(NtStatus.Success, data.Length), await disk.WriteAsync(data, 4096).Bounded());
+
+        var seen = await kernel.Events.WaitForAsync(KernelEventKind.ProtocolViolation).Bounded();
+        await kernel.Events.WaitForAsync(e => e.Kind == KernelEventKind.HostExited && e.Driver == attack).Bounded();
+
+        Assert.Equal(attack, seen.Driver);
+        Assert.Contains(violation, seen.Detail, StringComparison.Ordinal);
+        Assert.Equal(DriverState.Failed, kernel.GetDrivers().Single(d => d.Name == attack).State);
+        var iommu = kernel.GetIommu()!;
+        Assert.Equal(0, iommu.FaultCount);
+        Assert.Null(iommu.Devices.Single(d => d.Name == $@"\Device\{attack}").BoundTo);
+        Assert.Equal("VBlock", iommu.Devices.Single(d => d.Name == @"\Device\VBlock0").BoundTo);
+        var back = new byte[data.Length];
+        Assert.Equal(new IoResult(NtStatus.Success, data.Length), await disk.ReadAsync(back, 4096).Bounded());
+        Assert.Equal(data, back);
+        Assert.True(kernel.VerifyKernelMemory().Intact);
+        Assert.Null(kernel.BugCheckReason);
+        await AssertNullServesAsync(kernel);
+    }
+
+    private static async Task<Microkernel> BootAsync(string attack, TimeProvider? time = null, bool withHardware = false)
     {
         var kernel = new Microkernel(new KernelOptions
         {
@@ -100,10 +136,17 @@ public sealed class HostileHostTests
             Name = attack,
             Assembly = "nothing-to-load.dll",
             Isolation = IsolationModel.Process,
-            Devices = [new DeviceManifest { Name = $@"\Device\{attack}" }],
+            Devices = [new DeviceManifest
+            {
+                Name = $@"\Device\{attack}",
+                Hardware = withHardware ? new HardwareManifest { Kind = "block", CapacityBytes = 1 << 20, DmaWindowBytes = 64 << 10 } : null,
+            }],
             Recovery = new RecoveryPolicy { Restart = false },
         };
-        await kernel.StartAsync([hostile, TestManifests.Sample("Null") with { Isolation = IsolationModel.InKernel }]).Bounded();
+        var inKernelNull = TestManifests.Sample("Null") with { Isolation = IsolationModel.InKernel };
+        await kernel.StartAsync(withHardware
+            ? [inKernelNull, TestManifests.Sample("VBlock") with { Isolation = IsolationModel.InKernel }, hostile]
+            : [hostile, inKernelNull]).Bounded();
         return kernel;
     }
 
