@@ -63,6 +63,10 @@ public sealed class Microkernel : IAsyncDisposable
     /// <summary>IRPs in the kernel that have not completed yet.</summary>
     public int OutstandingIrps => _io.OutstandingCount;
 
+    /// <summary>Messages the kernel has taken from driver host processes, every host together
+    /// (the fuzzer counts its inputs with it).</summary>
+    public long HostMessagesReceived => _io.HostMessages;
+
     /// <summary>
     /// Loads the drivers: function drivers first, then filters above their targets. Every
     /// manifest is checked before anything starts (a bad set throws <see cref="ManifestException"/>);

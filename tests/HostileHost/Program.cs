@@ -94,6 +94,11 @@ while (await connection.ReadAsync() is { } message)
             connection.Send(new Complete(d.IrpId, d.DeviceId + 1000, NtStatus.Success, d.OutputLength, new byte[d.OutputLength]));
             connection.Send(new Complete(d.IrpId, d.DeviceId, NtStatus.Success, d.OutputLength, Enumerable.Repeat((byte)0x42, d.OutputLength).ToArray()));
             break;
+        case Dispatch d when attack == "bad-status":
+            // A status that is no status, then the honest completion.
+            connection.Send(new Complete(d.IrpId, d.DeviceId, (NtStatus)0x12345678, 0, ReadOnlyMemory<byte>.Empty));
+            connection.Send(new Complete(d.IrpId, d.DeviceId, NtStatus.Success, d.OutputLength, Enumerable.Repeat((byte)0x42, d.OutputLength).ToArray()));
+            break;
         case Dispatch d when attack == "overstate" && d.MajorFunction == MajorFunction.Read:
             // Returns more data than the buffer holds.
             connection.Send(new Complete(d.IrpId, d.DeviceId, NtStatus.Success, d.OutputLength, new byte[d.OutputLength + 16]));

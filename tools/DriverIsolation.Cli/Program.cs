@@ -5,6 +5,7 @@ var root = new RootCommand("drviso: a simulated microkernel whose drivers run in
 {
     DemoCommand.Create(),
     ChaosCommand.Create(),
+    FuzzCommand.Create(),
     BenchCommand.Create(),
     ServeCommand.Create(),
     DriversCommand.CreateDrivers(),

@@ -1,5 +1,6 @@
 using System.Collections.Concurrent;
 using System.Diagnostics;
+using System.Globalization;
 using Microsoft.Extensions.Logging;
 
 namespace DriverIsolation.Kernel;
@@ -41,6 +42,14 @@ internal sealed class IoManager
     }
 
     public int OutstandingCount => _irps.Count;
+
+    private long _hostMessages;
+
+    /// <summary>Messages taken from driver hosts so far, every host together.</summary>
+    public long HostMessages => Interlocked.Read(ref _hostMessages);
+
+    /// <summary>A host channel counts each message it takes from its host.</summary>
+    public void CountHostMessage() => Interlocked.Increment(ref _hostMessages);
 
     /// <summary>Completions delivered to a caller for an IRP that had already been delivered
     /// (among the recently finished ones): the exactly-once invariant, checked where it matters.
@@ -423,6 +432,11 @@ internal sealed class IoManager
         if (status == NtStatus.Pending)
         {
             return "a completion cannot carry Pending";
+        }
+
+        if (!Enum.IsDefined(status))
+        {
+            return string.Create(CultureInfo.InvariantCulture, $"status 0x{(uint)status:x8} is no status");
         }
 
         if (information < 0)

@@ -228,6 +228,7 @@ internal sealed class ProcessHostChannel : IHostChannel
 
     private bool Handle(Message message)
     {
+        _io.CountHostMessage();
         switch (message)
         {
             case Protocol.Complete c:

@@ -65,6 +65,22 @@ public sealed class HostileHostTests
     }
 
     [Fact]
+    public async Task CompletionWithAStatusThatIsNoStatus_IsRefusedAndTheHonestOneIsApplied()
+    {
+        await using var kernel = await BootAsync("bad-status");
+        await using var device = await kernel.OpenAsync(@"\Device\bad-status").Bounded();
+        var buffer = new byte[8];
+
+        var result = await device.ReadAsync(buffer).Bounded();
+        var refused = await kernel.Events.WaitForAsync(e => e.Kind == KernelEventKind.CompletionRefused && e.IrpId is not null).Bounded();
+
+        Assert.Equal(new IoResult(NtStatus.Success, 8), result);
+        Assert.All(buffer, b => Assert.Equal(0x42, b));
+        Assert.Contains("status 0x12345678 is no status", refused.Detail, StringComparison.Ordinal);
+        await AssertNullServesAsync(kernel);
+    }
+
+    [Fact]
     public async Task CompletionOverstatingItsData_IsRefusedAndTheRequestTimesOutInsteadOfOverflowing()
     {
         var time = new FakeTimeProvider();
