@@ -37,6 +37,12 @@ public sealed class KernelOptions
     /// and past it the host is killed.</summary>
     public int MaxRefusalsPerSecond { get; set; } = 100;
 
+    /// <summary>Requests a driver may hold at once (those sent to the top of its device stacks and
+    /// not yet finished). Default 4096. Every request holds a copy of its buffers in the kernel; a
+    /// driver that never completes would otherwise let its callers grow the kernel without bound.
+    /// A request past the limit fails at once with <c>InsufficientResources</c>.</summary>
+    public int MaxIrpsInFlightPerDriver { get; set; } = 4096;
+
     /// <summary>Idle hosts kept started, so a restart does not wait for a process start.
     /// Default 1; 0 turns the pool off. Each idle host costs a process (some tens of MiB).</summary>
     public int WarmPoolSize { get; set; } = 1;

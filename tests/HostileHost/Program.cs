@@ -43,6 +43,16 @@ if (await connection.ReadAsync() is not Welcome)
     return 4;
 }
 
+if (attack == "second-connection")
+{
+    // Replays its own token on a second connection to its pipe.
+    var second = new NamedPipeClientStream(".", pipeName, PipeDirection.InOut, PipeOptions.Asynchronous | PipeOptions.CurrentUserOnly);
+    await second.ConnectAsync(30_000);
+    await using var replay = new FrameConnection(second, untrustedPeer: false);
+    replay.Send(new Hello(ProtocolConstants.Version, token, Environment.ProcessId));
+    await replay.ReadAsync();
+}
+
 while (await connection.ReadAsync() is { } message)
 {
     switch (message)

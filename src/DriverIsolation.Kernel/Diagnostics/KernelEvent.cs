@@ -45,6 +45,10 @@ public enum KernelEventKind
 
     /// <summary>The kernel's memory failed its canary or checksum check: a system crash.</summary>
     KernelMemoryCorrupted,
+
+    /// <summary>A connection to a host's pipe after its handshake (another process, or a replayed
+    /// token) was refused.</summary>
+    ConnectionRefused,
 }
 
 /// <summary>Something the kernel observed, with its cause. Tests wait on these instead of sleeping;

@@ -23,6 +23,9 @@ internal static partial class Log
     [LoggerMessage(1005, LogLevel.Warning, "Host {Host} refused at the handshake: {Reason}")]
     public static partial void HandshakeRefused(ILogger logger, string host, string reason);
 
+    [LoggerMessage(1006, LogLevel.Warning, "A second connection to the pipe of host {Host} was refused: {Reason}")]
+    public static partial void ConnectionRefused(ILogger logger, string host, string reason);
+
     [LoggerMessage(2001, LogLevel.Information, "Driver {Driver} loaded ({Isolation}, host {Host})")]
     public static partial void DriverLoaded(ILogger logger, string driver, string isolation, string host);
 

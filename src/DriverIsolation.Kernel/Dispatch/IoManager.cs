@@ -86,10 +86,19 @@ internal sealed class IoManager
             return Task.FromResult(IoResult.FromStatus(NtStatus.DeviceNotReady));
         }
 
+        var top = device.Layers[0].Driver;
+        if (!top.TryAdmit(_options.MaxIrpsInFlightPerDriver))
+        {
+            return Task.FromResult(IoResult.FromStatus(NtStatus.InsufficientResources));
+        }
+
         // The system buffer: drivers get a copy, never the caller's memory.
         var systemInput = input.IsEmpty ? ReadOnlyMemory<byte>.Empty : input.ToArray();
         var irp = new KernelIrp(Interlocked.Increment(ref _lastIrpId), file, majorFunction, 0, offset, length,
-            ioControlCode, systemInput, output);
+            ioControlCode, systemInput, output)
+        {
+            Admitted = top,
+        };
         _irps[irp.Id] = irp;
         file.Outstanding[irp.Id] = irp;
         irp.Deadline = _time.CreateTimer(static s => ((IoManagerDeadline)s!).Fire(), new IoManagerDeadline(this, irp), device.RequestTimeout, Timeout.InfiniteTimeSpan);
@@ -520,6 +529,7 @@ internal sealed class IoManager
     private void Finish(KernelIrp irp, IoResult result, ReadOnlyMemory<byte> data)
     {
         _irps.TryRemove(irp.Id, out _);
+        irp.Admitted?.Release();
         irp.File.Outstanding.TryRemove(irp.Id, out _);
         Remember(irp.Id, result.Status);
         irp.Deadline?.Dispose();

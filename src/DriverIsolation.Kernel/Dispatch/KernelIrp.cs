@@ -7,6 +7,9 @@ namespace DriverIsolation.Kernel;
 /// </summary>
 internal sealed class KernelIrp
 {
+    /// <summary>The driver whose in-flight slot this request holds until it finishes.</summary>
+    public KernelDriver? Admitted { get; set; }
+
     public KernelIrp(long id, FileObject file, MajorFunction majorFunction, byte minorFunction, long offset, int length,
         uint ioControlCode, ReadOnlyMemory<byte> input, Memory<byte> callerOutput)
     {

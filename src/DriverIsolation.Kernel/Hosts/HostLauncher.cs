@@ -22,8 +22,8 @@ internal sealed class HostLauncher(KernelOptions options, IoManager io, KernelEv
     {
         var pipeName = $"drviso-{Environment.ProcessId}-{RandomNumberGenerator.GetHexString(16, lowercase: true)}";
         var token = RandomNumberGenerator.GetBytes(ProtocolConstants.TokenLength);
-        var server = new NamedPipeServerStream(pipeName, PipeDirection.InOut, 1, PipeTransmissionMode.Byte,
-            PipeOptions.Asynchronous | PipeOptions.CurrentUserOnly);
+        // Two instances: the host's, and after the handshake a guard that answers anyone else.
+        var server = NewServer(pipeName);
         Process? process = null;
         try
         {
@@ -69,6 +69,7 @@ internal sealed class HostLauncher(KernelOptions options, IoManager io, KernelEv
             var channel = new ProcessHostChannel(hostName, isolation, process, connection, io, events,
                 loggerFactory.CreateLogger($"DriverIsolation.Host.{hostName}"), onExited);
             channel.Start(time, options);
+            _ = GuardPipeAsync(pipeName, channel);
             Log.HostStarted(_logger, hostName, process.Id, isolation.ToManifestName());
             events.Add(KernelEventKind.HostStarted, hostName, null, $"PID {process.Id}");
             return channel;
@@ -78,6 +79,64 @@ internal sealed class HostLauncher(KernelOptions options, IoManager io, KernelEv
             Reap(process);
             await server.DisposeAsync().ConfigureAwait(false);
             throw ex is HostStartException ? ex : new HostStartException(hostName, ex.Message, ex);
+        }
+    }
+
+    private static NamedPipeServerStream NewServer(string pipeName) =>
+        new(pipeName, PipeDirection.InOut, 2, PipeTransmissionMode.Byte, PipeOptions.Asynchronous | PipeOptions.CurrentUserOnly);
+
+    /// <summary>After the handshake no one else may use the host's pipe: every further connection
+    /// (another process that found the name, or the host replaying its token) is answered with
+    /// Refused, logged, and dropped. If it comes from the host itself (by the socket's peer
+    /// credentials), the host is breaking the protocol and is killed.</summary>
+    private async Task GuardPipeAsync(string pipeName, ProcessHostChannel channel)
+    {
+        using var gone = new CancellationTokenSource();
+        _ = channel.Exited.ContinueWith(_ => gone.Cancel(), CancellationToken.None, TaskContinuationOptions.ExecuteSynchronously, TaskScheduler.Default);
+        while (!gone.IsCancellationRequested)
+        {
+            NamedPipeServerStream guard;
+            try
+            {
+                guard = NewServer(pipeName);
+            }
+            catch (IOException)
+            {
+                return; // The pipe is gone with its host.
+            }
+
+            await using (guard.ConfigureAwait(false))
+            {
+                try
+                {
+                    await guard.WaitForConnectionAsync(gone.Token).ConfigureAwait(false);
+                }
+                catch (Exception ex) when (ex is OperationCanceledException or IOException or ObjectDisposedException)
+                {
+                    return;
+                }
+
+                var peer = PeerCredentials.TryGetProcessId(guard);
+                var reason = peer is { } pid
+                    ? string.Create(CultureInfo.InvariantCulture, $"from PID {pid}{(pid == channel.ProcessId ? " (the host itself)" : "")}")
+                    : "from an unknown process";
+                Log.ConnectionRefused(_logger, channel.Name, reason);
+                events.Add(KernelEventKind.ConnectionRefused, channel.Name, null, $"a second connection to the pipe, {reason}");
+                try
+                {
+                    await using var connection = new FrameConnection(guard, untrustedPeer: true, options.MaxFrameSize);
+                    connection.Send(new Refused("this pipe already has its host"));
+                }
+                catch (IOException)
+                {
+                    // It is gone already; refused either way.
+                }
+
+                if (peer == channel.ProcessId)
+                {
+                    channel.ReportViolation("opened a second connection to its pipe");
+                }
+            }
         }
     }
 

@@ -26,7 +26,26 @@ internal sealed class KernelDriver(int id, DriverManifest manifest, IsolationMod
     private volatile int _state = (int)DriverState.Loading;
     private TaskCompletionSource<string> _instanceFailed = NewFailure();
 
+    private int _inFlight;
+
     public int Id { get; } = id;
+
+    /// <summary>Requests sent to the top of this driver's stacks and not finished yet.</summary>
+    public int InFlight => Volatile.Read(ref _inFlight);
+
+    /// <summary>Takes a slot for a new request; false (and nothing taken) at the limit.</summary>
+    public bool TryAdmit(int limit)
+    {
+        if (Interlocked.Increment(ref _inFlight) <= limit)
+        {
+            return true;
+        }
+
+        Interlocked.Decrement(ref _inFlight);
+        return false;
+    }
+
+    public void Release() => Interlocked.Decrement(ref _inFlight);
 
     public DriverManifest Manifest { get; } = manifest;
 

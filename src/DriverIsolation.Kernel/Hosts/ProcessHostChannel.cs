@@ -288,6 +288,9 @@ internal sealed class ProcessHostChannel : IHostChannel
         return false;
     }
 
+    /// <summary>Something outside the message stream showed the host breaking the rules.</summary>
+    public void ReportViolation(string reason) => Violation(reason);
+
     private void Violation(string reason)
     {
         if (Interlocked.Exchange(ref _violated, 1) != 0)

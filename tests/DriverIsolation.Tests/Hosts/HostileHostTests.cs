@@ -48,6 +48,23 @@ public sealed class HostileHostTests
     }
 
     [Fact]
+    public async Task SecondConnectionReplayingTheToken_IsRefusedLogged_AndTheHostKilled()
+    {
+        await using var kernel = await BootAsync("second-connection");
+
+        var refused = await kernel.Events.WaitForAsync(KernelEventKind.ConnectionRefused).Bounded();
+        var violation = await kernel.Events.WaitForAsync(KernelEventKind.ProtocolViolation).Bounded();
+
+        var host = kernel.GetDrivers().Single(d => d.Name == "second-connection");
+        Assert.Equal("second-connection", refused.Driver);
+        Assert.Equal($"a second connection to the pipe, from PID {host.ProcessId} (the host itself)", refused.Detail);
+        Assert.Equal("opened a second connection to its pipe", violation.Detail);
+        await kernel.Events.WaitForAsync(e => e.Kind == KernelEventKind.HostExited && e.Driver == "second-connection").Bounded();
+        Assert.Equal(DriverState.Failed, kernel.GetDrivers().Single(d => d.Name == "second-connection").State);
+        await AssertNullServesAsync(kernel);
+    }
+
+    [Fact]
     public async Task CompletionNamingAnotherDevice_IsRefusedAndTheHonestOneIsApplied()
     {
         await using var kernel = await BootAsync("other-device");
