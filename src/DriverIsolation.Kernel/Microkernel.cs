@@ -307,6 +307,9 @@ public sealed class Microkernel : IAsyncDisposable
 
     internal Machine? Machine => _io.Machine;
 
+    /// <summary>The I/O manager, for tests that play a host from inside the kernel process.</summary>
+    internal IoManager Io => _io;
+
     private void StartMachine()
     {
         var machine = new Machine(_options, _time);
