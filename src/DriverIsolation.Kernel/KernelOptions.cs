@@ -43,6 +43,18 @@ public sealed class KernelOptions
     /// A request past the limit fails at once with <c>InsufficientResources</c>.</summary>
     public int MaxIrpsInFlightPerDriver { get; set; } = 4096;
 
+    /// <summary>DMA memory one driver's devices may hold together (the sum of their manifests'
+    /// windows). Default 16 MiB. Windows are carved out of physical memory for as long as the
+    /// driver runs; without a bound, one manifest could claim the memory every other device needs.
+    /// A device past it is not added (a <c>DriverLoadFailed</c> event says why).</summary>
+    public int MaxDmaBytesPerDriver { get; set; } = 16 << 20;
+
+    /// <summary>Open handles (file descriptors, as the operating system counts them) a host may
+    /// hold, whatever its manifest says. Default 4096 (an idle drvhost holds a few dozen). A driver
+    /// that leaks handles would otherwise exhaust the system's, which every process shares; past
+    /// it the watchdog kills the host.</summary>
+    public int MaxHandlesPerHost { get; set; } = 4096;
+
     /// <summary>Idle hosts kept started, so a restart does not wait for a process start.
     /// Default 1; 0 turns the pool off. Each idle host costs a process (some tens of MiB).</summary>
     public int WarmPoolSize { get; set; } = 1;

@@ -117,7 +117,7 @@ public sealed class Microkernel : IAsyncDisposable
         {
             if (channels[hostName].Channel is ProcessHostChannel channel)
             {
-                StartHeartbeat(channel, entry.Drivers.Select(d => d.Limits.MemoryBytes));
+                StartHeartbeat(channel, entry.Drivers.Select(d => d.Limits));
             }
         }
 
@@ -495,15 +495,18 @@ public sealed class Microkernel : IAsyncDisposable
     }
 
     /// <summary>Heartbeats for a host, with the strictest memory budget of the drivers in it.</summary>
-    private void StartHeartbeat(ProcessHostChannel host, IEnumerable<long?> budgets)
+    private void StartHeartbeat(ProcessHostChannel host, IEnumerable<DriverLimits> drivers)
     {
         if (_options.HeartbeatPeriod is not { } period)
         {
             return;
         }
 
-        var limits = budgets.Where(b => b is not null).ToList();
-        host.StartHeartbeat(_time, period, limits.Count == 0 ? null : limits.Min(), OnWatchdogKill);
+        // A shared host answers to the strictest of its drivers' budgets.
+        var limits = drivers.ToList();
+        var memory = limits.Select(l => l.MemoryBytes).Where(b => b is not null).Min();
+        var handles = limits.Select(l => l.Handles).Where(h => h is not null).Append(_options.MaxHandlesPerHost).Min()!.Value;
+        host.StartHeartbeat(_time, period, memory, handles, OnWatchdogKill);
     }
 
     private void OnWatchdogKill(IHostChannel host, string reason)
@@ -579,7 +582,7 @@ public sealed class Microkernel : IAsyncDisposable
             _hosts.Add(host);
         }
 
-        StartHeartbeat(host, [driver.Manifest.Limits.MemoryBytes]);
+        StartHeartbeat(host, [driver.Manifest.Limits]);
         var escalated = driver.Isolation == IsolationModel.SharedHost;
         driver.AttachHost(host);
         driver.Isolation = IsolationModel.Process;

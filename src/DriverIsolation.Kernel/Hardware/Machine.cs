@@ -21,8 +21,11 @@ internal sealed class Machine : IDisposable
     private readonly Lock _gate = new();
     private int _nextSlot;
 
+    private readonly int _maxDmaBytesPerDriver;
+
     public Machine(KernelOptions options, TimeProvider time)
     {
+        _maxDmaBytesPerDriver = options.MaxDmaBytesPerDriver;
         Memory = new PhysicalMemory(options.PhysicalMemoryBytes, options.KernelRegionBytes);
         KernelMemory = new KernelMemory(Memory);
         Iommu = new Iommu(Memory, KernelMemory, options.IommuMode, options.Iommu, time);
@@ -87,6 +90,13 @@ internal sealed class Machine : IDisposable
             }
 
             var pages = hardware.DmaWindowBytes / PhysicalMemory.FrameSize;
+            var held = domain.Bindings.Sum(b => (long)b.Pages * PhysicalMemory.FrameSize);
+            if (held + hardware.DmaWindowBytes > _maxDmaBytesPerDriver)
+            {
+                throw new InsufficientMemoryException(string.Create(CultureInfo.InvariantCulture,
+                    $"{driver.Name} would hold {held + hardware.DmaWindowBytes} bytes of DMA windows, over the limit of {_maxDmaBytesPerDriver} (KernelOptions.MaxDmaBytesPerDriver)"));
+            }
+
             var frame = Memory.DmaFrames.TryAllocate(pages)
                 ?? throw new InsufficientMemoryException($"physical memory has no {pages} free frames in a row for the DMA window of {deviceName}");
             var physical = frame << PhysicalMemory.FrameShift;

@@ -71,12 +71,12 @@ internal sealed class ProcessHostChannel : IHostChannel
     }
 
     /// <summary>Starts heartbeats; <paramref name="onWatchdogKill"/> hears why the host was killed.</summary>
-    public void StartHeartbeat(TimeProvider time, TimeSpan period, long? memoryBudget, Action<ProcessHostChannel, string> onWatchdogKill) =>
+    public void StartHeartbeat(TimeProvider time, TimeSpan period, long? memoryBudget, int handleBudget, Action<ProcessHostChannel, string> onWatchdogKill) =>
         _heartbeat = new HeartbeatMonitor(time, period, memoryBudget, Ping, reason =>
         {
             onWatchdogKill(this, reason);
             Kill($"watchdog: {reason}");
-        });
+        }, handleBudget, () => HostUsage.Of(ProcessId));
 
     public Task<(NtStatus Status, string? Detail)> LoadDriverAsync(KernelDriver driver, string assemblyPath, CancellationToken cancellationToken)
     {

@@ -92,6 +92,10 @@ public sealed record DriverLimits
     /// Null: no limit. Protects the machine from a driver that leaks.</summary>
     public long? MemoryBytes { get; init; }
 
+    /// <summary>Open handles (file descriptors) the host may hold; above it the watchdog kills
+    /// the host. None: <see cref="KernelOptions.MaxHandlesPerHost"/> applies alone.</summary>
+    public int? Handles { get; init; }
+
     /// <summary>Major functions whose IRPs must not outlive their deadline: one that does means
     /// the driver is hung, and the watchdog kills its host (a hang becomes a crash, with one
     /// recovery path for both).</summary>

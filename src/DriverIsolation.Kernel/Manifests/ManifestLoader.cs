@@ -12,7 +12,7 @@ public static class ManifestLoader
     private static readonly string[] DriverFields = ["name", "assembly", "type", "isolation", "hostGroup", "parameters", "devices", "attachTo", "limits", "recovery"];
     private static readonly string[] DeviceFields = ["name", "type", "links", "parameters", "hardware"];
     private static readonly string[] HardwareFields = ["kind", "capacityMb", "dmaWindowKb", "peer"];
-    private static readonly string[] LimitFields = ["requestTimeoutMs", "memoryMb", "critical"];
+    private static readonly string[] LimitFields = ["requestTimeoutMs", "memoryMb", "handles", "critical"];
     private static readonly string[] RecoveryFields = ["restart", "inFlight", "idempotent", "maxFailures", "failureWindowMs", "quietPeriodMs", "backoffBaseMs", "backoffMaxMs", "bootCritical", "onIommuFault"];
 
     private static readonly Dictionary<string, MajorFunction> MajorNames = new(StringComparer.Ordinal)
@@ -231,8 +231,10 @@ public static class ManifestLoader
         reader.ExpectObject(LimitFields);
         var timeoutMs = reader.OptionalPositiveInt("requestTimeoutMs");
         var memoryMb = reader.OptionalPositiveInt("memoryMb");
+        var handles = reader.OptionalPositiveInt("handles");
         return new DriverLimits
         {
+            Handles = handles,
             RequestTimeout = timeoutMs is null ? null : TimeSpan.FromMilliseconds(timeoutMs.Value),
             MemoryBytes = memoryMb * 1024L * 1024L,
             Critical = reader.OptionalArray("critical", (e, p) => ReadMajor(driver.Source, p, e)),

@@ -3,8 +3,10 @@ namespace DriverIsolation.Kernel;
 /// <summary>
 /// One host's heartbeat: every period a Ping goes out; a host with two Pings unanswered when the
 /// next period comes is hung and is killed (MINIX turns a missed heartbeat into a kill, so hangs
-/// and crashes share one recovery path). Each Pong also reports the host's working set, checked
-/// against its memory budget. Time comes from the injected <see cref="TimeProvider"/>.
+/// and crashes share one recovery path). Each period the kernel also measures the host itself
+/// (resident memory and open handles, as the operating system counts them: a host cannot lie
+/// about those) and checks them against its budgets; the working set each Pong reports is checked
+/// too. Time comes from the injected <see cref="TimeProvider"/>.
 /// </summary>
 internal sealed class HeartbeatMonitor : IDisposable
 {
@@ -13,6 +15,8 @@ internal sealed class HeartbeatMonitor : IDisposable
     private readonly Action<long> _sendPing;
     private readonly Action<string> _kill;
     private readonly long? _memoryBudget;
+    private readonly int? _handleBudget;
+    private readonly Func<HostUsage?> _measure;
     private readonly TimeSpan _period;
     private readonly Lock _gate = new();
     private readonly ITimer _timer;
@@ -20,10 +24,13 @@ internal sealed class HeartbeatMonitor : IDisposable
     private long _answered;
     private bool _killed;
 
-    public HeartbeatMonitor(TimeProvider time, TimeSpan period, long? memoryBudget, Action<long> sendPing, Action<string> kill)
+    public HeartbeatMonitor(TimeProvider time, TimeSpan period, long? memoryBudget, Action<long> sendPing, Action<string> kill,
+        int? handleBudget = null, Func<HostUsage?>? measure = null)
     {
         _period = period;
         _memoryBudget = memoryBudget;
+        _handleBudget = handleBudget;
+        _measure = measure ?? (() => null);
         _sendPing = sendPing;
         _kill = kill;
         _timer = time.CreateTimer(static s => ((HeartbeatMonitor)s!).Tick(), this, period, period);
@@ -58,6 +65,7 @@ internal sealed class HeartbeatMonitor : IDisposable
     {
         long ping;
         string? reason = null;
+        var usage = _measure();
         lock (_gate)
         {
             if (_killed)
@@ -65,7 +73,17 @@ internal sealed class HeartbeatMonitor : IDisposable
                 return;
             }
 
-            if (_sent - _answered >= MissedBeforeKill)
+            if (usage is { ResidentBytes: { } resident } && _memoryBudget is { } budget && resident > budget)
+            {
+                _killed = true;
+                reason = $"over its memory budget: resident {resident / (1024 * 1024)} MiB > {budget / (1024 * 1024)} MiB";
+            }
+            else if (usage is { Handles: { } handles } && _handleBudget is { } handleBudget && handles > handleBudget)
+            {
+                _killed = true;
+                reason = $"over its handle budget: {handles} open handles > {handleBudget}";
+            }
+            else if (_sent - _answered >= MissedBeforeKill)
             {
                 _killed = true;
                 reason = $"hung: {_sent - _answered} heartbeats unanswered (period {_period.TotalMilliseconds:F0} ms)";
@@ -81,5 +99,33 @@ internal sealed class HeartbeatMonitor : IDisposable
         }
 
         _sendPing(ping);
+    }
+}
+
+/// <summary>What the operating system says a host process uses; null where it cannot tell.</summary>
+internal readonly record struct HostUsage(long? ResidentBytes, int? Handles)
+{
+    /// <summary>Reads /proc/&lt;pid&gt;/statm and /proc/&lt;pid&gt;/fd (Linux); null elsewhere or
+    /// once the process is gone.</summary>
+    public static HostUsage? Of(int processId)
+    {
+        if (!OperatingSystem.IsLinux())
+        {
+            return null;
+        }
+
+        try
+        {
+            var statm = File.ReadAllText($"/proc/{processId}/statm").Split(' ');
+            long? resident = long.TryParse(statm.ElementAtOrDefault(1), System.Globalization.NumberStyles.Integer, System.Globalization.CultureInfo.InvariantCulture, out var pages)
+                ? pages * Environment.SystemPageSize
+                : null;
+            var handles = Directory.EnumerateFileSystemEntries($"/proc/{processId}/fd").Count();
+            return new HostUsage(resident, handles);
+        }
+        catch (Exception ex) when (ex is IOException or UnauthorizedAccessException)
+        {
+            return null;
+        }
     }
 }

@@ -95,6 +95,19 @@ public sealed class NicTests
     }
 
     [Fact]
+    public async Task DmaWindowsOverTheDriversLimit_TheDeviceIsNotAdded_WithTheReason()
+    {
+        // VNic asks for two windows of 288 KiB; the limit lets it have one.
+        await using var kernel = new Microkernel(new KernelOptions { MaxDmaBytesPerDriver = 512 << 10 });
+        await kernel.StartAsync([TestManifests.Sample("VNic")], IsolationModel.Process).Bounded();
+
+        var failed = kernel.Events.Snapshot().Single(e => e.Kind == KernelEventKind.DriverLoadFailed);
+        Assert.Equal(@"no hardware for \Device\Nic1: VNic would hold 589824 bytes of DMA windows, over the limit of 524288 (KernelOptions.MaxDmaBytesPerDriver)", failed.Detail);
+        Assert.Null(kernel.GetDevice(@"\Device\Nic1"));
+        Assert.DoesNotContain(kernel.GetIommu()!.Devices, d => d.Name == @"\Device\Nic1" && d.BoundTo is not null);
+    }
+
+    [Fact]
     public void Manifest_PeerThatIsNoNic_IsRefused()
     {
         var vnic = TestManifests.Sample("VNic");

@@ -78,4 +78,27 @@ public sealed class DetectionTests
         Assert.StartsWith("over its memory budget", kill.Detail, StringComparison.Ordinal);
         Assert.EndsWith("> 160 MiB", kill.Detail, StringComparison.Ordinal);
     }
+
+    [Fact]
+    public async Task DriverLeakingHandles_OverItsHandleBudget_HostKilledAndRestarted()
+    {
+        var time = new FakeTimeProvider();
+        await using var kernel = new Microkernel(new KernelOptions { HeartbeatPeriod = Period }, timeProvider: time);
+        await kernel.StartAsync([TestManifests.Test("Leaker")], IsolationModel.Process).Bounded();
+        await using var leaker = await kernel.OpenAsync(@"\Device\Leaker").Bounded();
+
+        // 500 files on top of what the host holds anyway: over the manifest's 400, as the
+        // operating system counts them (the host is not asked).
+        for (var i = 0; i < 5; i++)
+        {
+            Assert.Equal(NtStatus.Success, (await leaker.WriteAsync(new byte[1]).Bounded()).Status);
+        }
+
+        time.Advance(Period);
+        var kill = await kernel.Events.WaitForAsync(KernelEventKind.WatchdogKill).Bounded();
+        await kernel.Events.WaitForAsync(KernelEventKind.DriverRestarted).Bounded();
+
+        Assert.Matches(@"^over its handle budget: \d+ open handles > 400$", kill.Detail);
+        Assert.True(int.Parse(kill.Detail.Split(' ')[4], System.Globalization.CultureInfo.InvariantCulture) > 500, kill.Detail);
+    }
 }
