@@ -1,5 +1,8 @@
 using System.CommandLine;
+using System.Globalization;
+using System.Net;
 using DriverIsolation.Cli.Control;
+using DriverIsolation.Cli.Nbd;
 using DriverIsolation.Kernel;
 using Microsoft.Extensions.Logging;
 using Spectre.Console;
@@ -7,7 +10,8 @@ using Spectre.Console;
 namespace DriverIsolation.Cli.Commands;
 
 /// <summary><c>drviso serve</c>: boot a kernel and keep it running, answering on its control pipe
-/// (<c>drviso drivers</c>, <c>drviso quarantine</c>, <c>drviso inject</c>) until Ctrl+C or SIGTERM.</summary>
+/// (<c>drviso drivers</c>, <c>drviso quarantine</c>, <c>drviso inject</c>) and exporting its block
+/// devices over NBD, until Ctrl+C or SIGTERM.</summary>
 internal static class ServeCommand
 {
     public static Command Create()
@@ -16,15 +20,37 @@ internal static class ServeCommand
         var isolation = new Option<string?>("--isolation") { Description = "Run every driver in this model: in-kernel, shared-host or process" };
         isolation.AcceptOnlyFromAmong("in-kernel", "shared-host", "process");
         var verbose = new Option<bool>("--verbose") { Description = "Show the kernel's log" };
-        var command = new Command("serve", "Boot a kernel and keep it running; manage it with drviso drivers / quarantine / inject")
+        var nbd = new Option<string>("--nbd")
         {
-            manifests, isolation, verbose,
+            Description = "Export the block devices over NBD on this address:port (port 0: any free one), or \"off\"",
+            DefaultValueFactory = _ => "127.0.0.1:10809",
         };
-        command.SetAction((parse, ct) => RunAsync(parse.GetValue(manifests), parse.GetValue(isolation), parse.GetValue(verbose), ct));
+        nbd.Validators.Add(r =>
+        {
+            var text = r.GetValue(nbd);
+            if (text != "off" && !IPEndPoint.TryParse(text ?? "", out _))
+            {
+                r.AddError($"--nbd: expected an address:port like 127.0.0.1:10809, or off; got \"{text}\"");
+            }
+        });
+        var chaos = new Option<string?>("--chaos-kill-every") { Description = "Kill the hosts of the drivers on block hardware this often (e.g. 2s)" };
+        chaos.Validators.Add(r =>
+        {
+            if (r.GetValue(chaos) is { } text && !Durations.TryParse(text, out _))
+            {
+                r.AddError($"--chaos-kill-every: expected a duration like 500ms or 2s; got \"{text}\"");
+            }
+        });
+        var command = new Command("serve", "Boot a kernel and keep it running, its block devices exported over NBD; manage it with drviso drivers / quarantine / inject")
+        {
+            manifests, isolation, nbd, chaos, verbose,
+        };
+        command.SetAction((parse, ct) => RunAsync(parse.GetValue(manifests), parse.GetValue(isolation), parse.GetValue(nbd)!,
+            parse.GetValue(chaos) is { } every && Durations.TryParse(every, out var period) ? period : null, parse.GetValue(verbose), ct));
         return command;
     }
 
-    private static async Task<int> RunAsync(DirectoryInfo? folder, string? isolation, bool verbose, CancellationToken stop)
+    private static async Task<int> RunAsync(DirectoryInfo? folder, string? isolation, string nbdEndpoint, TimeSpan? chaosEvery, bool verbose, CancellationToken stop)
     {
         IReadOnlyList<DriverManifest> manifests;
         try
@@ -55,10 +81,34 @@ internal static class ServeCommand
 
         AnsiConsole.MarkupLine($"serving: kernel PID {Microkernel.ProcessId}; control pipe {ControlPipe.NameFor(Microkernel.ProcessId)}");
         DriversCommand.Print(kernel.GetDrivers().Select(d => new ControlDriver(d.Name, d.State.ToString(), d.Isolation.ToManifestName(), d.ProcessId, d.Restarts, d.Failure)).ToList(), kernel.SafeModeReason);
+        await using var nbd = nbdEndpoint == "off" ? null : new NbdServer(kernel, IPEndPoint.Parse(nbdEndpoint), verbose ? Console.WriteLine : null);
+        if (nbd is not null)
+        {
+            try
+            {
+                await nbd.StartAsync(stop).ConfigureAwait(false);
+            }
+            catch (System.Net.Sockets.SocketException ex)
+            {
+                await Console.Error.WriteLineAsync($"drviso serve: cannot listen for NBD on {nbdEndpoint}: {ex.Message}").ConfigureAwait(false);
+                return 2;
+            }
+
+            // Plain output (no markup, no wrapping): scripts and tests read this line.
+            Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
+                $"NBD: listening on nbd://{nbd.LocalEndpoint}, exports: {string.Join(", ", nbd.Exports.Select(e => $"{e.Name} ({e.Size} bytes)"))}"));
+        }
+
+        using var chaosTimer = chaosEvery is { } every ? new Timer(_ => KillBlockDrivers(kernel), null, every, every) : null;
+        if (chaosEvery is not null)
+        {
+            Console.WriteLine($"Chaos: the hosts of the drivers on block hardware are killed every {chaosEvery.Value.TotalMilliseconds:F0} ms");
+        }
+
         AnsiConsole.MarkupLine("Ctrl+C stops the kernel.");
         try
         {
-            await new ControlServer(kernel).RunAsync(stop).ConfigureAwait(false);
+            await Task.WhenAll(new ControlServer(kernel).RunAsync(stop), nbd?.RunAsync(stop) ?? Task.CompletedTask).ConfigureAwait(false);
         }
         catch (OperationCanceledException)
         {
@@ -66,5 +116,20 @@ internal static class ServeCommand
         }
 
         return 0;
+    }
+
+    /// <summary>SIGKILLs the host of every running driver bound to a simulated block device (its
+    /// media lives on the device, so nothing written is lost; retry hides the crash).</summary>
+    private static void KillBlockDrivers(Microkernel kernel)
+    {
+        var drivers = kernel.GetIommu()?.Devices.Where(d => d.Kind == "block" && d.BoundTo is not null).Select(d => d.BoundTo!).Distinct() ?? [];
+        foreach (var driver in drivers)
+        {
+            if (kernel.GetDrivers().FirstOrDefault(d => d.Name == driver) is { State: DriverState.Running, Isolation: not IsolationModel.InKernel })
+            {
+                Console.WriteLine($"Chaos: killing {driver}");
+                kernel.KillDriverHost(driver);
+            }
+        }
     }
 }
