@@ -484,12 +484,15 @@ internal sealed class IoManager
         return true;
     }
 
-    /// <summary>Parks an IRP for a restarting driver that retries this kind of request. The
-    /// driver's gate makes parking and the restart's release of the queue mutually exclusive.</summary>
+    /// <summary>Parks an IRP for a restarting driver that retries this kind of request. A Create
+    /// is always retried under the retry policy: the handle is not open until it succeeds, and
+    /// whatever a dead instance did with it died with that instance. The driver's gate makes
+    /// parking and the restart's release of the queue mutually exclusive.</summary>
     private static bool TryPark(KernelIrp irp, KernelDriver driver)
     {
         var recovery = driver.Manifest.Recovery;
-        if (irp.IsReplay || recovery.InFlight != InFlightPolicy.Retry || !recovery.Idempotent.Contains(irp.MajorFunction))
+        if (irp.IsReplay || recovery.InFlight != InFlightPolicy.Retry
+            || (irp.MajorFunction != MajorFunction.Create && !recovery.Idempotent.Contains(irp.MajorFunction)))
         {
             return false;
         }

@@ -87,6 +87,51 @@ public sealed class RecoveryTests : IDisposable
     }
 
     [Fact]
+    public async Task OpenWhileTheDriverRestarts_RetryPolicy_WaitsForTheRestartAndTheHandleWorks()
+    {
+        var time = new FakeTimeProvider();
+        var backoff = TimeSpan.FromSeconds(5);
+        await using var kernel = new Microkernel(new KernelOptions { HeartbeatPeriod = null }, timeProvider: time);
+        await kernel.StartAsync([RamDisk(new RecoveryPolicy { BackoffBase = backoff, BackoffMax = backoff, InFlight = InFlightPolicy.Retry })], IsolationModel.Process).Bounded();
+        kernel.KillDriverHost("RamDisk");
+        await kernel.Events.WaitForAsync(KernelEventKind.DriverRestarted).Bounded();
+        kernel.KillDriverHost("RamDisk");
+        await kernel.Events.WaitForCountAsync(e => e.Kind == KernelEventKind.RestartScheduled, 2).Bounded();
+
+        // The driver is down for its backoff: the open is parked, not refused.
+        var opening = kernel.OpenAsync(@"\??\RamDisk0");
+        Assert.False(opening.IsCompleted);
+        Assert.Equal(1, kernel.OutstandingIrps);
+
+        time.Advance(backoff);
+        await using var disk = await opening.Bounded();
+        var restarted = await kernel.Events.WaitForCountAsync(e => e.Kind == KernelEventKind.DriverRestarted, 2).Bounded();
+        Assert.Contains("1 parked IRPs re-issued", restarted.Detail, StringComparison.Ordinal);
+        Assert.Equal(new IoResult(NtStatus.Success, BlockSize), await disk.WriteAsync(Pattern(3, 4), 3 * BlockSize).Bounded());
+        var back = new byte[BlockSize];
+        Assert.Equal(new IoResult(NtStatus.Success, BlockSize), await disk.ReadAsync(back, 3 * BlockSize).Bounded());
+        Assert.Equal(Pattern(3, 4), back);
+        Assert.Equal(0, kernel.OutstandingIrps);
+    }
+
+    [Fact]
+    public async Task OpenWhileTheDriverRestarts_FailPolicy_IsRefusedAtOnce()
+    {
+        var time = new FakeTimeProvider();
+        var backoff = TimeSpan.FromSeconds(5);
+        await using var kernel = new Microkernel(new KernelOptions { HeartbeatPeriod = null }, timeProvider: time);
+        await kernel.StartAsync([RamDisk(new RecoveryPolicy { BackoffBase = backoff, BackoffMax = backoff })], IsolationModel.Process).Bounded();
+        kernel.KillDriverHost("RamDisk");
+        await kernel.Events.WaitForAsync(KernelEventKind.DriverRestarted).Bounded();
+        kernel.KillDriverHost("RamDisk");
+        await kernel.Events.WaitForCountAsync(e => e.Kind == KernelEventKind.RestartScheduled, 2).Bounded();
+
+        var refused = await Assert.ThrowsAsync<IoException>(() => kernel.OpenAsync(@"\??\RamDisk0")).Bounded();
+        Assert.Equal(NtStatus.DeviceNotReady, refused.Status);
+        Assert.Equal(0, kernel.OutstandingIrps);
+    }
+
+    [Fact]
     public async Task Restart_TakesTheWarmHostAndThePoolRefills()
     {
         await using var kernel = new Microkernel(new KernelOptions { WarmPoolSize = 1 });

@@ -65,6 +65,11 @@ internal static class ServeCommand
             return 2;
         }
 
+        if (chaosEvery is not null)
+        {
+            manifests = [.. manifests.Select(SurviveChaos)];
+        }
+
         using var loggerFactory = LoggerFactory.Create(b => b
             .AddSimpleConsole(o => o.SingleLine = true)
             .SetMinimumLevel(verbose ? LogLevel.Information : LogLevel.Warning));
@@ -102,7 +107,8 @@ internal static class ServeCommand
         using var chaosTimer = chaosEvery is { } every ? new Timer(_ => KillBlockDrivers(kernel), null, every, every) : null;
         if (chaosEvery is not null)
         {
-            Console.WriteLine($"Chaos: the hosts of the drivers on block hardware are killed every {chaosEvery.Value.TotalMilliseconds:F0} ms");
+            Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
+                $"Chaos: the hosts of the drivers on block hardware are killed every {chaosEvery.Value.TotalMilliseconds:F0} ms (their crash-loop limit lifted, in-flight requests retried)"));
         }
 
         AnsiConsole.MarkupLine("Ctrl+C stops the kernel.");
@@ -117,6 +123,16 @@ internal static class ServeCommand
 
         return 0;
     }
+
+    /// <summary>Under --chaos-kill-every the storage drivers are killed on purpose, over and over:
+    /// their crash-loop limit is lifted (or they would be quarantined after a few kills, as a
+    /// driver that crashes that often should be), an instance counts as healthy after 100 ms so
+    /// every kill is answered by an immediate restart, and the requests a dead host held are
+    /// re-issued to the next one. Other drivers keep their manifests' policies.</summary>
+    private static DriverManifest SurviveChaos(DriverManifest manifest) =>
+        manifest.Devices.Any(d => d.Hardware?.Kind == "block")
+            ? manifest with { Recovery = manifest.Recovery with { MaxFailures = int.MaxValue, QuietPeriod = TimeSpan.FromMilliseconds(100), InFlight = InFlightPolicy.Retry } }
+            : manifest;
 
     /// <summary>SIGKILLs the host of every running driver bound to a simulated block device (its
     /// media lives on the device, so nothing written is lost; retry hides the crash).</summary>

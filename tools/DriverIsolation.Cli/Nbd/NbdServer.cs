@@ -105,6 +105,10 @@ internal sealed class NbdServer(Microkernel kernel, IPEndPoint endpoint, Action<
         {
             log?.Invoke($"NBD: {peer} disconnected: {ex.Message}");
         }
+        catch (Exception ex)
+        {
+            Console.Error.WriteLine($"NBD: {peer}: connection dropped after an unexpected error: {ex}");
+        }
     }
 
     /// <summary>The handshake and option haggling; the export to serve, or null to hang up.</summary>
@@ -322,7 +326,24 @@ internal sealed class NbdServer(Microkernel kernel, IPEndPoint endpoint, Action<
                 {
                     try
                     {
-                        var (error, data) = await ExecuteAsync(device, export, type, flags, offset, length, payload).ConfigureAwait(false);
+                        uint error;
+                        byte[]? data;
+                        try
+                        {
+                            (error, data) = await ExecuteAsync(device, export, type, flags, offset, length, payload).ConfigureAwait(false);
+                        }
+                        catch (Exception ex) when (ex is IoException or ObjectDisposedException or InvalidOperationException)
+                        {
+                            // The device is gone (quarantined, unloaded, the kernel stopping): an I/O error.
+                            (error, data) = (EIo, null);
+                            log?.Invoke($"NBD: {Name(type)} of {length} bytes at {offset} on {export.Name}: {ex.Message}");
+                        }
+
+                        if (error != Ok)
+                        {
+                            log?.Invoke($"NBD: {Name(type)} of {length} bytes at {offset} on {export.Name} answered with errno {error}");
+                        }
+
                         await SendReplyAsync(stream, replies, cookie, error, data, stop).ConfigureAwait(false);
                     }
                     finally
@@ -346,7 +367,7 @@ internal sealed class NbdServer(Microkernel kernel, IPEndPoint endpoint, Action<
         }
     }
 
-    private static async Task<(uint Error, byte[]? Data)> ExecuteAsync(DeviceHandle device, NbdExport export, ushort type, ushort flags, ulong offset, uint length, byte[]? payload)
+    private async Task<(uint Error, byte[]? Data)> ExecuteAsync(DeviceHandle device, NbdExport export, ushort type, ushort flags, ulong offset, uint length, byte[]? payload)
     {
         if (type is CmdRead or CmdWrite or CmdTrim)
         {
@@ -377,6 +398,7 @@ internal sealed class NbdServer(Microkernel kernel, IPEndPoint endpoint, Action<
                     var result = await device.ReadAsync(part, (long)offset + done).ConfigureAwait(false);
                     if (!result.IsSuccess || result.Information != part.Length)
                     {
+                        log?.Invoke($"NBD: read of {part.Length} bytes at {(long)offset + done} on {export.Name}: {result.Status}, {result.Information} bytes");
                         return (result.IsSuccess ? EIo : ErrorFor(result.Status), null);
                     }
                 }
@@ -392,6 +414,7 @@ internal sealed class NbdServer(Microkernel kernel, IPEndPoint endpoint, Action<
                     var result = await device.WriteAsync(part, (long)offset + done).ConfigureAwait(false);
                     if (!result.IsSuccess)
                     {
+                        log?.Invoke($"NBD: write of {part.Length} bytes at {(long)offset + done} on {export.Name}: {result.Status}");
                         return (ErrorFor(result.Status), null);
                     }
                 }
@@ -409,6 +432,15 @@ internal sealed class NbdServer(Microkernel kernel, IPEndPoint endpoint, Action<
                 return (EInval, null);
         }
     }
+
+    private static string Name(ushort type) => type switch
+    {
+        CmdRead => "read",
+        CmdWrite => "write",
+        CmdFlush => "flush",
+        CmdTrim => "trim",
+        _ => $"command {type}",
+    };
 
     private static async Task SendReplyAsync(NetworkStream stream, SemaphoreSlim replies, ulong cookie, uint error, byte[]? data, CancellationToken stop)
     {
