@@ -21,7 +21,7 @@ public sealed class ServeCommandTests : IDisposable
     {
         File.Copy(Path.Combine(AppContext.BaseDirectory, "test-manifests", "BootCrash.json"), Path.Combine(_manifests, "BootCrash.json"));
         File.Copy(Path.Combine(AppContext.BaseDirectory, "manifests", "Null.json"), Path.Combine(_manifests, "Null.json"));
-        using var serve = Process.Start(Drviso.StartInfo("serve", "--manifests", _manifests))!;
+        using var serve = Process.Start(Drviso.StartInfo("serve", "--manifests", _manifests, "--nbd", "off"))!;
         try
         {
             var ready = await ReadUntilAsync(serve, "serving: kernel PID ").Bounded();
