@@ -20,6 +20,12 @@ internal static class ServeCommand
         var isolation = new Option<string?>("--isolation") { Description = "Run every driver in this model: in-kernel, shared-host or process" };
         isolation.AcceptOnlyFromAmong("in-kernel", "shared-host", "process");
         var verbose = new Option<bool>("--verbose") { Description = "Show the kernel's log" };
+        var iommu = new Option<string>("--iommu")
+        {
+            Description = "The IOMMU's mode: off (passthrough), strict (unmap invalidates at once) or lazy (batched invalidation)",
+            DefaultValueFactory = _ => "strict",
+        };
+        iommu.AcceptOnlyFromAmong("off", "strict", "lazy");
         var nbd = new Option<string>("--nbd")
         {
             Description = "Export the block devices over NBD on this address:port (port 0: any free one), or \"off\"",
@@ -43,14 +49,15 @@ internal static class ServeCommand
         });
         var command = new Command("serve", "Boot a kernel and keep it running, its block devices exported over NBD; manage it with drviso drivers / quarantine / inject")
         {
-            manifests, isolation, nbd, chaos, verbose,
+            manifests, isolation, iommu, nbd, chaos, verbose,
         };
-        command.SetAction((parse, ct) => RunAsync(parse.GetValue(manifests), parse.GetValue(isolation), parse.GetValue(nbd)!,
+        command.SetAction((parse, ct) => RunAsync(parse.GetValue(manifests), parse.GetValue(isolation),
+            Enum.Parse<Kernel.Hardware.IommuMode>(parse.GetValue(iommu)!, ignoreCase: true), parse.GetValue(nbd)!,
             parse.GetValue(chaos) is { } every && Durations.TryParse(every, out var period) ? period : null, parse.GetValue(verbose), ct));
         return command;
     }
 
-    private static async Task<int> RunAsync(DirectoryInfo? folder, string? isolation, string nbdEndpoint, TimeSpan? chaosEvery, bool verbose, CancellationToken stop)
+    private static async Task<int> RunAsync(DirectoryInfo? folder, string? isolation, Kernel.Hardware.IommuMode iommuMode, string nbdEndpoint, TimeSpan? chaosEvery, bool verbose, CancellationToken stop)
     {
         IReadOnlyList<DriverManifest> manifests;
         try
@@ -73,7 +80,7 @@ internal static class ServeCommand
         using var loggerFactory = LoggerFactory.Create(b => b
             .AddSimpleConsole(o => o.SingleLine = true)
             .SetMinimumLevel(verbose ? LogLevel.Information : LogLevel.Warning));
-        await using var kernel = new Microkernel(new KernelOptions(), loggerFactory);
+        await using var kernel = new Microkernel(new KernelOptions { IommuMode = iommuMode }, loggerFactory);
         try
         {
             await kernel.StartAsync(manifests, isolation is null ? null : IsolationModels.Parse(isolation), stop).ConfigureAwait(false);
@@ -84,7 +91,7 @@ internal static class ServeCommand
             return 2;
         }
 
-        AnsiConsole.MarkupLine($"serving: kernel PID {Microkernel.ProcessId}; control pipe {ControlPipe.NameFor(Microkernel.ProcessId)}");
+        AnsiConsole.MarkupLine($"serving: kernel PID {Microkernel.ProcessId}; control pipe {ControlPipe.NameFor(Microkernel.ProcessId)}; IOMMU {iommuMode.ToString().ToLowerInvariant()}");
         DriversCommand.Print(kernel.GetDrivers().Select(d => new ControlDriver(d.Name, d.State.ToString(), d.Isolation.ToManifestName(), d.ProcessId, d.Restarts, d.Failure)).ToList(), kernel.SafeModeReason);
         await using var nbd = nbdEndpoint == "off" ? null : new NbdServer(kernel, IPEndPoint.Parse(nbdEndpoint), verbose ? Console.WriteLine : null);
         if (nbd is not null)

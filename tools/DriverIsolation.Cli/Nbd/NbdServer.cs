@@ -289,11 +289,14 @@ internal sealed class NbdServer(Microkernel kernel, IPEndPoint endpoint, Action<
         using var replies = new SemaphoreSlim(1);
         using var slots = new SemaphoreSlim(MaxInFlight);
         var running = new List<Task>();
+
+        // Requests are read through a buffer: a burst of them costs one receive, not two each.
+        var input = new BufferedStream(stream, 64 << 10);
         try
         {
             while (true)
             {
-                var header = await ReadAsync(stream, 28, stop).ConfigureAwait(false);
+                var header = await ReadAsync(input, 28, stop).ConfigureAwait(false);
                 if (BinaryPrimitives.ReadUInt32BigEndian(header) != RequestMagic)
                 {
                     throw new NbdProtocolException("a request without its magic");
@@ -317,40 +320,12 @@ internal sealed class NbdServer(Microkernel kernel, IPEndPoint endpoint, Action<
                         throw new NbdProtocolException($"a write of {length} bytes, over the {MaxRequest} the client was told");
                     }
 
-                    payload = await ReadAsync(stream, (int)length, stop).ConfigureAwait(false);
+                    payload = await ReadAsync(input, (int)length, stop).ConfigureAwait(false);
                 }
 
                 await slots.WaitAsync(stop).ConfigureAwait(false);
                 running.RemoveAll(t => t.IsCompleted);
-                running.Add(Task.Run(async () =>
-                {
-                    try
-                    {
-                        uint error;
-                        byte[]? data;
-                        try
-                        {
-                            (error, data) = await ExecuteAsync(device, export, type, flags, offset, length, payload).ConfigureAwait(false);
-                        }
-                        catch (Exception ex) when (ex is IoException or ObjectDisposedException or InvalidOperationException)
-                        {
-                            // The device is gone (quarantined, unloaded, the kernel stopping): an I/O error.
-                            (error, data) = (EIo, null);
-                            log?.Invoke($"NBD: {Name(type)} of {length} bytes at {offset} on {export.Name}: {ex.Message}");
-                        }
-
-                        if (error != Ok)
-                        {
-                            log?.Invoke($"NBD: {Name(type)} of {length} bytes at {offset} on {export.Name} answered with errno {error}");
-                        }
-
-                        await SendReplyAsync(stream, replies, cookie, error, data, stop).ConfigureAwait(false);
-                    }
-                    finally
-                    {
-                        slots.Release();
-                    }
-                }, CancellationToken.None));
+                running.Add(ServeRequestAsync(stream, device, export, replies, slots, type, flags, cookie, offset, length, payload, stop));
             }
         }
         finally
@@ -367,7 +342,58 @@ internal sealed class NbdServer(Microkernel kernel, IPEndPoint endpoint, Action<
         }
     }
 
-    private async Task<(uint Error, byte[]? Data)> ExecuteAsync(DeviceHandle device, NbdExport export, ushort type, ushort flags, ulong offset, uint length, byte[]? payload)
+    /// <summary>One request: its IRPs, then its reply. Runs up to its first IRP on the reading
+    /// loop's thread, the rest on the IRP's completion.</summary>
+    private async Task ServeRequestAsync(NetworkStream stream, DeviceHandle device, NbdExport export, SemaphoreSlim replies, SemaphoreSlim slots,
+        ushort type, ushort flags, ulong cookie, ulong offset, uint length, byte[]? payload, CancellationToken stop)
+    {
+        try
+        {
+            uint error;
+            byte[]? reply;
+            try
+            {
+                (error, reply) = await ExecuteAsync(device, export, type, flags, offset, length, payload).ConfigureAwait(false);
+            }
+            catch (Exception ex) when (ex is IoException or ObjectDisposedException or InvalidOperationException)
+            {
+                // The device is gone (quarantined, unloaded, the kernel stopping): an I/O error.
+                (error, reply) = (EIo, null);
+                log?.Invoke($"NBD: {Name(type)} of {length} bytes at {offset} on {export.Name}: {ex.Message}");
+            }
+
+            if (error != Ok)
+            {
+                log?.Invoke($"NBD: {Name(type)} of {length} bytes at {offset} on {export.Name} answered with errno {error}");
+                reply = null;
+            }
+
+            // A read's data already sits behind room for the header: one write per reply.
+            reply ??= new byte[ReplyHeader];
+            BinaryPrimitives.WriteUInt32BigEndian(reply, SimpleReplyMagic);
+            BinaryPrimitives.WriteUInt32BigEndian(reply.AsSpan(4), error);
+            BinaryPrimitives.WriteUInt64BigEndian(reply.AsSpan(8), cookie);
+            await replies.WaitAsync(stop).ConfigureAwait(false);
+            try
+            {
+                await stream.WriteAsync(reply, stop).ConfigureAwait(false);
+            }
+            finally
+            {
+                replies.Release();
+            }
+        }
+        finally
+        {
+            slots.Release();
+        }
+    }
+
+    private const int ReplyHeader = 16;
+
+    /// <summary>Runs a request; for a successful read, the reply with its data after
+    /// <see cref="ReplyHeader"/> bytes left for the header.</summary>
+    private async Task<(uint Error, byte[]? Reply)> ExecuteAsync(DeviceHandle device, NbdExport export, ushort type, ushort flags, ulong offset, uint length, byte[]? payload)
     {
         if (type is CmdRead or CmdWrite or CmdTrim)
         {
@@ -391,10 +417,10 @@ internal sealed class NbdServer(Microkernel kernel, IPEndPoint endpoint, Action<
                     return (EOverflow, null);
                 }
 
-                var data = new byte[length];
-                for (var done = 0; done < data.Length; done += Chunk)
+                var reply = new byte[ReplyHeader + length];
+                for (var done = 0; done < length; done += Chunk)
                 {
-                    var part = data.AsMemory(done, Math.Min(Chunk, data.Length - done));
+                    var part = reply.AsMemory(ReplyHeader + done, Math.Min(Chunk, (int)length - done));
                     var result = await device.ReadAsync(part, (long)offset + done).ConfigureAwait(false);
                     if (!result.IsSuccess || result.Information != part.Length)
                     {
@@ -403,7 +429,7 @@ internal sealed class NbdServer(Microkernel kernel, IPEndPoint endpoint, Action<
                     }
                 }
 
-                return (Ok, data);
+                return (Ok, reply);
             }
 
             case CmdWrite:
@@ -442,28 +468,7 @@ internal sealed class NbdServer(Microkernel kernel, IPEndPoint endpoint, Action<
         _ => $"command {type}",
     };
 
-    private static async Task SendReplyAsync(NetworkStream stream, SemaphoreSlim replies, ulong cookie, uint error, byte[]? data, CancellationToken stop)
-    {
-        var header = new byte[16];
-        BinaryPrimitives.WriteUInt32BigEndian(header, SimpleReplyMagic);
-        BinaryPrimitives.WriteUInt32BigEndian(header.AsSpan(4), error);
-        BinaryPrimitives.WriteUInt64BigEndian(header.AsSpan(8), cookie);
-        await replies.WaitAsync(stop).ConfigureAwait(false);
-        try
-        {
-            await stream.WriteAsync(header, stop).ConfigureAwait(false);
-            if (error == Ok && data is not null)
-            {
-                await stream.WriteAsync(data, stop).ConfigureAwait(false);
-            }
-        }
-        finally
-        {
-            replies.Release();
-        }
-    }
-
-    private static async Task<byte[]> ReadAsync(NetworkStream stream, int length, CancellationToken stop)
+    private static async Task<byte[]> ReadAsync(Stream stream, int length, CancellationToken stop)
     {
         var buffer = new byte[length];
         await stream.ReadExactlyAsync(buffer, stop).ConfigureAwait(false);
