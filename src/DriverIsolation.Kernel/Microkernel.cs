@@ -41,7 +41,7 @@ public sealed class Microkernel : IAsyncDisposable
         var time = timeProvider ?? TimeProvider.System;
         _time = time;
         Events = new KernelEventLog(time);
-        _io = new IoManager(time, Events, _logger, _options) { OnCriticalTimeout = OnCriticalTimeout };
+        _io = new IoManager(time, Events, _logger, _options) { OnCriticalTimeout = OnCriticalTimeout, OnFaultInjected = OnFaultInjected };
         _launcher = new HostLauncher(_options, _io, Events, _loggerFactory, time);
         _pool = new WarmPool(_launcher, _options.WarmPoolSize, OnHostExited, _stopping.Token);
     }
@@ -522,6 +522,22 @@ public sealed class Microkernel : IAsyncDisposable
         var reason = $"hung: critical {irp.MajorFunction} IRP {irp.Id} to {irp.Device.Name} passed its {irp.Device.RequestTimeout.TotalMilliseconds:F0} ms deadline";
         OnWatchdogKill(layer.Host, reason);
         layer.Host.Kill($"watchdog: {reason}");
+    }
+
+    /// <summary>A fault shim says it injects a fault now: the event campaigns time detection and
+    /// recovery from.</summary>
+    private void OnFaultInjected(int driverId, int index, string fault, string detail)
+    {
+        KernelDriver? driver;
+        lock (_gate)
+        {
+            driver = _drivers.FirstOrDefault(d => d.Id == driverId);
+        }
+
+        if (driver is not null && driver.FaultFired(index))
+        {
+            Events.Add(KernelEventKind.FaultInjected, driver.Name, null, detail);
+        }
     }
 
     private void Supervise(KernelDriver driver)

@@ -23,7 +23,10 @@ public sealed class FrameConnection : IAsyncDisposable
     private readonly ArrayBufferWriter<byte> _scratch = new(256);
     private readonly CancellationTokenSource _aborted = new();
     private readonly Task _sendLoop;
+    private readonly List<(long Position, TaskCompletionSource Done)> _flushWaiters = [];
     private bool _outputCompleted;
+    private long _queuedBytes;
+    private long _writtenBytes;
 
     /// <param name="stream">The duplex stream; owned and disposed by the connection.</param>
     /// <param name="untrustedPeer">True on the kernel side: every read uses
@@ -111,15 +114,99 @@ public sealed class FrameConnection : IAsyncDisposable
             }
 
             FrameCodec.WriteFrame(_output.Writer, message, _maxFrameSize, _scratch);
+            Commit();
+            return true;
+        }
+    }
 
-            // Without a pause threshold this completes synchronously: it only wakes DoSendAsync.
-            var flush = _output.Writer.FlushAsync();
-            if (!flush.IsCompleted)
+    /// <summary>Sends a message and waits until it has been written to the stream (or the
+    /// connection ended, or <paramref name="timeout"/> passed): for a message that must be out
+    /// before something drastic happens to this process. False if it was not written.</summary>
+    public bool SendAndWait(Message message, TimeSpan timeout)
+    {
+        TaskCompletionSource done;
+        lock (_sendGate)
+        {
+            if (_outputCompleted)
             {
-                flush.AsTask().GetAwaiter().GetResult();
+                return false;
             }
 
+            FrameCodec.WriteFrame(_output.Writer, message, _maxFrameSize, _scratch);
+            Commit();
+            done = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+            lock (_flushWaiters)
+            {
+                if (Interlocked.Read(ref _writtenBytes) >= _queuedBytes)
+                {
+                    return true;
+                }
+
+                _flushWaiters.Add((_queuedBytes, done));
+            }
+        }
+
+        try
+        {
+            return done.Task.Wait(timeout);
+        }
+        catch (AggregateException)
+        {
+            return false;
+        }
+    }
+
+    /// <summary>Queues raw bytes, not a frame (a host's fault shim sending a malformed frame on
+    /// purpose). False if the connection is closed.</summary>
+    public bool SendRaw(ReadOnlySpan<byte> bytes)
+    {
+        lock (_sendGate)
+        {
+            if (_outputCompleted)
+            {
+                return false;
+            }
+
+            _output.Writer.Write(bytes);
+            Commit();
             return true;
+        }
+    }
+
+    /// <summary>Hands what was written to the output pipe to the send loop (under the send lock).</summary>
+    private void Commit()
+    {
+        _queuedBytes += _output.Writer.UnflushedBytes;
+
+        // Without a pause threshold this completes synchronously: it only wakes DoSendAsync.
+        var flush = _output.Writer.FlushAsync();
+        if (!flush.IsCompleted)
+        {
+            flush.AsTask().GetAwaiter().GetResult();
+        }
+    }
+
+    private void ReleaseFlushWaiters(bool failed)
+    {
+        lock (_flushWaiters)
+        {
+            var written = Interlocked.Read(ref _writtenBytes);
+            for (var i = _flushWaiters.Count - 1; i >= 0; i--)
+            {
+                if (failed || _flushWaiters[i].Position <= written)
+                {
+                    if (failed)
+                    {
+                        _flushWaiters[i].Done.TrySetCanceled();
+                    }
+                    else
+                    {
+                        _flushWaiters[i].Done.TrySetResult();
+                    }
+
+                    _flushWaiters.RemoveAt(i);
+                }
+            }
         }
     }
 
@@ -195,6 +282,12 @@ public sealed class FrameConnection : IAsyncDisposable
                 }
 
                 reader.AdvanceTo(buffer.End);
+                if (!buffer.IsEmpty)
+                {
+                    Interlocked.Add(ref _writtenBytes, buffer.Length);
+                    ReleaseFlushWaiters(failed: false);
+                }
+
                 if (result.IsCompleted)
                 {
                     break;
@@ -213,6 +306,7 @@ public sealed class FrameConnection : IAsyncDisposable
         finally
         {
             CompleteOutput();
+            ReleaseFlushWaiters(failed: true);
             await reader.CompleteAsync(error).ConfigureAwait(false);
         }
     }

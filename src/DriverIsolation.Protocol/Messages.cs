@@ -26,6 +26,7 @@ namespace DriverIsolation.Protocol;
 [Union(17, typeof(DmaUnmap))]
 [Union(18, typeof(RegisterWrite))]
 [Union(19, typeof(Interrupt))]
+[Union(20, typeof(FaultInjected))]
 public abstract record Message;
 
 /// <summary>H→K, first frame: proves the host is the one the kernel spawned.</summary>
@@ -52,7 +53,32 @@ public sealed record LoadDriver(
     [property: Key(1)] string Name,
     [property: Key(2)] string AssemblyPath,
     [property: Key(3)] string? TypeName,
-    [property: Key(4)] Dictionary<string, string> Parameters) : Message;
+    [property: Key(4)] Dictionary<string, string> Parameters,
+    [property: Key(5)] FaultSpec[]? Faults = null) : Message;
+
+/// <summary>One fault the host's fault shim injects into a driver (fault-injection campaigns):
+/// what, when (<see cref="Trigger"/>: <c>load</c>, <c>requests</c> after Value requests,
+/// <c>time</c> after Value ms, <c>probability</c> Value per request), whether it fires again
+/// after it fired once, its random seed and its parameters. <see cref="Index"/> names it in
+/// <see cref="FaultInjected"/>.</summary>
+[MessagePackObject]
+public sealed record FaultSpec(
+    [property: Key(0)] int Index,
+    [property: Key(1)] string Fault,
+    [property: Key(2)] string Trigger,
+    [property: Key(3)] double Value,
+    [property: Key(4)] bool Repeat,
+    [property: Key(5)] int Seed,
+    [property: Key(6)] Dictionary<string, string> Parameters);
+
+/// <summary>H→K: the fault shim is about to inject fault <see cref="Index"/> of a driver's plan
+/// (sent, and written to the pipe, before the fault acts).</summary>
+[MessagePackObject]
+public sealed record FaultInjected(
+    [property: Key(0)] int DriverId,
+    [property: Key(1)] int Index,
+    [property: Key(2)] string Fault,
+    [property: Key(3)] string Detail) : Message;
 
 /// <summary>H→K: the outcome of <see cref="LoadDriver"/>.</summary>
 [MessagePackObject]

@@ -63,7 +63,7 @@ public sealed class HostServer : IKernelLink
                     _connection.Send(new Pong(ping.Sequence, Environment.WorkingSet));
                     break;
                 case LoadDriver load:
-                    var loaded = _runtime.LoadDriver(load.DriverId, load.Name, load.AssemblyPath, load.TypeName, load.Parameters);
+                    var loaded = _runtime.LoadDriver(load.DriverId, load.Name, load.AssemblyPath, load.TypeName, load.Parameters, load.Faults);
                     _connection.Send(new DriverLoaded(load.DriverId, loaded.Status, loaded.Detail));
                     break;
                 case AddDevice add:
@@ -112,4 +112,9 @@ public sealed class HostServer : IKernelLink
 
     void IKernelLink.WriteRegister(int deviceId, int registerIndex, ulong value) =>
         _connection.Send(new RegisterWrite(deviceId, registerIndex, value));
+
+    void IKernelLink.FaultInjected(int driverId, int index, string fault, string detail) =>
+        _connection.SendAndWait(new FaultInjected(driverId, index, fault, detail), TimeSpan.FromSeconds(2));
+
+    bool IKernelLink.SendMalformedFrame(ReadOnlySpan<byte> bytes) => _connection.SendRaw(bytes);
 }

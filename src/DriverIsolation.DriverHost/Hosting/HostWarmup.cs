@@ -111,5 +111,11 @@ internal static class HostWarmup
         public void WriteRegister(int deviceId, int registerIndex, ulong value)
         {
         }
+
+        public void FaultInjected(int driverId, int index, string fault, string detail)
+        {
+        }
+
+        public bool SendMalformedFrame(ReadOnlySpan<byte> bytes) => false;
     }
 }

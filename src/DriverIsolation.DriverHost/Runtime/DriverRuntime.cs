@@ -34,7 +34,7 @@ public sealed class DriverRuntime : IDeviceStackPort
     /// <summary>Loads a driver assembly into its own load context and runs DriverEntry.
     /// Loader errors come back as a status; an exception thrown by DriverEntry propagates.</summary>
     public (NtStatus Status, string? Detail) LoadDriver(int driverId, string name, string assemblyPath, string? typeName,
-        IReadOnlyDictionary<string, string> parameters)
+        IReadOnlyDictionary<string, string> parameters, IReadOnlyList<Protocol.FaultSpec>? faults = null)
     {
         if (_drivers.ContainsKey(driverId))
         {
@@ -61,7 +61,7 @@ public sealed class DriverRuntime : IDeviceStackPort
 
         var driver = (IDriver)Activator.CreateInstance(driverType)!;
         var driverObject = new DriverObject(name, parameters, _loggerFor(driverId, name));
-        var status = driver.DriverEntry(driverObject);
+        var status = Enter(driverId, name, driver, driverObject, faults);
         if (!status.IsSuccess())
         {
             context.Unload();
@@ -74,11 +74,12 @@ public sealed class DriverRuntime : IDeviceStackPort
 
     /// <summary>Registers a driver object that is already in this process (tests, and drivers
     /// compiled into a host) instead of loading an assembly.</summary>
-    public (NtStatus Status, string? Detail) LoadDriver(int driverId, string name, IDriver driver, IReadOnlyDictionary<string, string> parameters)
+    public (NtStatus Status, string? Detail) LoadDriver(int driverId, string name, IDriver driver, IReadOnlyDictionary<string, string> parameters,
+        IReadOnlyList<Protocol.FaultSpec>? faults = null)
     {
         ArgumentNullException.ThrowIfNull(driver);
         var driverObject = new DriverObject(name, parameters, _loggerFor(driverId, name));
-        var status = driver.DriverEntry(driverObject);
+        var status = Enter(driverId, name, driver, driverObject, faults);
         if (!status.IsSuccess())
         {
             return (status, $"DriverEntry of {name} returned {status}");
@@ -87,6 +88,26 @@ public sealed class DriverRuntime : IDeviceStackPort
         return _drivers.TryAdd(driverId, new LoadedDriver(driverId, driverObject, null))
             ? (NtStatus.Success, null)
             : (NtStatus.InvalidParameter, $"driver id {driverId} is already loaded");
+    }
+
+    /// <summary>DriverEntry, behind the fault shim when the kernel sent a fault plan: load faults
+    /// act in its place, the others wrap the dispatch table it filled in.</summary>
+    private NtStatus Enter(int driverId, string name, IDriver driver, DriverObject driverObject, IReadOnlyList<Protocol.FaultSpec>? faults)
+    {
+        if (faults is not { Count: > 0 })
+        {
+            return driver.DriverEntry(driverObject);
+        }
+
+        var shim = new FaultShim(driverId, name, faults, _link);
+        shim.OnLoad();
+        var status = driver.DriverEntry(driverObject);
+        if (status.IsSuccess())
+        {
+            shim.Install(driverObject);
+        }
+
+        return status;
     }
 
     /// <summary>Creates a device object for a loaded driver and runs its AddDevice.</summary>
@@ -247,7 +268,7 @@ public sealed class DriverRuntime : IDeviceStackPort
 
     /// <summary>What a major function without a routine does: filters pass it down, open and
     /// close succeed, anything else is not supported by the device.</summary>
-    private static void DispatchDefault(DeviceObject device, Irp irp)
+    internal static void DispatchDefault(DeviceObject device, Irp irp)
     {
         if (device.HasLowerDevice)
         {

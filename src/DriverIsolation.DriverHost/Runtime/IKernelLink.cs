@@ -19,4 +19,12 @@ public interface IKernelLink
 
     /// <summary>A register write (doorbell) to a device.</summary>
     void WriteRegister(int deviceId, int registerIndex, ulong value);
+
+    /// <summary>The fault shim is about to inject a fault: the kernel hears of it first (in a
+    /// host, the message is on the pipe before this returns).</summary>
+    void FaultInjected(int driverId, int index, string fault, string detail);
+
+    /// <summary>Sends bytes that are no valid frame (the malformed-frame fault). False where
+    /// there is no pipe (in-kernel).</summary>
+    bool SendMalformedFrame(ReadOnlySpan<byte> bytes);
 }

@@ -4,6 +4,10 @@ public enum KernelEventKind
 {
     HostStarted,
     HostExited,
+
+    /// <summary>A fault shim injected a fault into a driver (campaigns): the moment detection
+    /// and recovery are timed from.</summary>
+    FaultInjected,
     DriverLoaded,
     DriverLoadFailed,
     DeviceAdded,

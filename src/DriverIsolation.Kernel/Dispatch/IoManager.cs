@@ -60,6 +60,10 @@ internal sealed class IoManager
     /// deadline (the kernel kills the host: a hang becomes a crash).</summary>
     public Action<DeviceLayer, KernelIrp>? OnCriticalTimeout { get; init; }
 
+    /// <summary>A host's (or the in-kernel runtime's) fault shim injected a fault: driver id, the
+    /// fault's index in the plan, its type, a description.</summary>
+    public Action<int, int, string, string>? OnFaultInjected { get; init; }
+
     public string? BugCheckReason => _bugCheck;
 
     public FileObject NewFileObject(KernelDevice device, string openedAs) =>

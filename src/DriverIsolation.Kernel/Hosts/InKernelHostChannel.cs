@@ -32,7 +32,7 @@ internal sealed class InKernelHostChannel : IHostChannel, IKernelLink
 
     public Task<(NtStatus Status, string? Detail)> LoadDriverAsync(KernelDriver driver, string assemblyPath, CancellationToken cancellationToken) =>
         Task.FromResult(Guard(driver.Name, "DriverEntry", () =>
-            _runtime.LoadDriver(driver.Id, driver.Name, assemblyPath, driver.Manifest.Type, driver.Manifest.Parameters)));
+            _runtime.LoadDriver(driver.Id, driver.Name, assemblyPath, driver.Manifest.Type, driver.Manifest.Parameters, driver.FaultsForLoad())));
 
     public Task<(NtStatus Status, string? Detail)> AddDeviceAsync(KernelDriver driver, DeviceLayer layer, KernelDevice device, bool hasLowerDevice,
         IReadOnlyDictionary<string, string> parameters, Protocol.HardwareBinding? hardware, CancellationToken cancellationToken) =>
@@ -99,6 +99,11 @@ internal sealed class InKernelHostChannel : IHostChannel, IKernelLink
 
     void IKernelLink.DmaUnmap(int deviceId, int firstPage, int pages) =>
         HardwareRequest(_io.Machine?.Unmap(this, deviceId, firstPage, pages));
+
+    void IKernelLink.FaultInjected(int driverId, int index, string fault, string detail) => _io.OnFaultInjected?.Invoke(driverId, index, fault, detail);
+
+    /// <summary>In-kernel there is no pipe to send a malformed frame on.</summary>
+    bool IKernelLink.SendMalformedFrame(ReadOnlySpan<byte> bytes) => false;
 
     void IKernelLink.WriteRegister(int deviceId, int registerIndex, ulong value) =>
         HardwareRequest(_io.Machine?.WriteRegister(this, deviceId, registerIndex, value));

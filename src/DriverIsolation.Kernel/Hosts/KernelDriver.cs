@@ -71,6 +71,39 @@ internal sealed class KernelDriver(int id, DriverManifest manifest, IsolationMod
 
     public int Restarts { get; set; }
 
+    private readonly List<Protocol.FaultSpec> _faults = [.. manifest.Faults];
+
+    /// <summary>The fault plan a new instance is loaded with: faults that fire once (per run)
+    /// drop out once they fired; load faults (a corrupt content update on disk) and repeating
+    /// ones stay.</summary>
+    public Protocol.FaultSpec[] FaultsForLoad()
+    {
+        lock (_faults)
+        {
+            return [.. _faults];
+        }
+    }
+
+    /// <summary>The shim reported a fault it injected; true if the index is in the plan.</summary>
+    public bool FaultFired(int index)
+    {
+        lock (_faults)
+        {
+            var spec = _faults.Find(f => f.Index == index);
+            if (spec is null)
+            {
+                return false;
+            }
+
+            if (spec.Trigger != "load" && !spec.Repeat)
+            {
+                _faults.Remove(spec);
+            }
+
+            return true;
+        }
+    }
+
     /// <summary>When the running instance went down (for recovery times).</summary>
     public long DownTimestamp { get; set; }
 

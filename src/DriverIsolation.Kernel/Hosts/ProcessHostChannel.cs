@@ -57,6 +57,9 @@ internal sealed class ProcessHostChannel : IHostChannel
     public bool IsAlive => Volatile.Read(ref _exitReported) == 0;
 
     /// <summary>Completes with the exit reason once the host is gone and its IRPs are completed.</summary>
+    /// <summary>The drivers the kernel asked this host to load: the only ones it may speak for.</summary>
+    private readonly HashSet<int> _driverIds = [];
+
     public Task<string> Exited => _exited.Task;
 
     /// <summary>Starts the receive loop and the process-exit watch (after the handshake).</summary>
@@ -81,7 +84,14 @@ internal sealed class ProcessHostChannel : IHostChannel
     public Task<(NtStatus Status, string? Detail)> LoadDriverAsync(KernelDriver driver, string assemblyPath, CancellationToken cancellationToken)
     {
         var pending = NewPending(_pendingLoads, driver.Id);
-        Send(new LoadDriver(driver.Id, driver.Name, assemblyPath, driver.Manifest.Type, new Dictionary<string, string>(driver.Manifest.Parameters)));
+        lock (_driverIds)
+        {
+            _driverIds.Add(driver.Id);
+        }
+
+        var faults = driver.FaultsForLoad();
+        Send(new LoadDriver(driver.Id, driver.Name, assemblyPath, driver.Manifest.Type, new Dictionary<string, string>(driver.Manifest.Parameters),
+            faults.Length > 0 ? faults : null));
         return pending.Task.WaitAsync(cancellationToken);
     }
 
@@ -236,6 +246,18 @@ internal sealed class ProcessHostChannel : IHostChannel
                 return true;
             case Protocol.PassDown p:
                 _io.OnPassDown(this, p.IrpId, p.DeviceId, p.WantsCompletion, p.Offset, p.Length, p.Input);
+                return true;
+            case FaultInjected fault:
+                lock (_driverIds)
+                {
+                    if (!_driverIds.Contains(fault.DriverId))
+                    {
+                        Violation($"FaultInjected for driver {fault.DriverId}, which is not in this host");
+                        return false;
+                    }
+                }
+
+                _io.OnFaultInjected?.Invoke(fault.DriverId, fault.Index, fault.Fault, fault.Detail.Length > 512 ? fault.Detail[..512] : fault.Detail);
                 return true;
             case Pong pong:
                 _heartbeat?.OnPong(pong.Sequence, pong.WorkingSetBytes);

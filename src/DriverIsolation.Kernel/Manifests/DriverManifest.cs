@@ -37,6 +37,10 @@ public sealed record DriverManifest
     public string Source { get; init; } = "(code)";
 
     public bool IsFilter => AttachTo.Count > 0;
+
+    /// <summary>Faults the fault shim injects into this driver (set by a campaign's scenario, not
+    /// read from driver.json).</summary>
+    public IReadOnlyList<Protocol.FaultSpec> Faults { get; init; } = [];
 }
 
 public sealed record DeviceManifest
