@@ -3,6 +3,17 @@ using DriverIsolation.Protocol;
 
 namespace DriverIsolation.DriverHost;
 
+/// <summary>The faults the shim can inject; docs/campaigns.md says what each one does.</summary>
+public static class FaultTypes
+{
+    public static readonly IReadOnlyList<string> All =
+    [
+        "unhandled-exception", "fail-fast", "stack-overflow", "hang", "infinite-loop", "slow-completion",
+        "wrong-status", "garbage-information", "double-completion", "foreign-completion", "memory-leak",
+        "malformed-frame", "corrupt-content-update",
+    ];
+}
+
 /// <summary>
 /// Injects faults into a driver without changing its code, steered by the fault plan the kernel
 /// sends with LoadDriver (campaigns, <c>drviso run</c>). It sits between the runtime and the
@@ -15,14 +26,6 @@ namespace DriverIsolation.DriverHost;
 /// </summary>
 internal sealed class FaultShim
 {
-    /// <summary>The fault types; docs/campaigns.md says what each one does.</summary>
-    public static readonly IReadOnlySet<string> Types = new HashSet<string>(StringComparer.Ordinal)
-    {
-        "unhandled-exception", "fail-fast", "stack-overflow", "hang", "infinite-loop", "slow-completion",
-        "wrong-status", "garbage-information", "double-completion", "foreign-completion", "memory-leak",
-        "malformed-frame", "corrupt-content-update",
-    };
-
     private const int LeakChunk = 4 << 20;
     private readonly int _driverId;
     private readonly string _driverName;
