@@ -136,3 +136,23 @@ public sealed class ScenarioLoaderTests
         return root.ToJsonString();
     }
 }
+
+/// <summary>docs/scenario.schema.json and the loader agree on the fault types.</summary>
+public sealed class ScenarioSchemaTests
+{
+    [Fact]
+    public void Schema_FaultTypes_AreTheShimsFaultTypes()
+    {
+        var dir = new DirectoryInfo(AppContext.BaseDirectory);
+        while (dir is not null && !File.Exists(Path.Combine(dir.FullName, "docs", "scenario.schema.json")))
+        {
+            dir = dir.Parent;
+        }
+
+        Assert.NotNull(dir);
+        var schema = JsonNode.Parse(File.ReadAllText(Path.Combine(dir.FullName, "docs", "scenario.schema.json")))!;
+        var types = schema["properties"]!["faults"]!["items"]!["properties"]!["type"]!["enum"]!.AsArray().Select(t => t!.GetValue<string>());
+
+        Assert.Equal(DriverIsolation.DriverHost.FaultTypes.All, types);
+    }
+}

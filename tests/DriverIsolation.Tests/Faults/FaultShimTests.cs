@@ -1,5 +1,6 @@
 using DriverIsolation.Kernel;
 using DriverIsolation.Protocol;
+using Microsoft.Extensions.Time.Testing;
 
 namespace DriverIsolation.Tests;
 
@@ -13,6 +14,7 @@ namespace DriverIsolation.Tests;
 public sealed class FaultShimTests
 {
     private const int Good = 3;
+    private static readonly TimeSpan Timeout = TimeSpan.FromSeconds(5);
 
     public static TheoryData<string, NtStatus, KernelEventKind?> HostFaults => new()
     {
@@ -25,6 +27,7 @@ public sealed class FaultShimTests
         { "foreign-completion", NtStatus.Success, KernelEventKind.CompletionRefused },
         { "slow-completion", NtStatus.Success, null },
         { "hang", NtStatus.IoTimeout, KernelEventKind.IrpTimedOut },
+        { "infinite-loop", NtStatus.IoTimeout, KernelEventKind.IrpTimedOut },
         { "malformed-frame", NtStatus.DriverProcessTerminated, KernelEventKind.ProtocolViolation },
     };
 
@@ -32,7 +35,10 @@ public sealed class FaultShimTests
     [MemberData(nameof(HostFaults))]
     public async Task FaultAfterThreeRequests_InAHost_FiresOnceAtTheFourth_WithItsConsequence(string fault, NtStatus fourth, KernelEventKind? consequence)
     {
-        await using var kernel = new Microkernel();
+        // Deadlines run on a fake clock: a request times out when the test says so, never because
+        // the machine was slow.
+        var time = new FakeTimeProvider();
+        await using var kernel = new Microkernel(new KernelOptions { HeartbeatPeriod = null }, timeProvider: time);
         await kernel.StartAsync([NullWith(fault)], IsolationModel.Process).Bounded();
         await using var nul = await kernel.OpenAsync(@"\??\NUL").Bounded();
         for (var i = 0; i < Good; i++)
@@ -41,8 +47,20 @@ public sealed class FaultShimTests
         }
 
         Assert.Equal(0, kernel.Events.Count(KernelEventKind.FaultInjected));
-        var result = await nul.ReadAsync(new byte[16]).Bounded();
+        var reading = nul.ReadAsync(new byte[16]);
         var injected = await kernel.Events.WaitForAsync(KernelEventKind.FaultInjected).Bounded();
+        if (fourth == NtStatus.IoTimeout)
+        {
+            if (consequence == KernelEventKind.CompletionRefused)
+            {
+                await kernel.Events.WaitForAsync(KernelEventKind.CompletionRefused).Bounded();
+            }
+
+            Assert.False(reading.IsCompleted);
+            time.Advance(Timeout);
+        }
+
+        var result = await reading.Bounded();
 
         Assert.Equal(fourth, result.Status);
         Assert.Equal("Null", injected.Driver);
@@ -115,7 +133,7 @@ public sealed class FaultShimTests
 
     private static DriverManifest NullWith(string fault) => TestManifests.Sample("Null") with
     {
-        Limits = new DriverLimits { RequestTimeout = TimeSpan.FromMilliseconds(500) },
+        Limits = new DriverLimits { RequestTimeout = Timeout },
         Recovery = new RecoveryPolicy { BackoffBase = TimeSpan.FromMilliseconds(1), BackoffMax = TimeSpan.FromMilliseconds(5) },
         Faults = [new FaultSpec(0, fault, "requests", Good, false, 7, new Dictionary<string, string> { ["delayMs"] = "50" })],
     };
