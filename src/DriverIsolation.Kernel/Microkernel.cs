@@ -685,11 +685,19 @@ public sealed class Microkernel : IAsyncDisposable
         }
 
         _io.FailParked(parked, NtStatus.DeviceQuarantined);
-        Log.DriverQuarantined(_logger, driver.Name, reason);
-        Events.Add(KernelEventKind.DriverQuarantined, driver.Name, null, reason);
-        if (driver.Manifest.Recovery.BootCritical && _booting)
+
+        // Safe mode is decided before the quarantine is announced: boot ends on that event, and
+        // whoever asks once boot is over must already see safe mode.
+        var safeMode = driver.Manifest.Recovery.BootCritical && _booting;
+        if (safeMode)
         {
             _safeMode ??= $"{driver.Name} is quarantined: {reason}";
+        }
+
+        Log.DriverQuarantined(_logger, driver.Name, reason);
+        Events.Add(KernelEventKind.DriverQuarantined, driver.Name, null, reason);
+        if (safeMode)
+        {
             Log.SafeMode(_logger, driver.Name);
             Events.Add(KernelEventKind.SafeMode, driver.Name, null, $"booted without {driver.Name}: {reason}");
         }

@@ -10,7 +10,8 @@ internal static class AllMessages
         new Hello(ProtocolConstants.Version, [1, 2, 3, 4], 4242),
         new Welcome(ProtocolConstants.Version, "RamDisk"),
         new Refused("wrong token"),
-        new LoadDriver(7, "RamDisk", "/opt/drivers/RamDisk.dll", "Some.Type", new Dictionary<string, string> { ["a"] = "1", ["b"] = "two" }),
+        new LoadDriver(7, "RamDisk", "/opt/drivers/RamDisk.dll", "Some.Type", new Dictionary<string, string> { ["a"] = "1", ["b"] = "two" },
+            [new FaultSpec(2, "slow-completion", "probability", 0.25, true, 99, new Dictionary<string, string> { ["delayMs"] = "20" })]),
         new DriverLoaded(7, NtStatus.ObjectNameNotFound, "missing"),
         new AddDevice(7, 11, @"\Device\RamDisk0", DeviceType.Disk, true, new Dictionary<string, string> { ["sizeBytes"] = "1048576" },
             new HardwareBinding("block", "00:01.0", new Dictionary<string, string> { ["capacityBytes"] = "16777216" }, "/dev/shm/phys", 0x100000, 0x40000, 0x1_0000_0000)),
@@ -28,5 +29,6 @@ internal static class AllMessages
         new DmaUnmap(11, 3, 2),
         new RegisterWrite(11, 4, ulong.MaxValue),
         new Interrupt(11, 1),
+        new FaultInjected(7, 2, "hang", "hang in RamDisk on Read IRP 5 (request 4 since load)"),
     ];
 }

@@ -212,6 +212,7 @@ public sealed class FrameCodecTests
         byte[] bytes => Convert.ToHexString(bytes),
         ReadOnlyMemory<byte> memory => Convert.ToHexString(memory.Span),
         Dictionary<string, string> map => string.Join(",", map.OrderBy(kv => kv.Key, StringComparer.Ordinal).Select(kv => $"{kv.Key}:{kv.Value}")),
+        FaultSpec[] faults => string.Join("|", faults.Select(f => $"{f.Index},{f.Fault},{f.Trigger},{f.Value},{f.Repeat},{f.Seed},{Value(f.Parameters)}")),
         _ => value.ToString() ?? "",
     };
 }
