@@ -1,0 +1,255 @@
+using System.Diagnostics;
+using DriverIsolation.Kernel;
+using DriverIsolation.Protocol;
+using Microsoft.Extensions.Logging;
+using Microsoft.Extensions.Logging.Abstractions;
+
+namespace DriverIsolation.Campaigns;
+
+/// <summary>
+/// Runs one trial in this process: boots a fresh kernel with the scenario's drivers in the
+/// trial's isolation model and IOMMU mode, the trial's fault in its driver's plan, runs the
+/// workload (each client's requests one after another, data checked on read back), lets the
+/// watchdog settle, and judges what happened. A fault that takes this process down (fail-fast
+/// or a stack overflow in-kernel) never returns here: the campaign runner, in the process above,
+/// records that as the system crash it is.
+/// </summary>
+public static class TrialRunner
+{
+    /// <summary>How long a trial's workload may take before what is still outstanding counts as lost.</summary>
+    public static readonly TimeSpan WorkloadLimit = TimeSpan.FromSeconds(60);
+
+    private static readonly KernelEventKind[] Detections =
+    [
+        KernelEventKind.HostExited, KernelEventKind.WatchdogKill, KernelEventKind.ProtocolViolation, KernelEventKind.IrpTimedOut,
+        KernelEventKind.CompletionRefused, KernelEventKind.BugCheck, KernelEventKind.IommuFault, KernelEventKind.KernelMemoryCorrupted,
+        KernelEventKind.DriverLoadFailed,
+    ];
+
+    /// <param name="onEvent">Hears every kernel event on the thread that raised it (the trial
+    /// process reports the fault's firing this way before the fault can take it down).</param>
+    /// <param name="onBooted">Called once the kernel has booted.</param>
+    public static async Task<TrialVerdict> RunAsync(Scenario scenario, TrialSpec spec, ILoggerFactory? loggerFactory = null,
+        Action<KernelEvent>? onEvent = null, Action? onBooted = null, CancellationToken cancellationToken = default)
+    {
+        var fault = scenario.Faults[spec.FaultIndex];
+        var options = new KernelOptions
+        {
+            IommuMode = spec.Iommu,
+            PhysicalMemoryBytes = scenario.Machine.MemoryMb << 20,
+        };
+        var manifests = scenario.Drivers.Select(d => d.Manifest with
+        {
+            Isolation = d.PinnedIsolation ?? spec.Isolation,
+            Faults = d.Manifest.Name == fault.Driver
+                ? [new FaultSpec(0, fault.Type, fault.Trigger.Kind, fault.Trigger.Value, fault.Repeat, CampaignPlan.Mix(spec.Seed, 1),
+                    new Dictionary<string, string>(fault.Parameters))]
+                : [],
+        }).ToList();
+
+        await using var kernel = new Microkernel(options, loggerFactory ?? NullLoggerFactory.Instance);
+        if (onEvent is not null)
+        {
+            kernel.Events.Raised += onEvent;
+        }
+
+        string? bootFailure = null;
+        try
+        {
+            await kernel.StartAsync(manifests, null, cancellationToken).WaitAsync(TimeSpan.FromSeconds(60), cancellationToken).ConfigureAwait(false);
+        }
+        catch (Exception ex) when (ex is ManifestException or TimeoutException or IoException or InvalidOperationException)
+        {
+            bootFailure = $"boot failed: {ex.Message}";
+        }
+
+        if (bootFailure is null)
+        {
+            // The system is up when its warm host is: a restart then takes it, as it would on a
+            // machine that has been running for a while.
+            await WaitForWarmPoolAsync(kernel, options.WarmPoolSize, cancellationToken).ConfigureAwait(false);
+            onBooted?.Invoke();
+        }
+
+        var outcomes = bootFailure is null && kernel.BugCheckReason is null
+            ? await RunWorkloadAsync(kernel, scenario.Workload, fault.Driver, spec.Seed, cancellationToken).ConfigureAwait(false)
+            : [.. scenario.Workload.Devices.Select(d => new DeviceOutcome(d, IsFaulty(kernel, d, fault.Driver), 0, 0, 0, 0))];
+        await SettleAsync(kernel, cancellationToken).ConfigureAwait(false);
+
+        var integrity = kernel.VerifyKernelMemory();
+        var crash = kernel.BugCheckReason ?? (integrity.Intact ? null : $"kernel memory corrupted: {integrity.Damage[0]}");
+        var events = kernel.Events.Snapshot();
+        var injected = events.FirstOrDefault(e => e.Kind == KernelEventKind.FaultInjected);
+        var detected = injected is null ? null : events.FirstOrDefault(e => e.Time >= injected.Time && Detections.Contains(e.Kind));
+        var restarted = injected is null ? null : events.FirstOrDefault(e => e.Time >= injected.Time && e.Kind == KernelEventKind.DriverRestarted && e.Driver == fault.Driver);
+        var driver = kernel.GetDrivers().FirstOrDefault(d => d.Name == fault.Driver);
+        var booted = bootFailure is null;
+        var innocent = outcomes.Where(o => !o.Faulty).ToList();
+        return new TrialVerdict
+        {
+            Index = spec.Index,
+            Trial = spec.Trial,
+            Seed = spec.Seed,
+            Isolation = spec.IsolationName,
+            Iommu = spec.IommuName,
+            Fault = fault.Type,
+            Driver = fault.Driver,
+            FaultFired = injected is not null,
+            SystemSurvived = booted && crash is null,
+            Crash = crash ?? bootFailure,
+            Booted = booted,
+            SafeMode = kernel.SafeModeReason is not null,
+            FaultyDeviceHurt = !booted || crash is not null || outcomes.Any(o => o.Faulty && o.Hurt),
+            InnocentDevices = innocent.Count,
+            InnocentDevicesHurt = !booted || crash is not null ? innocent.Count : innocent.Count(o => o.Hurt),
+            IrpsLost = outcomes.Sum(o => o.Lost),
+            DataVerified = outcomes.All(o => o.VerifyErrors == 0),
+            Restarts = driver?.Restarts ?? 0,
+            Quarantined = driver?.State == DriverState.Quarantined,
+            IommuFaults = kernel.GetIommu()?.FaultCount ?? 0,
+            IrpsFailed = outcomes.Sum(o => o.Failed),
+            Hung = events.Any(e => e.Kind == KernelEventKind.IrpTimedOut),
+            DetectionMs = detected is null ? null : (detected.Time - injected!.Time).TotalMilliseconds,
+            RecoveryMs = restarted is null ? null : (restarted.Time - injected!.Time).TotalMilliseconds,
+            Devices = outcomes,
+        };
+    }
+
+    private static bool IsFaulty(Microkernel kernel, string device, string faultyDriver) =>
+        kernel.GetDevice(device)?.Stack.Any(l => l.Driver == faultyDriver) ?? false;
+
+    private static async Task<IReadOnlyList<DeviceOutcome>> RunWorkloadAsync(Microkernel kernel, WorkloadSpec workload, string faultyDriver, int seed, CancellationToken cancellationToken)
+    {
+        using var limit = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
+        limit.CancelAfter(WorkloadLimit);
+        var devices = new List<Task<DeviceOutcome>>();
+        for (var d = 0; d < workload.Devices.Count; d++)
+        {
+            var path = workload.Devices[d];
+            var info = kernel.GetDevice(path);
+            var faulty = info?.Stack.Any(l => l.Driver == faultyDriver) ?? false;
+            var clients = Enumerable.Range(0, workload.Clients)
+                .Select(c => RunClientAsync(kernel, path, info, workload, c, CampaignPlan.Mix(seed, 1000 + (d * 64) + c), limit.Token))
+                .ToList();
+            devices.Add(Task.WhenAll(clients).ContinueWith(
+                t => t.Result.Aggregate(new DeviceOutcome(path, faulty, 0, 0, 0, 0), (sum, c) => sum with
+                {
+                    Requests = sum.Requests + c.Requests, Failed = sum.Failed + c.Failed, Lost = sum.Lost + c.Lost, VerifyErrors = sum.VerifyErrors + c.VerifyErrors,
+                }),
+                CancellationToken.None, TaskContinuationOptions.ExecuteSynchronously, TaskScheduler.Default));
+        }
+
+        return await Task.WhenAll(devices).ConfigureAwait(false);
+    }
+
+    /// <summary>One client: its requests one after another. On a disk it keeps to its own
+    /// stretch of blocks and checks every block it wrote when it reads it back.</summary>
+    private static async Task<DeviceOutcome> RunClientAsync(Microkernel kernel, string path, DeviceInfo? info, WorkloadSpec workload, int client, int seed,
+        CancellationToken limit)
+    {
+        var random = new Random(seed);
+        int failed = 0, lost = 0, verifyErrors = 0, issued = 0;
+        DeviceHandle handle;
+        try
+        {
+            handle = await kernel.OpenAsync(path, limit).ConfigureAwait(false);
+        }
+        catch (Exception ex) when (ex is IoException or OperationCanceledException)
+        {
+            // The device could not even be opened: the client's one request failed.
+            return new DeviceOutcome(path, false, 1, 1, 0, 0);
+        }
+
+        await using (handle.ConfigureAwait(false))
+        {
+            var disk = info?.Type == DeviceType.Disk;
+            long capacity = 0;
+            if (disk)
+            {
+                var length = new byte[sizeof(long)];
+                var result = await handle.DeviceIoControlAsync(Disk.DiskIoControl.GetLengthInfo, ReadOnlyMemory<byte>.Empty, length, limit).ConfigureAwait(false);
+                capacity = result.IsSuccess ? BitConverter.ToInt64(length) : 0;
+                disk = capacity >= (long)workload.RequestBytes * workload.Clients;
+            }
+
+            var blocks = disk ? capacity / workload.RequestBytes / workload.Clients : 0;
+            var written = new Dictionary<long, byte[]>();
+            var buffer = new byte[workload.RequestBytes];
+            var interval = workload.RatePerSecond > 0 ? TimeSpan.FromSeconds(1.0 / workload.RatePerSecond) : TimeSpan.Zero;
+            for (var i = 0; i < workload.RequestsPerClient; i++)
+            {
+                issued = i + 1;
+                var read = random.NextDouble() < workload.ReadFraction;
+                var block = disk ? (client * blocks) + random.NextInt64(blocks) : 0;
+                var offset = block * workload.RequestBytes;
+                byte[]? data = null;
+                if (!read)
+                {
+                    data = new byte[workload.RequestBytes];
+                    random.NextBytes(data);
+                }
+
+                try
+                {
+                    // No cancellation: a request the kernel never completes must show as lost.
+                    var result = await (read ? handle.ReadAsync(buffer, offset, CancellationToken.None) : handle.WriteAsync(data, offset, CancellationToken.None))
+                        .WaitAsync(Timeout.InfiniteTimeSpan, limit).ConfigureAwait(false);
+                    if (!result.IsSuccess)
+                    {
+                        failed++;
+                        if (!read)
+                        {
+                            written.Remove(block); // its contents are unknown now
+                        }
+                    }
+                    else if (read && disk && written.TryGetValue(block, out var expected))
+                    {
+                        if (result.Information != expected.Length || !buffer.AsSpan().SequenceEqual(expected))
+                        {
+                            verifyErrors++;
+                        }
+                    }
+                    else if (!read && disk)
+                    {
+                        written[block] = data!;
+                    }
+                }
+                catch (OperationCanceledException)
+                {
+                    // The workload's time is up and this request never completed.
+                    lost++;
+                    issued = i + 1;
+                    break;
+                }
+
+                if (interval > TimeSpan.Zero)
+                {
+                    await Task.Delay(interval, CancellationToken.None).ConfigureAwait(false);
+                }
+            }
+        }
+
+        return new DeviceOutcome(path, false, issued, failed, lost, verifyErrors);
+    }
+
+    private static async Task WaitForWarmPoolAsync(Microkernel kernel, int size, CancellationToken cancellationToken)
+    {
+        var until = Stopwatch.GetTimestamp() + (Stopwatch.Frequency * 15);
+        while (kernel.WarmPoolProcessIds.Count < size && Stopwatch.GetTimestamp() < until && kernel.BugCheckReason is null
+            && kernel.GetDrivers().Any(d => d.Isolation != IsolationModel.InKernel))
+        {
+            await Task.Delay(10, cancellationToken).ConfigureAwait(false);
+        }
+    }
+
+    /// <summary>Waits (bounded) until no driver is between states: restarted, quarantined or failed.</summary>
+    private static async Task SettleAsync(Microkernel kernel, CancellationToken cancellationToken)
+    {
+        var until = Stopwatch.GetTimestamp() + (Stopwatch.Frequency * 15);
+        while (Stopwatch.GetTimestamp() < until && kernel.BugCheckReason is null
+            && kernel.GetDrivers().Any(d => d.State is DriverState.Restarting or DriverState.Loading))
+        {
+            await Task.Delay(20, cancellationToken).ConfigureAwait(false);
+        }
+    }
+}
