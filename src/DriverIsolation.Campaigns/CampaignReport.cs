@@ -14,6 +14,8 @@ public sealed record SummaryRow(
     [property: JsonPropertyName("trials")] int Trials,
     [property: JsonPropertyName("faults_fired")] int FaultsFired,
     [property: JsonPropertyName("system_survival")] double SystemSurvival,
+    [property: JsonPropertyName("booted")] double Booted,
+    [property: JsonPropertyName("safe_mode")] int SafeMode,
     [property: JsonPropertyName("innocent_devices_hurt")] double InnocentDevicesHurt,
     [property: JsonPropertyName("faulty_device_hurt")] double FaultyDeviceHurt,
     [property: JsonPropertyName("irps_lost")] int IrpsLost,
@@ -62,6 +64,8 @@ public sealed record CampaignReport(
                 return new SummaryRow(g.Key.Isolation, g.Key.Iommu, g.Key.Fault, g.Key.Driver, list.Count,
                     list.Count(v => v.FaultFired),
                     Fraction(list.Count(v => v.SystemSurvived), list.Count),
+                    Fraction(list.Count(v => v.Booted), list.Count),
+                    list.Count(v => v.SafeMode),
                     innocent == 0 ? 0 : Fraction(list.Sum(v => v.InnocentDevicesHurt), innocent),
                     Fraction(list.Count(v => v.FaultyDeviceHurt), list.Count),
                     list.Sum(v => v.IrpsLost),
@@ -149,12 +153,12 @@ public sealed record CampaignReport(
         md.AppendLine();
         md.AppendLine("## Blast radius per fault, isolation model and IOMMU mode");
         md.AppendLine();
-        md.AppendLine("| fault | driver | isolation | IOMMU | trials | fired | system survival | innocent devices hurt | faulty device hurt | IRPs lost | hangs | quarantines | IOMMU faults | detection p50 ms | recovery p50 ms | recovery p99 ms |");
-        md.AppendLine("|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+        md.AppendLine("| fault | driver | isolation | IOMMU | trials | fired | system survival | booted | safe mode | innocent devices hurt | faulty device hurt | IRPs lost | hangs | quarantines | IOMMU faults | detection p50 ms | recovery p50 ms | recovery p99 ms |");
+        md.AppendLine("|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
         foreach (var r in Summary)
         {
             md.AppendLine(CultureInfo.InvariantCulture,
-                $"| {r.Fault} | {r.Driver} | {r.Isolation} | {r.Iommu} | {r.Trials} | {r.FaultsFired} | {Pct(r.SystemSurvival)} | {Pct(r.InnocentDevicesHurt)} | {Pct(r.FaultyDeviceHurt)} | {r.IrpsLost} | {r.Hangs} | {r.Quarantines} | {r.IommuFaults} | {Ms(r.DetectionP50Ms)} | {Ms(r.RecoveryP50Ms)} | {Ms(r.RecoveryP99Ms)} |");
+                $"| {r.Fault} | {r.Driver} | {r.Isolation} | {r.Iommu} | {r.Trials} | {r.FaultsFired} | {Pct(r.SystemSurvival)} | {Pct(r.Booted)} | {r.SafeMode} | {Pct(r.InnocentDevicesHurt)} | {Pct(r.FaultyDeviceHurt)} | {r.IrpsLost} | {r.Hangs} | {r.Quarantines} | {r.IommuFaults} | {Ms(r.DetectionP50Ms)} | {Ms(r.RecoveryP50Ms)} | {Ms(r.RecoveryP99Ms)} |");
         }
 
         md.AppendLine();

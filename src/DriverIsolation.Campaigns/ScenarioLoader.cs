@@ -120,7 +120,7 @@ public static class ScenarioLoader
 
     private static ScenarioDriver ReadDriver(Node node, Func<string, DriverManifest> manifestFor)
     {
-        node.Object(["manifest", "isolation", "bootCritical", "requestTimeoutMs", "critical", "memoryMb", "recovery"]);
+        node.Object(["manifest", "isolation", "bootCritical", "requestTimeoutMs", "critical", "memoryMb", "recovery", "parameters"]);
         var reference = node.Required("manifest").String(nonEmpty: true);
         DriverManifest manifest;
         try
@@ -179,8 +179,17 @@ public static class ScenarioLoader
             }
         }
 
+        var parameters = new Dictionary<string, string>(manifest.Parameters, StringComparer.Ordinal);
+        if (node.Optional("parameters") is { } p)
+        {
+            foreach (var (name, value) in p.Properties())
+            {
+                parameters[name] = value.Scalar();
+            }
+        }
+
         var pinned = node.Optional("isolation") is { } isolation ? ParseIsolation(isolation) : (IsolationModel?)null;
-        return new ScenarioDriver(manifest with { Limits = limits, Recovery = recovery }, pinned);
+        return new ScenarioDriver(manifest with { Limits = limits, Recovery = recovery, Parameters = parameters }, pinned);
     }
 
     private static WorkloadSpec ReadWorkload(Node node, HashSet<string> devices)

@@ -63,6 +63,11 @@ public static class TrialRunner
             bootFailure = $"boot failed: {ex.Message}";
         }
 
+        if (bootFailure is null && kernel.BugCheckReason is { } bugCheck)
+        {
+            bootFailure = $"bug check during boot: {bugCheck}";
+        }
+
         if (bootFailure is null)
         {
             // The system is up when its warm host is: a restart then takes it, as it would on a
@@ -72,7 +77,7 @@ public static class TrialRunner
         }
 
         var outcomes = bootFailure is null && kernel.BugCheckReason is null
-            ? await RunWorkloadAsync(kernel, scenario.Workload, fault.Driver, spec.Seed, cancellationToken).ConfigureAwait(false)
+            ? await RunWorkloadAsync(kernel, scenario.Workload, fault.Driver, spec.Seed, path => PeerOf(scenario, path), cancellationToken).ConfigureAwait(false)
             : [.. scenario.Workload.Devices.Select(d => new DeviceOutcome(d, IsFaulty(kernel, d, fault.Driver), 0, 0, 0, 0))];
         await SettleAsync(kernel, cancellationToken).ConfigureAwait(false);
 
@@ -118,7 +123,14 @@ public static class TrialRunner
     private static bool IsFaulty(Microkernel kernel, string device, string faultyDriver) =>
         kernel.GetDevice(device)?.Stack.Any(l => l.Driver == faultyDriver) ?? false;
 
-    private static async Task<IReadOnlyList<DeviceOutcome>> RunWorkloadAsync(Microkernel kernel, WorkloadSpec workload, string faultyDriver, int seed, CancellationToken cancellationToken)
+    /// <summary>The NIC wired to a NIC device, by the scenario's manifests (its name, or null).</summary>
+    private static string? PeerOf(Scenario scenario, string path) =>
+        scenario.Drivers.SelectMany(d => d.Manifest.Devices)
+            .FirstOrDefault(d => d.Name.Equals(path, StringComparison.OrdinalIgnoreCase) || d.Links.Contains(path, StringComparer.OrdinalIgnoreCase))
+            ?.Hardware?.Peer;
+
+    private static async Task<IReadOnlyList<DeviceOutcome>> RunWorkloadAsync(Microkernel kernel, WorkloadSpec workload, string faultyDriver, int seed,
+        Func<string, string?> peerOf, CancellationToken cancellationToken)
     {
         using var limit = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
         limit.CancelAfter(WorkloadLimit);
@@ -129,7 +141,9 @@ public static class TrialRunner
             var info = kernel.GetDevice(path);
             var faulty = info?.Stack.Any(l => l.Driver == faultyDriver) ?? false;
             var clients = Enumerable.Range(0, workload.Clients)
-                .Select(c => RunClientAsync(kernel, path, info, workload, c, CampaignPlan.Mix(seed, 1000 + (d * 64) + c), limit.Token))
+                .Select(c => info?.Type == DeviceType.Network && peerOf(path) is { } peer
+                    ? RunNicClientAsync(kernel, path, peer, workload, CampaignPlan.Mix(seed, 1000 + (d * 64) + c), limit.Token)
+                    : RunClientAsync(kernel, path, info, workload, c, CampaignPlan.Mix(seed, 1000 + (d * 64) + c), limit.Token))
                 .ToList();
             devices.Add(Task.WhenAll(clients).ContinueWith(
                 t => t.Result.Aggregate(new DeviceOutcome(path, faulty, 0, 0, 0, 0), (sum, c) => sum with
@@ -179,7 +193,9 @@ public static class TrialRunner
             for (var i = 0; i < workload.RequestsPerClient; i++)
             {
                 issued = i + 1;
-                var read = random.NextDouble() < workload.ReadFraction;
+                // A NIC is written to (each write sends a frame to its peer); reading one would
+                // wait for a frame nobody sends.
+                var read = random.NextDouble() < workload.ReadFraction && info?.Type != DeviceType.Network;
                 var block = disk ? (client * blocks) + random.NextInt64(blocks) : 0;
                 var offset = block * workload.RequestBytes;
                 byte[]? data = null;
@@ -240,6 +256,65 @@ public static class TrialRunner
         {
             await Task.Delay(10, cancellationToken).ConfigureAwait(false);
         }
+    }
+
+    /// <summary>A client of a NIC: each request posts a receive on the wired peer, sends a frame
+    /// (60 to 1514 bytes), and checks the frame arrived whole (when it is the only client: with
+    /// several, a frame may land in another client's receive).</summary>
+    private static async Task<DeviceOutcome> RunNicClientAsync(Microkernel kernel, string path, string peer, WorkloadSpec workload, int seed, CancellationToken limit)
+    {
+        var random = new Random(seed);
+        int failed = 0, lost = 0, verifyErrors = 0, issued = 0;
+        DeviceHandle nic, other;
+        try
+        {
+            nic = await kernel.OpenAsync(path, limit).ConfigureAwait(false);
+            other = await kernel.OpenAsync(peer, limit).ConfigureAwait(false);
+        }
+        catch (Exception ex) when (ex is IoException or OperationCanceledException)
+        {
+            return new DeviceOutcome(path, false, 1, 1, 0, 0);
+        }
+
+        await using (nic.ConfigureAwait(false))
+        await using (other.ConfigureAwait(false))
+        {
+            for (var i = 0; i < workload.RequestsPerClient; i++)
+            {
+                issued = i + 1;
+                var frame = new byte[Math.Clamp(workload.RequestBytes, 60, 1514) - random.Next(0, 40)];
+                random.NextBytes(frame);
+                var buffer = new byte[2048];
+                try
+                {
+                    var receive = other.ReadAsync(buffer, 0, CancellationToken.None);
+                    var sent = await nic.WriteAsync(frame, 0, CancellationToken.None).WaitAsync(Timeout.InfiniteTimeSpan, limit).ConfigureAwait(false);
+                    if (!sent.IsSuccess)
+                    {
+                        failed++;
+                        other.CancelIo();
+                    }
+
+                    var received = await receive.WaitAsync(Timeout.InfiniteTimeSpan, limit).ConfigureAwait(false);
+                    if (sent.IsSuccess && !received.IsSuccess)
+                    {
+                        failed++;
+                    }
+                    else if (sent.IsSuccess && workload.Verify && workload.Clients == 1
+                        && (received.Information != frame.Length || !buffer.AsSpan(0, frame.Length).SequenceEqual(frame)))
+                    {
+                        verifyErrors++;
+                    }
+                }
+                catch (OperationCanceledException)
+                {
+                    lost++;
+                    break;
+                }
+            }
+        }
+
+        return new DeviceOutcome(path, false, issued, failed, lost, verifyErrors);
     }
 
     /// <summary>Waits (bounded) until no driver is between states: restarted, quarantined or failed.</summary>

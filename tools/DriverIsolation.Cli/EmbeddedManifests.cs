@@ -7,6 +7,9 @@ internal static class EmbeddedManifests
 {
     public static readonly string[] SampleNames = ["Null", "RamDisk", "Echo", "XorFilter", "VBlock", "VNic"];
 
+    /// <summary>Sample drivers that scenarios name but the demo and serve do not boot.</summary>
+    public static readonly string[] ScenarioNames = ["Sensor"];
+
     public static IReadOnlyList<DriverManifest> Samples() => [.. SampleNames.Select(Load)];
 
     public static DriverManifest Load(string name)

@@ -69,8 +69,9 @@ internal static class CampaignCommands
             return ManifestLoader.LoadFile(reference);
         }
 
-        var sample = EmbeddedManifests.SampleNames.FirstOrDefault(n => n.Equals(reference, StringComparison.OrdinalIgnoreCase))
-            ?? throw new KeyNotFoundException($"not a sample driver ({string.Join(", ", EmbeddedManifests.SampleNames)}) nor a path to a .json manifest");
+        string[] names = [.. EmbeddedManifests.SampleNames, .. EmbeddedManifests.ScenarioNames];
+        var sample = names.FirstOrDefault(n => n.Equals(reference, StringComparison.OrdinalIgnoreCase))
+            ?? throw new KeyNotFoundException($"not a sample driver ({string.Join(", ", names)}) nor a path to a .json manifest");
         return EmbeddedManifests.Load(sample);
     }
 
