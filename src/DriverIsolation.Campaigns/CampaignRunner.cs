@@ -71,7 +71,7 @@ public sealed class CampaignRunner(Scenario scenario, Func<TrialSpec, ProcessSta
         }
 
         // The trial process died or hung: the kernel in it went down with the fault.
-        var fault = scenario.Faults[trial.FaultIndex];
+        var fault = TrialRunner.Resolve(scenario.Faults[trial.FaultIndex], trial.Seed);
         var devices = scenario.Workload.Devices;
         var reason = timedOut
             ? $"the kernel process did not finish within {trialTimeout.TotalSeconds:F0} s (hung): killed"
@@ -105,17 +105,10 @@ public sealed class CampaignRunner(Scenario scenario, Func<TrialSpec, ProcessSta
         };
     }
 
-    /// <summary>Devices whose stack does not include the faulty driver, by the manifests: the
-    /// devices it creates and, for a filter, the devices it attaches to (by name or link).</summary>
     private int CountInnocent(IReadOnlyList<string> devices, string faultyDriver)
     {
-        var manifest = scenario.Drivers.First(d => d.Manifest.Name == faultyDriver).Manifest;
-        var names = manifest.Devices.Select(d => d.Name).Concat(manifest.AttachTo).ToHashSet(StringComparer.OrdinalIgnoreCase);
-        var stacks = scenario.Drivers.SelectMany(d => d.Manifest.Devices)
-            .Where(d => names.Contains(d.Name) || d.Links.Any(names.Contains))
-            .SelectMany(d => d.Links.Prepend(d.Name))
-            .ToHashSet(StringComparer.OrdinalIgnoreCase);
-        return devices.Count(d => !stacks.Contains(d));
+        var faulty = scenario.DevicesOf(faultyDriver);
+        return devices.Count(d => !faulty.Contains(d));
     }
 
     private static string Describe(int exitCode) => exitCode switch

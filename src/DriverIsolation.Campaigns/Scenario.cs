@@ -31,6 +31,19 @@ public sealed record Scenario
     public required IReadOnlyList<IsolationModel> Isolation { get; init; }
 
     public required IReadOnlyList<Kernel.Hardware.IommuMode> Iommu { get; init; }
+
+    /// <summary>The devices (names and links) whose stack holds <paramref name="driver"/>, by
+    /// the manifests: those it creates and, for a filter, those it attaches to. A device that
+    /// never came up (its driver quarantined at boot) is still the faulty driver's.</summary>
+    public IReadOnlySet<string> DevicesOf(string driver)
+    {
+        var manifest = Drivers.First(d => d.Manifest.Name.Equals(driver, StringComparison.OrdinalIgnoreCase)).Manifest;
+        var names = manifest.Devices.Select(d => d.Name).Concat(manifest.AttachTo).ToHashSet(StringComparer.OrdinalIgnoreCase);
+        return Drivers.SelectMany(d => d.Manifest.Devices)
+            .Where(d => names.Contains(d.Name) || d.Links.Any(names.Contains))
+            .SelectMany(d => d.Links.Prepend(d.Name))
+            .ToHashSet(StringComparer.OrdinalIgnoreCase);
+    }
 }
 
 /// <summary>The simulated machine: physical memory and the IOMMU's mode when the scenario

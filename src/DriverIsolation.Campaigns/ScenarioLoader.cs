@@ -240,7 +240,7 @@ public static class ScenarioLoader
     private static ScenarioFault ReadFault(Node node, List<ScenarioDriver> drivers)
     {
         node.Object(["type", "driver", "trigger", "repeat", "parameters"]);
-        var type = node.Required("type").Enum([.. FaultTypes.All]);
+        var type = node.Required("type").Enum([.. FaultTypes.All, FaultTypes.Random]);
         var driverNode = node.Required("driver");
         var driver = driverNode.String(nonEmpty: true);
         if (!drivers.Any(d => d.Manifest.Name.Equals(driver, StringComparison.OrdinalIgnoreCase)))

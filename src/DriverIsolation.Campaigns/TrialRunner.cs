@@ -32,7 +32,7 @@ public static class TrialRunner
     public static async Task<TrialVerdict> RunAsync(Scenario scenario, TrialSpec spec, ILoggerFactory? loggerFactory = null,
         Action<KernelEvent>? onEvent = null, Action? onBooted = null, CancellationToken cancellationToken = default)
     {
-        var fault = scenario.Faults[spec.FaultIndex];
+        var fault = Resolve(scenario.Faults[spec.FaultIndex], spec.Seed);
         var options = new KernelOptions
         {
             IommuMode = spec.Iommu,
@@ -77,8 +77,8 @@ public static class TrialRunner
         }
 
         var outcomes = bootFailure is null && kernel.BugCheckReason is null
-            ? await RunWorkloadAsync(kernel, scenario.Workload, fault.Driver, spec.Seed, path => PeerOf(scenario, path), cancellationToken).ConfigureAwait(false)
-            : [.. scenario.Workload.Devices.Select(d => new DeviceOutcome(d, IsFaulty(kernel, d, fault.Driver), 0, 0, 0, 0))];
+            ? await RunWorkloadAsync(kernel, scenario.Workload, scenario.DevicesOf(fault.Driver), spec.Seed, path => PeerOf(scenario, path), cancellationToken).ConfigureAwait(false)
+            : [.. scenario.Workload.Devices.Select(d => new DeviceOutcome(d, scenario.DevicesOf(fault.Driver).Contains(d), 0, 0, 0, 0))];
         await SettleAsync(kernel, cancellationToken).ConfigureAwait(false);
 
         var integrity = kernel.VerifyKernelMemory();
@@ -120,8 +120,17 @@ public static class TrialRunner
         };
     }
 
-    private static bool IsFaulty(Microkernel kernel, string device, string faultyDriver) =>
-        kernel.GetDevice(device)?.Stack.Any(l => l.Driver == faultyDriver) ?? false;
+    /// <summary>A <c>random</c> fault becomes one of the request faults, picked by the trial's seed.</summary>
+    public static ScenarioFault Resolve(ScenarioFault fault, int seed)
+    {
+        if (fault.Type != DriverHost.FaultTypes.Random)
+        {
+            return fault;
+        }
+
+        string[] pool = [.. DriverHost.FaultTypes.All.Where(t => t != "corrupt-content-update")];
+        return fault with { Type = pool[CampaignPlan.Mix(seed, 2) % pool.Length] };
+    }
 
     /// <summary>The NIC wired to a NIC device, by the scenario's manifests (its name, or null).</summary>
     private static string? PeerOf(Scenario scenario, string path) =>
@@ -129,7 +138,7 @@ public static class TrialRunner
             .FirstOrDefault(d => d.Name.Equals(path, StringComparison.OrdinalIgnoreCase) || d.Links.Contains(path, StringComparer.OrdinalIgnoreCase))
             ?.Hardware?.Peer;
 
-    private static async Task<IReadOnlyList<DeviceOutcome>> RunWorkloadAsync(Microkernel kernel, WorkloadSpec workload, string faultyDriver, int seed,
+    private static async Task<IReadOnlyList<DeviceOutcome>> RunWorkloadAsync(Microkernel kernel, WorkloadSpec workload, IReadOnlySet<string> faultyDevices, int seed,
         Func<string, string?> peerOf, CancellationToken cancellationToken)
     {
         using var limit = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
@@ -139,7 +148,7 @@ public static class TrialRunner
         {
             var path = workload.Devices[d];
             var info = kernel.GetDevice(path);
-            var faulty = info?.Stack.Any(l => l.Driver == faultyDriver) ?? false;
+            var faulty = faultyDevices.Contains(path);
             var clients = Enumerable.Range(0, workload.Clients)
                 .Select(c => info?.Type == DeviceType.Network && peerOf(path) is { } peer
                     ? RunNicClientAsync(kernel, path, peer, workload, CampaignPlan.Mix(seed, 1000 + (d * 64) + c), limit.Token)

@@ -348,10 +348,18 @@ internal sealed class ProcessHostChannel : IHostChannel
         _exited.TrySetResult(reason);
     }
 
-    private static TaskCompletionSource<(NtStatus, string?)> NewPending(ConcurrentDictionary<int, TaskCompletionSource<(NtStatus, string?)>> pending, int id)
+    /// <summary>A request to the host that waits for its answer. Registered before the exit
+    /// check: either the exit path sees it, or it sees the exit (a load sent to a host that
+    /// already died must not wait forever).</summary>
+    private TaskCompletionSource<(NtStatus, string?)> NewPending(ConcurrentDictionary<int, TaskCompletionSource<(NtStatus, string?)>> pending, int id)
     {
         var waiter = new TaskCompletionSource<(NtStatus, string?)>(TaskCreationOptions.RunContinuationsAsynchronously);
         pending[id] = waiter;
+        if (Volatile.Read(ref _exitReported) != 0)
+        {
+            waiter.TrySetResult((NtStatus.DriverProcessTerminated, "the host had already exited"));
+        }
+
         return waiter;
     }
 }

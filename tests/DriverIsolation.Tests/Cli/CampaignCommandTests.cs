@@ -101,6 +101,36 @@ public sealed class CampaignCommandTests : IDisposable
     }
 
     [Fact]
+    public async Task ChannelFile291_InKernelTheSystemDoesNotBoot_IsolatedItBootsInSafeModeAndServes()
+    {
+        var scenario = RepositoryFile("scenarios/channel-file-291.json");
+
+        var result = await Drviso.RunAsync("run", scenario, "--out", Out("cf"), "--trials", "1", "--parallel", "2");
+
+        Assert.True(result.ExitCode == 0, result.Output);
+        var verdicts = Verdicts("cf");
+        Assert.Equal(2, verdicts.Count);
+        var inKernel = verdicts.Single(v => v.Isolation == "in-kernel");
+        Assert.True(inKernel.FaultFired);
+        Assert.False(inKernel.Booted);
+        Assert.False(inKernel.SystemSurvived);
+        Assert.Contains("Sensor faulted in its DriverEntry: IndexOutOfRangeException", inKernel.Crash, StringComparison.Ordinal);
+
+        var isolated = verdicts.Single(v => v.Isolation == "process");
+        Assert.True(isolated.FaultFired);
+        Assert.True(isolated.Booted);
+        Assert.True(isolated.SystemSurvived, isolated.Crash);
+        Assert.True(isolated.SafeMode);
+        Assert.True(isolated.Quarantined);
+        Assert.Equal([@"\??\VBlock0", @"\??\Nic0"], isolated.Devices.Select(d => d.Device));
+        Assert.All(isolated.Devices, d =>
+        {
+            Assert.Equal(100, d.Requests);
+            Assert.Equal(0, d.Failed + d.Lost + d.VerifyErrors);
+        });
+    }
+
+    [Fact]
     public async Task Run_BadScenario_IsRefusedNamingTheField_AndNothingRuns()
     {
         var scenario = Path.Combine(_dir, "bad.json");
@@ -114,6 +144,19 @@ public sealed class CampaignCommandTests : IDisposable
     }
 
     private string Out(string name) => Path.Combine(_dir, name);
+
+    private static string RepositoryFile(string relative)
+    {
+        for (var dir = new DirectoryInfo(AppContext.BaseDirectory); dir is not null; dir = dir.Parent)
+        {
+            if (File.Exists(Path.Combine(dir.FullName, relative)))
+            {
+                return Path.Combine(dir.FullName, relative);
+            }
+        }
+
+        throw new FileNotFoundException(relative);
+    }
 
     private List<TrialVerdict> Verdicts(string name) =>
         JsonSerializer.Deserialize<List<TrialVerdict>>(File.ReadAllText(Path.Combine(Out(name), "trials.json")))!;

@@ -138,3 +138,26 @@ public sealed class FaultShimTests
         Faults = [new FaultSpec(0, fault, "requests", Good, false, 7, new Dictionary<string, string> { ["delayMs"] = "50" })],
     };
 }
+
+/// <summary>A driver that crashes its shared host at every load must not stall boot: the host's
+/// other drivers come back (in their own processes), the crasher ends quarantined.</summary>
+[Collection("processes")]
+public sealed class SharedHostBootCrashTests
+{
+    [Fact]
+    public async Task DriverCrashingItsSharedHostAtLoad_BootCompletes_TheOthersServe()
+    {
+        var crasher = TestManifests.Sample("Null") with
+        {
+            Recovery = new RecoveryPolicy { MaxFailures = 2, BackoffBase = TimeSpan.FromMilliseconds(1), BackoffMax = TimeSpan.FromMilliseconds(5) },
+            Faults = [new FaultSpec(0, "corrupt-content-update", "load", 0, false, 1, [])],
+        };
+        await using var kernel = new Microkernel();
+        await kernel.StartAsync([crasher, TestManifests.Sample("Echo"), TestManifests.Sample("RamDisk")], IsolationModel.SharedHost).Bounded();
+
+        Assert.Equal(DriverState.Quarantined, kernel.GetDrivers().Single(d => d.Name == "Null").State);
+        Assert.All(kernel.GetDrivers().Where(d => d.Name != "Null"), d => Assert.Equal(DriverState.Running, d.State));
+        await using var disk = await kernel.OpenAsync(@"\??\RamDisk0").Bounded();
+        Assert.Equal(NtStatus.Success, (await disk.WriteAsync(new byte[512]).Bounded()).Status);
+    }
+}

@@ -12,6 +12,10 @@ public static class FaultTypes
         "wrong-status", "garbage-information", "double-completion", "foreign-completion", "memory-leak",
         "malformed-frame", "corrupt-content-update",
     ];
+
+    /// <summary>In a scenario: one of the faults that act on requests, chosen per trial from the
+    /// trial's seed (the Nooks and MINIX 3 experiments injected random faults this way).</summary>
+    public const string Random = "random";
 }
 
 /// <summary>
