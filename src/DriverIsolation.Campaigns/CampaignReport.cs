@@ -114,7 +114,7 @@ public sealed record CampaignReport(
     }
 
     /// <summary>Writes report.json, trials.json (every verdict: what <c>drviso merge</c> reads),
-    /// trials.csv and report.md.</summary>
+    /// trials.csv, report.md and the figures (PNG and SVG).</summary>
     public void Write(string directory, IReadOnlyList<TrialVerdict> verdicts)
     {
         Directory.CreateDirectory(directory);
@@ -122,6 +122,7 @@ public sealed record CampaignReport(
         File.WriteAllText(Path.Combine(directory, "trials.json"), JsonSerializer.Serialize(verdicts.OrderBy(v => v.Index), Json));
         File.WriteAllText(Path.Combine(directory, "trials.csv"), Csv(verdicts));
         File.WriteAllText(Path.Combine(directory, "report.md"), Markdown());
+        CampaignPlots.Write(directory, verdicts);
     }
 
     public static string Csv(IReadOnlyList<TrialVerdict> verdicts)
@@ -174,6 +175,16 @@ public sealed record CampaignReport(
 
         md.AppendLine();
         md.AppendLine("A driver failure is a fired fault that showed: the driver's instance died, was quarantined, hung a request, failed its device's requests, or took the system down. Crashes prevented = 1 - system crashes / driver failures.");
+        md.AppendLine();
+        md.AppendLine("## Figures");
+        md.AppendLine();
+        md.AppendLine("![Blast radius by isolation model](blast-radius.png)");
+        md.AppendLine();
+        md.AppendLine("![Recovery-time CDF](recovery-cdf.png)");
+        md.AppendLine();
+        md.AppendLine("![System survival by fault type](survival-by-fault.png)");
+        md.AppendLine();
+        md.AppendLine("(Also as SVG beside this file. Per-trial data: trials.csv; the summary as data: report.json.)");
         return md.ToString();
 
         static string Pct(double fraction) => (fraction * 100).ToString("F1", CultureInfo.InvariantCulture) + " %";

@@ -56,7 +56,8 @@ public sealed record ScenarioDriver(DriverManifest Manifest, IsolationModel? Pin
 
 /// <summary>What the clients do: on each device, <see cref="Clients"/> clients each issue
 /// <see cref="RequestsPerClient"/> requests one after another, reads and writes in the given
-/// mix, each <see cref="RequestBytes"/> long; written data is checked when read back.</summary>
+/// mix, each <see cref="RequestBytes"/> long; written data is checked when read back. A request
+/// still outstanding <see cref="TimeLimitMs"/> after the workload started is lost.</summary>
 public sealed record WorkloadSpec(
     IReadOnlyList<string> Devices,
     int Clients,
@@ -64,7 +65,8 @@ public sealed record WorkloadSpec(
     double ReadFraction,
     int RequestBytes,
     int RatePerSecond,
-    bool Verify);
+    bool Verify,
+    int TimeLimitMs = 20_000);
 
 /// <summary>A fault: its type, the driver it is injected into, and its trigger.</summary>
 public sealed record ScenarioFault(string Type, string Driver, FaultTrigger Trigger, bool Repeat, IReadOnlyDictionary<string, string> Parameters);

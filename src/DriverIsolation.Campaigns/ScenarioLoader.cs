@@ -194,7 +194,7 @@ public static class ScenarioLoader
 
     private static WorkloadSpec ReadWorkload(Node node, HashSet<string> devices)
     {
-        node.Object(["devices", "clients", "requests", "mix", "requestBytes", "ratePerSecond", "verify"]);
+        node.Object(["devices", "clients", "requests", "mix", "requestBytes", "ratePerSecond", "verify", "timeLimitMs"]);
         var names = new List<string>();
         foreach (var device in node.Required("devices").Array(minimum: 1))
         {
@@ -234,7 +234,8 @@ public static class ScenarioLoader
             readFraction,
             bytes,
             node.Optional("ratePerSecond")?.Int(0, 10_000_000) ?? 0,
-            node.Optional("verify")?.Bool() ?? true);
+            node.Optional("verify")?.Bool() ?? true,
+            node.Optional("timeLimitMs")?.Int(1000, 3_600_000) ?? 20_000);
     }
 
     private static ScenarioFault ReadFault(Node node, List<ScenarioDriver> drivers)

@@ -16,9 +16,6 @@ namespace DriverIsolation.Campaigns;
 /// </summary>
 public static class TrialRunner
 {
-    /// <summary>How long a trial's workload may take before what is still outstanding counts as lost.</summary>
-    public static readonly TimeSpan WorkloadLimit = TimeSpan.FromSeconds(60);
-
     private static readonly KernelEventKind[] Detections =
     [
         KernelEventKind.HostExited, KernelEventKind.WatchdogKill, KernelEventKind.ProtocolViolation, KernelEventKind.IrpTimedOut,
@@ -47,7 +44,29 @@ public static class TrialRunner
                 : [],
         }).ToList();
 
-        await using var kernel = new Microkernel(options, loggerFactory ?? NullLoggerFactory.Instance);
+        var kernel = new Microkernel(options, loggerFactory ?? NullLoggerFactory.Instance);
+        try
+        {
+            return await RunInAsync(kernel, scenario, spec, fault, manifests, options, onEvent, onBooted, cancellationToken).ConfigureAwait(false);
+        }
+        finally
+        {
+            // A driver thread spinning in-kernel can keep the kernel from shutting down: the
+            // verdict is in, so the trial does not wait for it forever.
+            try
+            {
+                await kernel.DisposeAsync().AsTask().WaitAsync(TimeSpan.FromSeconds(10), CancellationToken.None).ConfigureAwait(false);
+            }
+            catch (TimeoutException)
+            {
+                // The process that hosts the trial exits anyway once the verdict is out.
+            }
+        }
+    }
+
+    private static async Task<TrialVerdict> RunInAsync(Microkernel kernel, Scenario scenario, TrialSpec spec, ScenarioFault fault, List<DriverManifest> manifests,
+        KernelOptions options, Action<KernelEvent>? onEvent, Action? onBooted, CancellationToken cancellationToken)
+    {
         if (onEvent is not null)
         {
             kernel.Events.Raised += onEvent;
@@ -142,17 +161,18 @@ public static class TrialRunner
         Func<string, string?> peerOf, CancellationToken cancellationToken)
     {
         using var limit = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
-        limit.CancelAfter(WorkloadLimit);
+        limit.CancelAfter(TimeSpan.FromMilliseconds(workload.TimeLimitMs));
         var devices = new List<Task<DeviceOutcome>>();
         for (var d = 0; d < workload.Devices.Count; d++)
         {
             var path = workload.Devices[d];
             var info = kernel.GetDevice(path);
             var faulty = faultyDevices.Contains(path);
+            var device = d;
             var clients = Enumerable.Range(0, workload.Clients)
-                .Select(c => info?.Type == DeviceType.Network && peerOf(path) is { } peer
-                    ? RunNicClientAsync(kernel, path, peer, workload, CampaignPlan.Mix(seed, 1000 + (d * 64) + c), limit.Token)
-                    : RunClientAsync(kernel, path, info, workload, c, CampaignPlan.Mix(seed, 1000 + (d * 64) + c), limit.Token))
+                .Select(c => Bounded(path, workload, Task.Run(() => info?.Type == DeviceType.Network && peerOf(path) is { } peer
+                    ? RunNicClientAsync(kernel, path, peer, workload, CampaignPlan.Mix(seed, 1000 + (device * 64) + c), limit.Token)
+                    : RunClientAsync(kernel, path, info, workload, c, CampaignPlan.Mix(seed, 1000 + (device * 64) + c), limit.Token), CancellationToken.None)))
                 .ToList();
             devices.Add(Task.WhenAll(clients).ContinueWith(
                 t => t.Result.Aggregate(new DeviceOutcome(path, faulty, 0, 0, 0, 0), (sum, c) => sum with
@@ -163,6 +183,21 @@ public static class TrialRunner
         }
 
         return await Task.WhenAll(devices).ConfigureAwait(false);
+    }
+
+    /// <summary>A client whose thread never comes back (an in-kernel driver spinning on the
+    /// caller's thread: the call itself does not return) is given up on after the workload's
+    /// limit: its request is lost to it.</summary>
+    private static async Task<DeviceOutcome> Bounded(string path, WorkloadSpec workload, Task<DeviceOutcome> client)
+    {
+        try
+        {
+            return await client.WaitAsync(TimeSpan.FromMilliseconds(workload.TimeLimitMs + 5000)).ConfigureAwait(false);
+        }
+        catch (TimeoutException)
+        {
+            return new DeviceOutcome(path, false, 1, 0, 1, 0);
+        }
     }
 
     /// <summary>One client: its requests one after another. On a disk it keeps to its own

@@ -94,6 +94,16 @@ public sealed class CampaignCommandTests : IDisposable
         Assert.Contains("| in-kernel | strict | 4 | 4 | 4 | 0 | 0.0 % |", markdown, StringComparison.Ordinal);
         Assert.Contains("| process | strict | 4 | 4 | 0 | 0 | 100.0 % |", markdown, StringComparison.Ordinal);
 
+        // The figures, as PNG and SVG.
+        foreach (var figure in new[] { "blast-radius", "recovery-cdf", "survival-by-fault" })
+        {
+            var png = await File.ReadAllBytesAsync(Path.Combine(Out("whole"), $"{figure}.png"));
+            Assert.Equal(new byte[] { 0x89, (byte)'P', (byte)'N', (byte)'G' }, png[..4]);
+            Assert.Contains("<svg", await File.ReadAllTextAsync(Path.Combine(Out("whole"), $"{figure}.svg")), StringComparison.Ordinal);
+        }
+
+        Assert.Contains("![Blast radius by isolation model](blast-radius.png)", markdown, StringComparison.Ordinal);
+
         // The same shard twice is refused.
         var twice = await Drviso.RunAsync("merge", Out("shard1"), Out("shard1"), "--out", Out("twice"));
         Assert.Equal(2, twice.ExitCode);
