@@ -169,6 +169,38 @@ public sealed class NbdTests : IDisposable
         Assert.DoesNotContain("unexpected error", serve.Output, StringComparison.Ordinal);
     }
 
+    [Fact]
+    public async Task Serve_Scenario_BootsItsMachineAndDrivers_AndExportsItsDisks()
+    {
+        await NbdTools.EnsureAsync();
+        var scenario = RepositoryFile("scenarios/channel-file-291.json");
+        await using var serve = await ServeProcess.StartAsync("--scenario", scenario, "--nbd", "127.0.0.1:0");
+
+        // The channel-file scenario's drivers, the sensor (its faults not armed) above the disk.
+        Assert.Contains("│ Sensor ", serve.Output, StringComparison.Ordinal);
+        Assert.Contains(", exports: VBlock0 (16777216 bytes)", serve.Output, StringComparison.Ordinal);
+        var io = await Tool("qemu-io", "-f", "raw", "-c", "write -P 0x29 4k 64k", "-c", "read -P 0x29 4k 64k", $"nbd://{serve.Endpoint}/VBlock0");
+        Assert.Equal(0, io.ExitCode);
+        Assert.Contains("read 65536/65536 bytes at offset 4096", io.Output, StringComparison.Ordinal);
+
+        var both = await Drviso.RunAsync("serve", "--scenario", scenario, "--manifests", _scratch, "--nbd", "off");
+        Assert.NotEqual(0, both.ExitCode);
+        Assert.Contains("--manifests and --scenario both name the drivers: give one", both.Output, StringComparison.Ordinal);
+    }
+
+    private static string RepositoryFile(string relative)
+    {
+        for (var dir = new DirectoryInfo(AppContext.BaseDirectory); dir is not null; dir = dir.Parent)
+        {
+            if (File.Exists(Path.Combine(dir.FullName, relative)))
+            {
+                return Path.Combine(dir.FullName, relative);
+            }
+        }
+
+        throw new FileNotFoundException(relative);
+    }
+
     private static Task<(int ExitCode, string Output)> Tool(string program, params string[] args) => NbdTools.RunAsync(program, args, ToolTimeout);
 
     private static async Task SendGoAsync(NetworkStream stream, string name)

@@ -1,6 +1,7 @@
 using System.CommandLine;
 using System.Globalization;
 using System.Net;
+using DriverIsolation.Campaigns;
 using DriverIsolation.Cli.Control;
 using DriverIsolation.Cli.Nbd;
 using DriverIsolation.Kernel;
@@ -20,10 +21,13 @@ internal static class ServeCommand
         var isolation = new Option<string?>("--isolation") { Description = "Run every driver in this model: in-kernel, shared-host or process" };
         isolation.AcceptOnlyFromAmong("in-kernel", "shared-host", "process");
         var verbose = new Option<bool>("--verbose") { Description = "Show the kernel's log" };
-        var iommu = new Option<string>("--iommu")
+        var iommu = new Option<string?>("--iommu")
         {
-            Description = "The IOMMU's mode: off (passthrough), strict (unmap invalidates at once) or lazy (batched invalidation)",
-            DefaultValueFactory = _ => "strict",
+            Description = "The IOMMU's mode: off (passthrough), strict (unmap invalidates at once, the default) or lazy (batched invalidation)",
+        };
+        var scenario = new Option<FileInfo?>("--scenario")
+        {
+            Description = "Boot the machine and drivers of a campaign scenario (docs/campaigns.md) instead of the samples; its faults are not armed",
         };
         iommu.AcceptOnlyFromAmong("off", "strict", "lazy");
         var nbd = new Option<string>("--nbd")
@@ -49,28 +53,52 @@ internal static class ServeCommand
         });
         var command = new Command("serve", "Boot a kernel and keep it running, its block devices exported over NBD; manage it with drviso drivers / quarantine / inject")
         {
-            manifests, isolation, iommu, nbd, chaos, verbose,
+            manifests, scenario, isolation, iommu, nbd, chaos, verbose,
         };
-        command.SetAction((parse, ct) => RunAsync(parse.GetValue(manifests), parse.GetValue(isolation),
-            Enum.Parse<Kernel.Hardware.IommuMode>(parse.GetValue(iommu)!, ignoreCase: true), parse.GetValue(nbd)!,
+        command.Validators.Add(r =>
+        {
+            if (r.GetValue(manifests) is not null && r.GetValue(scenario) is not null)
+            {
+                r.AddError("--manifests and --scenario both name the drivers: give one");
+            }
+        });
+        command.SetAction((parse, ct) => RunAsync(parse.GetValue(manifests), parse.GetValue(scenario), parse.GetValue(isolation),
+            parse.GetValue(iommu) is { } mode ? Enum.Parse<Kernel.Hardware.IommuMode>(mode, ignoreCase: true) : null, parse.GetValue(nbd)!,
             parse.GetValue(chaos) is { } every && Durations.TryParse(every, out var period) ? period : null, parse.GetValue(verbose), ct));
         return command;
     }
 
-    private static async Task<int> RunAsync(DirectoryInfo? folder, string? isolation, Kernel.Hardware.IommuMode iommuMode, string nbdEndpoint, TimeSpan? chaosEvery, bool verbose, CancellationToken stop)
+    private static async Task<int> RunAsync(DirectoryInfo? folder, FileInfo? scenarioFile, string? isolation, Kernel.Hardware.IommuMode? iommu, string nbdEndpoint,
+        TimeSpan? chaosEvery, bool verbose, CancellationToken stop)
     {
         IReadOnlyList<DriverManifest> manifests;
+        var options = new KernelOptions();
         try
         {
-            manifests = folder is null
-                ? EmbeddedManifests.Samples()
-                : [.. folder.EnumerateFiles("*.json").OrderBy(f => f.Name, StringComparer.Ordinal).Select(f => ManifestLoader.LoadFile(f.FullName))];
+            if (scenarioFile is not null)
+            {
+                // The scenario's machine and drivers, each in its pinned model or the first the
+                // scenario compares (--isolation overrides both).
+                var scenario = ScenarioLoader.LoadFile(scenarioFile.FullName, CampaignCommands.ResolveManifest);
+                manifests = [.. scenario.Drivers.Select(d => d.Manifest with { Isolation = d.PinnedIsolation ?? scenario.Isolation[0] })];
+                options.PhysicalMemoryBytes = scenario.Machine.MemoryMb << 20;
+                iommu ??= scenario.Machine.Iommu;
+            }
+            else
+            {
+                manifests = folder is null
+                    ? EmbeddedManifests.Samples()
+                    : [.. folder.EnumerateFiles("*.json").OrderBy(f => f.Name, StringComparer.Ordinal).Select(f => ManifestLoader.LoadFile(f.FullName))];
+            }
         }
-        catch (Exception ex) when (ex is ManifestException or DirectoryNotFoundException)
+        catch (Exception ex) when (ex is ManifestException or DirectoryNotFoundException or ScenarioException)
         {
             await Console.Error.WriteLineAsync($"drviso serve: {ex.Message}").ConfigureAwait(false);
             return 2;
         }
+
+        var iommuMode = iommu ?? Kernel.Hardware.IommuMode.Strict;
+        options.IommuMode = iommuMode;
 
         if (chaosEvery is not null)
         {
@@ -80,7 +108,7 @@ internal static class ServeCommand
         using var loggerFactory = LoggerFactory.Create(b => b
             .AddSimpleConsole(o => o.SingleLine = true)
             .SetMinimumLevel(verbose ? LogLevel.Information : LogLevel.Warning));
-        await using var kernel = new Microkernel(new KernelOptions { IommuMode = iommuMode }, loggerFactory);
+        await using var kernel = new Microkernel(options, loggerFactory);
         try
         {
             await kernel.StartAsync(manifests, isolation is null ? null : IsolationModels.Parse(isolation), stop).ConfigureAwait(false);
