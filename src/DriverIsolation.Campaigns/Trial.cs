@@ -58,10 +58,17 @@ public sealed record DeviceOutcome(
     [property: JsonPropertyName("requests")] int Requests,
     [property: JsonPropertyName("failed")] int Failed,
     [property: JsonPropertyName("lost")] int Lost,
-    [property: JsonPropertyName("verify_errors")] int VerifyErrors)
+    [property: JsonPropertyName("verify_errors")] int VerifyErrors,
+    [property: JsonPropertyName("driver_failed")] bool DriverFailed = false)
 {
+    /// <summary>A client saw it: a request failed, was lost or read back wrong.</summary>
     [JsonIgnore]
     public bool Hurt => Failed + Lost + VerifyErrors > 0;
+
+    /// <summary>In the blast radius: a client saw it, or a driver of its stack died (was
+    /// restarted, quarantined or failed) even if retries hid that from the clients.</summary>
+    [JsonIgnore]
+    public bool Affected => Hurt || DriverFailed;
 }
 
 /// <summary>
@@ -128,8 +135,11 @@ public sealed record TrialVerdict
 
     [JsonPropertyName("note")] public string? Note { get; init; }
 
-    /// <summary>The fields that must not change between runs of the same scenario and seed.</summary>
+    /// <summary>The fields that must not change between runs of the same scenario and seed.
+    /// Whether the faulty driver's own clients saw an error (<see cref="FaultyDeviceHurt"/>) and
+    /// whether a request outlived its deadline (<see cref="Hung"/>) are not among them: after a
+    /// crash they depend on whether the restart beat the requests' deadlines.</summary>
     public string VerdictKey() =>
-        string.Join('|', Index, Trial, Seed, Isolation, Iommu, Fault, Driver, FaultFired, SystemSurvived, Booted, SafeMode, FaultyDeviceHurt,
-            InnocentDevices, InnocentDevicesHurt, IrpsLost, DataVerified, Quarantined, Hung);
+        string.Join('|', Index, Trial, Seed, Isolation, Iommu, Fault, Driver, FaultFired, SystemSurvived, Booted, SafeMode,
+            InnocentDevices, InnocentDevicesHurt, IrpsLost, DataVerified, Quarantined);
 }

@@ -100,6 +100,14 @@ public static class TrialRunner
             : [.. scenario.Workload.Devices.Select(d => new DeviceOutcome(d, scenario.DevicesOf(fault.Driver).Contains(d), 0, 0, 0, 0))];
         await SettleAsync(kernel, cancellationToken).ConfigureAwait(false);
 
+        // Which devices lost a driver of their stack (restarted, quarantined, failed): in the
+        // blast radius even when retries hid it from their clients.
+        var failedDrivers = kernel.GetDrivers().Where(d => d.Restarts > 0 || d.State != DriverState.Running).Select(d => d.Name).ToList();
+        outcomes = [.. outcomes.Select(o => o with
+        {
+            DriverFailed = failedDrivers.Any(d => scenario.DevicesOf(d).Contains(o.Device)),
+        })];
+
         var integrity = kernel.VerifyKernelMemory();
         var crash = kernel.BugCheckReason ?? (integrity.Intact ? null : $"kernel memory corrupted: {integrity.Damage[0]}");
         var events = kernel.Events.Snapshot();
@@ -125,7 +133,7 @@ public static class TrialRunner
             SafeMode = kernel.SafeModeReason is not null,
             FaultyDeviceHurt = !booted || crash is not null || outcomes.Any(o => o.Faulty && o.Hurt),
             InnocentDevices = innocent.Count,
-            InnocentDevicesHurt = !booted || crash is not null ? innocent.Count : innocent.Count(o => o.Hurt),
+            InnocentDevicesHurt = !booted || crash is not null ? innocent.Count : innocent.Count(o => o.Affected),
             IrpsLost = outcomes.Sum(o => o.Lost),
             DataVerified = outcomes.All(o => o.VerifyErrors == 0),
             Restarts = driver?.Restarts ?? 0,
