@@ -276,8 +276,47 @@ public static class ScenarioLoader
             }
         }
 
-        return new ScenarioFault(type, drivers.First(d => d.Manifest.Name.Equals(driver, StringComparison.OrdinalIgnoreCase)).Manifest.Name,
-            trigger, node.Optional("repeat")?.Bool() ?? false, parameters);
+        var target = drivers.First(d => d.Manifest.Name.Equals(driver, StringComparison.OrdinalIgnoreCase));
+        CheckAim(node, type, target, drivers, parameters);
+        return new ScenarioFault(type, target.Manifest.Name, trigger, node.Optional("repeat")?.Bool() ?? false, parameters);
+    }
+
+    /// <summary>DMA faults program a block device, so their driver must drive one; a wild DMA into
+    /// another driver's buffer needs that driver's window to exist when the faulty driver loads
+    /// (drivers load in the order listed, filters last); an address given must be hexadecimal.</summary>
+    private static void CheckAim(Node node, string type, ScenarioDriver target, List<ScenarioDriver> drivers, Dictionary<string, string> parameters)
+    {
+        if (parameters.TryGetValue("address", out var address)
+            && !(address.StartsWith("0x", StringComparison.OrdinalIgnoreCase) && ulong.TryParse(address.AsSpan(2), System.Globalization.NumberStyles.AllowHexSpecifier, CultureInfo.InvariantCulture, out _)))
+        {
+            throw new FieldException(node.Field("parameters") + ".address", $"expected a hexadecimal address such as \"0x1100\", got \"{address}\"");
+        }
+
+        if (FaultTypes.Dma.Contains(type) && !target.Manifest.Devices.Any(d => d.Hardware?.Kind == "block"))
+        {
+            throw new FieldException(node.Field("type"), $"{type} programs a block device's DMA, and driver {target.Manifest.Name} drives no block hardware");
+        }
+
+        if (type != "wild-dma-other-driver" || parameters.ContainsKey("address"))
+        {
+            return;
+        }
+
+        var loadOrder = drivers.OrderBy(d => d.Manifest.IsFilter).ToList();
+        var earlier = loadOrder.Take(loadOrder.IndexOf(target)).SelectMany(d => d.Manifest.Devices).Where(d => d.Hardware is not null).Select(d => d.Name).ToList();
+        if (parameters.TryGetValue("device", out var device))
+        {
+            if (!earlier.Contains(device, StringComparer.OrdinalIgnoreCase))
+            {
+                throw new FieldException(node.Field("parameters") + ".device",
+                    $"expected a device with DMA hardware of a driver listed before {target.Manifest.Name} ({(earlier.Count == 0 ? "there is none" : string.Join(", ", earlier))}), got \"{device}\"");
+            }
+        }
+        else if (earlier.Count == 0)
+        {
+            throw new FieldException(node.Field("type"),
+                $"wild-dma-other-driver aims at another driver's DMA window: list a driver with DMA hardware (VNic, say) before {target.Manifest.Name} in drivers");
+        }
     }
 
     private static IsolationModel ParseIsolation(Node node) => IsolationModels.Parse(node.Enum(["in-kernel", "shared-host", "process"]));

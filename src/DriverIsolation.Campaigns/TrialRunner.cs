@@ -155,7 +155,9 @@ public static class TrialRunner
             return fault;
         }
 
-        string[] pool = [.. DriverHost.FaultTypes.All.Where(t => t != "corrupt-content-update")];
+        // Faults that act on any driver's requests: not the content update (a load fault), not
+        // the DMA faults (they need block hardware).
+        string[] pool = [.. DriverHost.FaultTypes.All.Where(t => t != "corrupt-content-update" && !DriverHost.FaultTypes.Dma.Contains(t))];
         return fault with { Type = pool[CampaignPlan.Mix(seed, 2) % pool.Length] };
     }
 

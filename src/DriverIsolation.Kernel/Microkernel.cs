@@ -144,6 +144,10 @@ public sealed class Microkernel : IAsyncDisposable
             }
 
             var driver = new KernelDriver(Interlocked.Increment(ref _nextDriverId), manifest, isolation, host ?? InKernel());
+            if (manifest.Faults.Count > 0)
+            {
+                driver.Aim = spec => _io.Machine?.Aim(driver, spec) ?? spec;
+            }
             lock (_gate)
             {
                 _drivers.Add(driver);

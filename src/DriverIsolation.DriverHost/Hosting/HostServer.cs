@@ -117,4 +117,7 @@ public sealed class HostServer : IKernelLink
         _connection.SendAndWait(new FaultInjected(driverId, index, fault, detail), TimeSpan.FromSeconds(2));
 
     bool IKernelLink.SendMalformedFrame(ReadOnlySpan<byte> bytes) => _connection.SendRaw(bytes);
+
+    /// <summary>A host has no mapping of the kernel's memory.</summary>
+    bool IKernelLink.WriteKernelMemory(ulong physicalAddress, ulong value) => false;
 }

@@ -117,5 +117,7 @@ internal static class HostWarmup
         }
 
         public bool SendMalformedFrame(ReadOnlySpan<byte> bytes) => false;
+
+        public bool WriteKernelMemory(ulong physicalAddress, ulong value) => false;
     }
 }

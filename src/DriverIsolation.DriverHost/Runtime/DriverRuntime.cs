@@ -1,5 +1,6 @@
 using System.Collections.Concurrent;
 using System.Reflection;
+using DriverIsolation.Hardware;
 using Microsoft.Extensions.Logging;
 
 namespace DriverIsolation.DriverHost;
@@ -61,14 +62,14 @@ public sealed class DriverRuntime : IDeviceStackPort
 
         var driver = (IDriver)Activator.CreateInstance(driverType)!;
         var driverObject = new DriverObject(name, parameters, _loggerFor(driverId, name));
-        var status = Enter(driverId, name, driver, driverObject, faults);
+        var (status, shim) = Enter(driverId, name, driver, driverObject, faults);
         if (!status.IsSuccess())
         {
             context.Unload();
             return (status, $"DriverEntry of {name} returned {status}");
         }
 
-        _drivers[driverId] = new LoadedDriver(driverId, driverObject, context);
+        _drivers[driverId] = new LoadedDriver(driverId, driverObject, context, shim);
         return (NtStatus.Success, null);
     }
 
@@ -79,24 +80,24 @@ public sealed class DriverRuntime : IDeviceStackPort
     {
         ArgumentNullException.ThrowIfNull(driver);
         var driverObject = new DriverObject(name, parameters, _loggerFor(driverId, name));
-        var status = Enter(driverId, name, driver, driverObject, faults);
+        var (status, shim) = Enter(driverId, name, driver, driverObject, faults);
         if (!status.IsSuccess())
         {
             return (status, $"DriverEntry of {name} returned {status}");
         }
 
-        return _drivers.TryAdd(driverId, new LoadedDriver(driverId, driverObject, null))
+        return _drivers.TryAdd(driverId, new LoadedDriver(driverId, driverObject, null, shim))
             ? (NtStatus.Success, null)
             : (NtStatus.InvalidParameter, $"driver id {driverId} is already loaded");
     }
 
     /// <summary>DriverEntry, behind the fault shim when the kernel sent a fault plan: load faults
     /// act in its place, the others wrap the dispatch table it filled in.</summary>
-    private NtStatus Enter(int driverId, string name, IDriver driver, DriverObject driverObject, IReadOnlyList<Protocol.FaultSpec>? faults)
+    private (NtStatus Status, FaultShim? Shim) Enter(int driverId, string name, IDriver driver, DriverObject driverObject, IReadOnlyList<Protocol.FaultSpec>? faults)
     {
         if (faults is not { Count: > 0 })
         {
-            return driver.DriverEntry(driverObject);
+            return (driver.DriverEntry(driverObject), null);
         }
 
         var shim = new FaultShim(driverId, name, faults, _link);
@@ -107,7 +108,7 @@ public sealed class DriverRuntime : IDeviceStackPort
             shim.Install(driverObject);
         }
 
-        return status;
+        return (status, shim);
     }
 
     /// <summary>Creates a device object for a loaded driver and runs its AddDevice.</summary>
@@ -129,7 +130,8 @@ public sealed class DriverRuntime : IDeviceStackPort
         {
             try
             {
-                device.Hardware = new HostDeviceHardware(deviceId, hardware, _link);
+                IDeviceHardware real = new HostDeviceHardware(deviceId, hardware, _link);
+                device.Hardware = driver.Shim?.Wrap(real) ?? real;
             }
             catch (IOException ex)
             {
@@ -228,7 +230,7 @@ public sealed class DriverRuntime : IDeviceStackPort
 
         foreach (var device in _devices.Values)
         {
-            (device.Hardware as IDisposable)?.Dispose();
+            ((device.Hardware is FaultyBlockHardware faulty ? faulty.Inner : device.Hardware) as IDisposable)?.Dispose();
         }
 
         _drivers.Clear();
@@ -238,7 +240,7 @@ public sealed class DriverRuntime : IDeviceStackPort
     /// <summary>A device interrupted: its driver's interrupt service routine runs on this thread.</summary>
     public void Interrupt(int deviceId, int vector)
     {
-        if (_devices.TryGetValue(deviceId, out var device) && device.Hardware is HostDeviceHardware hardware)
+        if (_devices.TryGetValue(deviceId, out var device) && (device.Hardware is FaultyBlockHardware faulty ? faulty.Inner : device.Hardware) is HostDeviceHardware hardware)
         {
             hardware.Interrupt(vector);
         }

@@ -27,4 +27,9 @@ public interface IKernelLink
     /// <summary>Sends bytes that are no valid frame (the malformed-frame fault). False where
     /// there is no pipe (in-kernel).</summary>
     bool SendMalformedFrame(ReadOnlySpan<byte> bytes);
+
+    /// <summary>A CPU store of 8 bytes at a physical address of the kernel's memory (the
+    /// wild-write fault). True where it landed: in-kernel, where the kernel's memory is the
+    /// driver's memory. False in a host, which has no mapping of it.</summary>
+    bool WriteKernelMemory(ulong physicalAddress, ulong value);
 }

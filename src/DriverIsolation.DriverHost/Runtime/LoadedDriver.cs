@@ -1,3 +1,3 @@
 namespace DriverIsolation.DriverHost;
 
-internal sealed record LoadedDriver(int DriverId, DriverObject DriverObject, DriverLoadContext? LoadContext);
+internal sealed record LoadedDriver(int DriverId, DriverObject DriverObject, DriverLoadContext? LoadContext, FaultShim? Shim = null);

@@ -184,6 +184,42 @@ internal sealed class Machine : IDisposable
         return null;
     }
 
+    /// <summary>A kernel structure's address: a word in the second canary frame, where a wild
+    /// store or DMA is caught by the integrity check.</summary>
+    public const long KernelTargetAddress = PhysicalMemory.FrameSize + 0x100;
+
+    /// <summary>
+    /// Fills in where an aimed fault goes, unless the scenario said (parameter "address"): a wild
+    /// write or a wild DMA into the kernel region at <see cref="KernelTargetAddress"/>; a wild DMA
+    /// into another driver's buffer at the start of the DMA window (where its queues and rings are)
+    /// of the device named by parameter "device", or else of the first device bound to another
+    /// driver. As a physical address: with the IOMMU off that is where the device writes; with it on,
+    /// the same number is an I/O address the driver's domain does not map. Left as it is when there is
+    /// nothing to aim at (no other driver's device is bound yet): the fault then never fires.
+    /// </summary>
+    public Protocol.FaultSpec Aim(KernelDriver driver, Protocol.FaultSpec spec)
+    {
+        if (spec.Parameters.ContainsKey("address"))
+        {
+            return spec;
+        }
+
+        long? target = spec.Fault switch
+        {
+            "wild-dma-kernel" or "wild-write" => KernelTargetAddress,
+            "wild-dma-other-driver" => _bindings.Values
+                .Where(b => b.Driver != driver && b.Driver.Name != driver.Name
+                    && (!spec.Parameters.TryGetValue("device", out var name) || b.Model.Name.Equals(name, StringComparison.OrdinalIgnoreCase)))
+                .OrderBy(b => b.DeviceId)
+                .Select(b => (long?)(b.Frame << PhysicalMemory.FrameShift))
+                .FirstOrDefault(),
+            _ => null,
+        };
+        return target is not { } address
+            ? spec
+            : spec with { Parameters = new Dictionary<string, string>(spec.Parameters) { ["address"] = string.Create(CultureInfo.InvariantCulture, $"0x{address:x}") } };
+    }
+
     /// <summary>The physical address and length of the DMA window a device's driver holds now.</summary>
     public (long Physical, int Length)? WindowOf(string deviceName)
     {

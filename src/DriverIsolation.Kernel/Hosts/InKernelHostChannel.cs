@@ -105,6 +105,19 @@ internal sealed class InKernelHostChannel : IHostChannel, IKernelLink
     /// <summary>In-kernel there is no pipe to send a malformed frame on.</summary>
     bool IKernelLink.SendMalformedFrame(ReadOnlySpan<byte> bytes) => false;
 
+    /// <summary>In-kernel the kernel's memory is the driver's memory: the store lands, and
+    /// nothing but the kernel's own integrity checks will notice.</summary>
+    bool IKernelLink.WriteKernelMemory(ulong physicalAddress, ulong value)
+    {
+        if (_io.Machine is not { } machine || physicalAddress > int.MaxValue || !machine.Memory.Contains((long)physicalAddress, sizeof(ulong)))
+        {
+            return false;
+        }
+
+        machine.Memory.WriteUInt64((long)physicalAddress, value);
+        return true;
+    }
+
     void IKernelLink.WriteRegister(int deviceId, int registerIndex, ulong value) =>
         HardwareRequest(_io.Machine?.WriteRegister(this, deviceId, registerIndex, value));
 

@@ -80,9 +80,13 @@ internal sealed class KernelDriver(int id, DriverManifest manifest, IsolationMod
     {
         lock (_faults)
         {
-            return [.. _faults];
+            return Aim is null ? [.. _faults] : [.. _faults.Select(Aim)];
         }
     }
+
+    /// <summary>Fills in the address an aimed fault (a wild write, a wild DMA) goes to, from the
+    /// machine's layout at load time.</summary>
+    public Func<Protocol.FaultSpec, Protocol.FaultSpec>? Aim { get; set; }
 
     /// <summary>The shim reported a fault it injected; true if the index is in the plan.</summary>
     public bool FaultFired(int index)

@@ -1,4 +1,6 @@
+using System.Globalization;
 using System.Runtime.CompilerServices;
+using DriverIsolation.Hardware;
 using DriverIsolation.Protocol;
 
 namespace DriverIsolation.DriverHost;
@@ -10,8 +12,23 @@ public static class FaultTypes
     [
         "unhandled-exception", "fail-fast", "stack-overflow", "hang", "infinite-loop", "slow-completion",
         "wrong-status", "garbage-information", "double-completion", "foreign-completion", "memory-leak",
-        "malformed-frame", "corrupt-content-update",
+        "malformed-frame", "corrupt-content-update", "wild-dma-kernel", "wild-dma-other-driver", "wild-dma-unmapped",
+        "dma-after-unmap", "wild-write",
     ];
+
+    /// <summary>Faults that program the driver's block device to DMA where it must not: they act
+    /// only on a driver bound to block hardware.</summary>
+    public static readonly IReadOnlySet<string> Dma = new HashSet<string>(StringComparer.Ordinal)
+    {
+        "wild-dma-kernel", "wild-dma-other-driver", "wild-dma-unmapped", "dma-after-unmap",
+    };
+
+    /// <summary>Faults aimed at an address the kernel fills in when it sends the plan (parameter
+    /// "address": a kernel structure, another driver's DMA window).</summary>
+    public static readonly IReadOnlySet<string> Aimed = new HashSet<string>(StringComparer.Ordinal)
+    {
+        "wild-dma-kernel", "wild-dma-other-driver", "wild-write",
+    };
 
     /// <summary>In a scenario: one of the faults that act on requests, chosen per trial from the
     /// trial's seed (the Nooks and MINIX 3 experiments injected random faults this way).</summary>
@@ -37,6 +54,8 @@ internal sealed class FaultShim
     private readonly Armed[] _faults;
     private readonly long _loadedAt = Environment.TickCount64;
     private readonly List<byte[]> _leaked = [];
+    private readonly List<FaultyBlockHardware> _hardware = [];
+    private readonly List<(string Fault, ulong? Address)> _armedAtLoad = [];
     private long _requests;
 
     public FaultShim(int driverId, string driverName, IReadOnlyList<FaultSpec> faults, IKernelLink link)
@@ -50,10 +69,53 @@ internal sealed class FaultShim
     /// <summary>Faults that act at load, in place of DriverEntry. Returns normally if none fires.</summary>
     public void OnLoad()
     {
-        foreach (var fault in _faults.Where(f => f.Spec.Trigger == "load"))
+        foreach (var fault in _faults.Where(f => f.Spec.Trigger == "load" && CanAct(f, atLoad: true)))
         {
             Fire(fault, "at load");
             Act(fault, irp: null, original: null);
+        }
+    }
+
+    /// <summary>Puts the shim between the driver and a device's hardware when the plan has a DMA
+    /// fault and the device is a block device; otherwise the hardware as it is.</summary>
+    public IDeviceHardware Wrap(IDeviceHardware hardware)
+    {
+        ArgumentNullException.ThrowIfNull(hardware);
+        if (hardware.Kind != "block" || !_faults.Any(f => FaultTypes.Dma.Contains(f.Spec.Fault)))
+        {
+            return hardware;
+        }
+
+        var faulty = new FaultyBlockHardware(hardware);
+        lock (_hardware)
+        {
+            _hardware.Add(faulty);
+            foreach (var (fault, address) in _armedAtLoad)
+            {
+                faulty.Arm(fault, address);
+            }
+        }
+
+        return faulty;
+    }
+
+    /// <summary>Whether a fault can act at all: a DMA fault needs block hardware to program (at
+    /// load, it arms the hardware the driver is given next), an aimed fault needs its address.</summary>
+    private bool CanAct(Armed fault, bool atLoad = false)
+    {
+        if (FaultTypes.Aimed.Contains(fault.Spec.Fault) && Address(fault.Spec) is null)
+        {
+            return false;
+        }
+
+        if (!FaultTypes.Dma.Contains(fault.Spec.Fault) || atLoad)
+        {
+            return true;
+        }
+
+        lock (_hardware)
+        {
+            return _hardware.Count > 0;
         }
     }
 
@@ -78,7 +140,7 @@ internal sealed class FaultShim
         var count = Interlocked.Increment(ref _requests);
         foreach (var fault in _faults)
         {
-            if (fault.ShouldFire(count, Environment.TickCount64 - _loadedAt))
+            if (CanAct(fault) && fault.ShouldFire(count, Environment.TickCount64 - _loadedAt))
             {
                 Fire(fault, $"on {irp.MajorFunction} IRP {irp.Id} (request {count} since load)");
                 return Act(fault, irp, original);
@@ -94,7 +156,8 @@ internal sealed class FaultShim
     }
 
     private void Fire(Armed fault, string when) =>
-        _link.FaultInjected(_driverId, fault.Spec.Index, fault.Spec.Fault, $"{fault.Spec.Fault} in {_driverName} {when}");
+        _link.FaultInjected(_driverId, fault.Spec.Index, fault.Spec.Fault,
+            $"{fault.Spec.Fault} in {_driverName} {when}{(Address(fault.Spec) is { } address ? $", aimed at 0x{address:x}" : "")}");
 
     private NtStatus Act(Armed fault, Irp? irp, DispatchRoutine? original)
     {
@@ -124,6 +187,26 @@ internal sealed class FaultShim
 
             case "memory-leak":
                 Leak(fault);
+                break;
+            case "wild-dma-kernel" or "wild-dma-other-driver" or "wild-dma-unmapped" or "dma-after-unmap":
+                // The next transfer the driver queues goes where the fault says; the request that
+                // fired it goes on to the driver as usual.
+                lock (_hardware)
+                {
+                    if (irp is null)
+                    {
+                        _armedAtLoad.Add((spec.Fault, Address(spec)));
+                    }
+
+                    foreach (var hardware in _hardware)
+                    {
+                        hardware.Arm(spec.Fault, Address(spec));
+                    }
+                }
+
+                break;
+            case "wild-write":
+                WildWrite(Address(spec)!.Value);
                 break;
             case "malformed-frame":
                 _link.SendMalformedFrame([0xFF, 0xFF, 0xFF, 0x7F, 0xC1, 0xC1, 0xC1, 0xC1]);
@@ -170,6 +253,30 @@ internal sealed class FaultShim
 
         _leaked.Add(chunk);
     }
+
+    /// <summary>A CPU store into kernel memory. In-kernel the kernel's memory is this process's
+    /// memory and the store lands; a host process has no mapping of it (the kernel region's
+    /// addresses are below the lowest address a process may map), so the same store faults and the
+    /// host dies as a real one does on a bad pointer.</summary>
+    private void WildWrite(ulong address)
+    {
+        const ulong Scribble = 0xDEAD_BEEF_DEAD_BEEF;
+        if (_link.WriteKernelMemory(address, Scribble))
+        {
+            return;
+        }
+
+        unsafe
+        {
+            *(ulong*)(nuint)address = Scribble;
+        }
+    }
+
+    private static ulong? Address(FaultSpec spec) =>
+        spec.Parameters.TryGetValue("address", out var text) && text.StartsWith("0x", StringComparison.OrdinalIgnoreCase)
+            && ulong.TryParse(text.AsSpan(2), NumberStyles.AllowHexSpecifier, CultureInfo.InvariantCulture, out var address)
+            ? address
+            : null;
 
     [MethodImpl(MethodImplOptions.NoInlining)]
     private static NtStatus Recurse(int depth)
