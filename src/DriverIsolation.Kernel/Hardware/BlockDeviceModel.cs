@@ -64,6 +64,8 @@ public sealed class BlockDeviceModel : DeviceModel
         }
     }
 
+    public override ulong? WorkRing => _sqBase == 0 ? null : _sqBase;
+
     public override void WriteRegister(int registerIndex, ulong value)
     {
         lock (_gate)

@@ -37,6 +37,11 @@ public abstract class DeviceModel(string name, RequesterId requester, DmaEngine 
     /// Done when the driver goes away, before its IOMMU domain is torn down.</summary>
     public abstract void Reset();
 
+    /// <summary>The device address of the ring the device takes its work from (a NIC's receive
+    /// ring, a block device's submission queue) as its driver programmed it; null before that.
+    /// What a stray DMA from another device hurts most.</summary>
+    public virtual ulong? WorkRing => null;
+
     protected void RaiseInterrupt(int vector) => Volatile.Read(ref _interrupt)?.Invoke(vector);
 
     protected bool Read(ulong address, Span<byte> destination) => Count(dma.TryRead(requester, address, destination));

@@ -191,7 +191,7 @@ internal sealed class Machine : IDisposable
     /// <summary>
     /// Fills in where an aimed fault goes, unless the scenario said (parameter "address"): a wild
     /// write or a wild DMA into the kernel region at <see cref="KernelTargetAddress"/>; a wild DMA
-    /// into another driver's buffer at the start of the DMA window (where its queues and rings are)
+    /// into another driver's buffer at the work ring (a NIC's receive ring, a disk's submission queue)
     /// of the device named by parameter "device", or else of the first device bound to another
     /// driver. As a physical address: with the IOMMU off that is where the device writes; with it on,
     /// the same number is an I/O address the driver's domain does not map. Left as it is when there is
@@ -211,13 +211,23 @@ internal sealed class Machine : IDisposable
                 .Where(b => b.Driver != driver && b.Driver.Name != driver.Name
                     && (!spec.Parameters.TryGetValue("device", out var name) || b.Model.Name.Equals(name, StringComparison.OrdinalIgnoreCase)))
                 .OrderBy(b => b.DeviceId)
-                .Select(b => (long?)(b.Frame << PhysicalMemory.FrameShift))
+                .Select(b => (long?)WorkRingPhysical(b))
                 .FirstOrDefault(),
             _ => null,
         };
         return target is not { } address
             ? spec
             : spec with { Parameters = new Dictionary<string, string>(spec.Parameters) { ["address"] = string.Create(CultureInfo.InvariantCulture, $"0x{address:x}") } };
+    }
+
+    /// <summary>Where a device's work ring is in physical memory (the start of its window if its
+    /// driver has not programmed one yet).</summary>
+    private static long WorkRingPhysical(DeviceBinding binding)
+    {
+        var start = binding.Frame << PhysicalMemory.FrameShift;
+        return binding.Model.WorkRing is { } ring && ring >= binding.DeviceAddress && ring - binding.DeviceAddress < (ulong)binding.Pages * PhysicalMemory.FrameSize
+            ? start + (long)(ring - binding.DeviceAddress)
+            : start;
     }
 
     /// <summary>The physical address and length of the DMA window a device's driver holds now.</summary>

@@ -52,6 +52,17 @@ public sealed class NicModel : DeviceModel
 
     public long FramesDropped => Interlocked.Read(ref _dropped);
 
+    public override ulong? WorkRing
+    {
+        get
+        {
+            lock (_rx)
+            {
+                return _rxBase == 0 ? null : _rxBase;
+            }
+        }
+    }
+
     public override void WriteRegister(int registerIndex, ulong value)
     {
         switch (registerIndex)
