@@ -99,6 +99,12 @@ public static class TrialRunner
             ? await RunWorkloadAsync(kernel, scenario.Workload, scenario.DevicesOf(fault.Driver), spec.Seed, path => PeerOf(scenario, path), cancellationToken).ConfigureAwait(false)
             : [.. scenario.Workload.Devices.Select(d => new DeviceOutcome(d, scenario.DevicesOf(fault.Driver).Contains(d), 0, 0, 0, 0))];
         await SettleAsync(kernel, cancellationToken).ConfigureAwait(false);
+        if (bootFailure is null && kernel.BugCheckReason is null)
+        {
+            outcomes = await Task.WhenAll(outcomes.Select(o => o.Faulty
+                ? Task.FromResult(o)
+                : ProbeAsync(kernel, scenario.Workload, o, spec.Seed, path => PeerOf(scenario, path)))).ConfigureAwait(false);
+        }
 
         // Which devices lost a driver of their stack (restarted, quarantined, failed): in the
         // blast radius even when retries hid it from their clients.
@@ -193,6 +199,29 @@ public static class TrialRunner
         }
 
         return await Task.WhenAll(devices).ConfigureAwait(false);
+    }
+
+    /// <summary>
+    /// One last request to an innocent device once the workload is over and the system settled (a
+    /// write; on a NIC, one frame to its peer, checked). Damage that outlives the workload (a ring
+    /// that a stray DMA overwrote, say) then shows whether or not the workload happened to use the
+    /// damaged part before it ended, so the verdict does not depend on that timing.
+    /// </summary>
+    private static async Task<DeviceOutcome> ProbeAsync(Microkernel kernel, WorkloadSpec workload, DeviceOutcome outcome, int seed, Func<string, string?> peerOf)
+    {
+        var probe = workload with { Clients = 1, RequestsPerClient = 1, ReadFraction = 0, TimeLimitMs = 5000 };
+        using var limit = new CancellationTokenSource(TimeSpan.FromMilliseconds(probe.TimeLimitMs));
+        var info = kernel.GetDevice(outcome.Device);
+        var result = await Bounded(outcome.Device, probe, Task.Run(() => info?.Type == DeviceType.Network && peerOf(outcome.Device) is { } peer
+            ? RunNicClientAsync(kernel, outcome.Device, peer, probe, CampaignPlan.Mix(seed, 3), limit.Token)
+            : RunClientAsync(kernel, outcome.Device, info, probe, 0, CampaignPlan.Mix(seed, 3), limit.Token), CancellationToken.None)).ConfigureAwait(false);
+        return outcome with
+        {
+            Requests = outcome.Requests + result.Requests,
+            Failed = outcome.Failed + result.Failed,
+            Lost = outcome.Lost + result.Lost,
+            VerifyErrors = outcome.VerifyErrors + result.VerifyErrors,
+        };
     }
 
     /// <summary>A client whose thread never comes back (an in-kernel driver spinning on the
@@ -312,6 +341,12 @@ public static class TrialRunner
         }
     }
 
+    /// <summary>How long a NIC client waits for a frame it sent to arrive at the peer.</summary>
+    private static readonly TimeSpan FrameTimeout = TimeSpan.FromSeconds(2);
+
+    /// <summary>Failed frames after which a NIC client takes the link for broken.</summary>
+    private const int DroppedFramesLinkDown = 3;
+
     /// <summary>A client of a NIC: each request posts a receive on the wired peer, sends a frame
     /// (60 to 1514 bytes), and checks the frame arrived whole (when it is the only client: with
     /// several, a frame may land in another client's receive).</summary>
@@ -330,6 +365,7 @@ public static class TrialRunner
             return new DeviceOutcome(path, false, 1, 1, 0, 0);
         }
 
+        var dropped = 0;
         await using (nic.ConfigureAwait(false))
         await using (other.ConfigureAwait(false))
         {
@@ -345,17 +381,26 @@ public static class TrialRunner
                     var sent = await nic.WriteAsync(frame, 0, CancellationToken.None).WaitAsync(Timeout.InfiniteTimeSpan, limit).ConfigureAwait(false);
                     if (!sent.IsSuccess)
                     {
-                        failed++;
                         other.CancelIo();
                     }
 
-                    var received = await receive.WaitAsync(Timeout.InfiniteTimeSpan, limit).ConfigureAwait(false);
-                    if (sent.IsSuccess && !received.IsSuccess)
+                    var received = await ReceiveAsync(other, receive, limit).ConfigureAwait(false);
+                    if (!sent.IsSuccess || received is not { IsSuccess: true })
                     {
+                        // Not sent, or sent and never received (dropped). A link that fails a
+                        // few frames is broken: the client stops, its remaining frames failed
+                        // (waiting out every failure would run into the workload's time limit,
+                        // and what was lost would depend on how far it got).
                         failed++;
+                        if (++dropped == DroppedFramesLinkDown)
+                        {
+                            failed += workload.RequestsPerClient - issued;
+                            issued = workload.RequestsPerClient;
+                            break;
+                        }
                     }
-                    else if (sent.IsSuccess && workload.Verify && workload.Clients == 1
-                        && (received.Information != frame.Length || !buffer.AsSpan(0, frame.Length).SequenceEqual(frame)))
+                    else if (workload.Verify && workload.Clients == 1
+                        && (received.Value.Information != frame.Length || !buffer.AsSpan(0, frame.Length).SequenceEqual(frame)))
                     {
                         verifyErrors++;
                     }
@@ -369,6 +414,31 @@ public static class TrialRunner
         }
 
         return new DeviceOutcome(path, false, issued, failed, lost, verifyErrors);
+    }
+
+    /// <summary>The receive of a sent frame; null if no frame came within
+    /// <see cref="FrameTimeout"/> (the receive is cancelled: a dropped frame is a failure of the
+    /// link, not a request the kernel lost).</summary>
+    private static async Task<IoResult?> ReceiveAsync(DeviceHandle other, Task<IoResult> receive, CancellationToken limit)
+    {
+        try
+        {
+            return await receive.WaitAsync(FrameTimeout, limit).ConfigureAwait(false);
+        }
+        catch (TimeoutException)
+        {
+            other.CancelIo();
+            try
+            {
+                // A driver that does not cancel a posted receive keeps it: the client moves on.
+                await receive.WaitAsync(FrameTimeout, limit).ConfigureAwait(false);
+            }
+            catch (TimeoutException)
+            {
+            }
+
+            return null;
+        }
     }
 
     /// <summary>Waits (bounded) until no driver is between states: restarted, quarantined or failed.</summary>
