@@ -21,7 +21,7 @@ internal static class CampaignCommands
         var output = new Option<DirectoryInfo>("--out") { Description = "Where the reports go", Required = true };
         var seed = new Option<int?>("--seed") { Description = "Overrides the scenario's seed" };
         var trials = new Option<int?>("--trials") { Description = "Overrides the scenario's trials per cell" };
-        var parallel = new Option<int>("--parallel") { Description = "Trials at a time", DefaultValueFactory = _ => Math.Max(1, Environment.ProcessorCount / 2) };
+        var parallel = new Option<int>("--parallel") { Description = "Trials at a time (default: one per core: a trial mostly waits on deadlines and restarts)", DefaultValueFactory = _ => Environment.ProcessorCount };
         var shard = new Option<string?>("--shard") { Description = "Run slice k of N (k/N, 1-based) of the trials; merge the slices with drviso merge" };
         shard.Validators.Add(r =>
         {
