@@ -1,7 +1,9 @@
 namespace DriverIsolation.Kernel;
 
 /// <summary>A loaded driver, where it runs, and how it is doing.</summary>
-public sealed record DriverInfo(string Name, IsolationModel Isolation, string Host, int ProcessId, DriverState State, string? Failure, int Restarts);
+/// <param name="Transport">How requests reach its host now (in-kernel: the pipe's place is a direct call; reported as Pipe).</param>
+public sealed record DriverInfo(string Name, IsolationModel Isolation, string Host, int ProcessId, DriverState State, string? Failure, int Restarts,
+    Transport Transport = Transport.Pipe);
 
 /// <summary>A device, its links, its stack (top first) and its completed requests by status.</summary>
 public sealed record DeviceInfo(string Name, DeviceType Type, IReadOnlyList<string> Links, IReadOnlyList<DeviceLayerInfo> Stack,

@@ -12,6 +12,21 @@ public sealed class KernelOptions
     /// needs ~50 ms on an idle machine, far more on a loaded one).</summary>
     public TimeSpan HostStartTimeout { get; set; } = TimeSpan.FromSeconds(30);
 
+    /// <summary>The transport of a driver whose manifest names none. Default the named pipe.</summary>
+    public Transport Transport { get; set; } = Transport.Pipe;
+
+    /// <summary>Bytes of each of a host's two shared-memory rings (ring transport): a power of
+    /// two, at least twice <see cref="MaxFrameSize"/>. Default 4 MiB.</summary>
+    public long RingCapacityBytes { get; set; } = 4 << 20;
+
+    /// <summary>How long a reader of an empty ring spins before it sleeps on the pipe (ring
+    /// transport; both sides). Default 20 µs: longer buys latency with a whole CPU.</summary>
+    public TimeSpan RingSpin { get; set; } = TimeSpan.FromMicroseconds(20);
+
+    /// <summary>Where the ring files are created (deleted again once both sides mapped them).
+    /// Default /dev/shm where it exists, else the temporary directory.</summary>
+    public string? RingDirectory { get; set; }
+
     /// <summary>Hard limit on a frame from a host. Default 1 MiB + 4 KiB. Protects the kernel from
     /// a host that announces a huge frame to make it allocate.</summary>
     public int MaxFrameSize { get; set; } = ProtocolConstants.DefaultMaxFrameSize;

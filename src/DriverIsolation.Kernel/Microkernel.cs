@@ -216,7 +216,8 @@ public sealed class Microkernel : IAsyncDisposable
     {
         lock (_gate)
         {
-            return [.. _drivers.Select(d => new DriverInfo(d.Name, d.Isolation, d.Host.Name, d.Host.ProcessId, d.State, d.Failure, d.Restarts))];
+            return [.. _drivers.Select(d => new DriverInfo(d.Name, d.Isolation, d.Host.Name, d.Host.ProcessId, d.State, d.Failure, d.Restarts,
+                d.Host is ProcessHostChannel { UsesRing: true } ? Transport.Ring : Transport.Pipe))];
         }
     }
 

@@ -146,6 +146,19 @@ public static class FrameCodec
         output.Advance(ProtocolConstants.FrameHeaderSize + length);
     }
 
+    /// <summary>Serializes a message body (no length prefix) into <paramref name="scratch"/> and
+    /// returns it, checked against the frame limit.</summary>
+    /// <exception cref="ProtocolException">The message would exceed <paramref name="maxFrameSize"/>.</exception>
+    public static ReadOnlySpan<byte> SerializeBody(Message message, int maxFrameSize, ArrayBufferWriter<byte> scratch)
+    {
+        ArgumentNullException.ThrowIfNull(scratch);
+        scratch.ResetWrittenCount();
+        MessagePackSerializer.Serialize(scratch, message, TrustedOptions);
+        return scratch.WrittenCount <= maxFrameSize
+            ? scratch.WrittenSpan
+            : throw new ProtocolException($"Refusing to send a {message.GetType().Name} of {scratch.WrittenCount} bytes: the frame limit is {maxFrameSize}.");
+    }
+
     /// <summary>Encodes a whole frame into a new array (tests, tools).</summary>
     public static byte[] Encode(Message message, int maxFrameSize = ProtocolConstants.DefaultMaxFrameSize)
     {

@@ -1,4 +1,6 @@
 using System.Buffers;
+using System.Diagnostics;
+using System.IO.MemoryMappedFiles;
 using System.IO.Pipelines;
 using MessagePack;
 
@@ -28,6 +30,20 @@ public sealed class FrameConnection : IAsyncDisposable
     private long _queuedBytes;
     private long _writtenBytes;
 
+    // The shared-memory rings, once in use (see OfferRing). _ringGate keeps a ring from being
+    // unmapped while the reader is in it; senders are kept out by _sendGate.
+    private static readonly byte[] DoorbellFrame = FrameCodec.Encode(new RingDoorbell(0));
+    private readonly bool _untrustedPeer;
+    private readonly Lock _ringGate = new();
+    private ShmRing? _sendRing;
+    private ShmRing? _receiveRing;
+    private ShmRing? _offeredReceive;
+    private MemoryMappedFile? _ringFile;
+    private string? _ringPath;
+    private byte[] _ringBuffer = new byte[4096];
+    private long _spinTicks;
+    private readonly TimeSpan _ringFullTimeout = TimeSpan.FromSeconds(5);
+
     /// <param name="stream">The duplex stream; owned and disposed by the connection.</param>
     /// <param name="untrustedPeer">True on the kernel side: every read uses
     /// <see cref="FrameCodec.UntrustedOptions"/>.</param>
@@ -36,6 +52,7 @@ public sealed class FrameConnection : IAsyncDisposable
     {
         _stream = stream;
         _maxFrameSize = maxFrameSize;
+        _untrustedPeer = untrustedPeer;
         _readOptions = untrustedPeer ? FrameCodec.UntrustedOptions : FrameCodec.TrustedOptions;
         _input = PipeReader.Create(stream, new StreamPipeReaderOptions(bufferSize: 64 * 1024, minimumReadSize: 4096, leaveOpen: true));
         _sendLoop = DoSendAsync();
@@ -49,6 +66,59 @@ public sealed class FrameConnection : IAsyncDisposable
     /// frames. Throws <see cref="ProtocolException"/> for a malformed, oversized or truncated frame.
     /// </summary>
     public async ValueTask<Message?> ReadAsync(CancellationToken cancellationToken = default)
+    {
+        while (true)
+        {
+            if (_receiveRing is not null)
+            {
+                if (TryReadRing() is { } fromRing)
+                {
+                    return fromRing;
+                }
+
+                if (SpinForRing())
+                {
+                    continue;
+                }
+
+                // About to sleep on the pipe: the producer rings the doorbell for a waiting consumer.
+                if (RingHasDataAfterWaiting())
+                {
+                    continue;
+                }
+            }
+
+            var message = await ReadPipeAsync(cancellationToken).ConfigureAwait(false);
+            switch (message)
+            {
+                case null:
+                    // The peer is gone; what it put in the ring before it went is still read.
+                    return TryReadRing();
+                case RingDoorbell:
+                    continue;
+                case UseRing use when !_untrustedPeer && _receiveRing is null:
+                    AcceptRing(use);
+                    continue;
+                case RingReady when _untrustedPeer && _offeredReceive is not null && _receiveRing is null:
+                    lock (_ringGate)
+                    {
+                        _receiveRing = _offeredReceive;
+                    }
+
+                    DeleteRingFile();
+                    continue;
+                case UseRing or RingReady:
+                    var reason = $"Unexpected {message.GetType().Name}: the rings were not offered that way.";
+                    SetCloseReason(reason);
+                    throw new ProtocolException(reason);
+                default:
+                    return message;
+            }
+        }
+    }
+
+    /// <summary>Reads the next frame from the pipe (see <see cref="ReadAsync"/>).</summary>
+    private async ValueTask<Message?> ReadPipeAsync(CancellationToken cancellationToken)
     {
         while (true)
         {
@@ -113,6 +183,11 @@ public sealed class FrameConnection : IAsyncDisposable
                 return false;
             }
 
+            if (_sendRing is { } ring)
+            {
+                return WriteToRing(ring, FrameCodec.SerializeBody(message, _maxFrameSize, _scratch));
+            }
+
             FrameCodec.WriteFrame(_output.Writer, message, _maxFrameSize, _scratch);
             Commit();
             return true;
@@ -130,6 +205,13 @@ public sealed class FrameConnection : IAsyncDisposable
             if (_outputCompleted)
             {
                 return false;
+            }
+
+            if (_sendRing is { } ring)
+            {
+                // In shared memory it is out as soon as it is written: the peer reads what is in
+                // the ring even after this process is gone.
+                return WriteToRing(ring, FrameCodec.SerializeBody(message, _maxFrameSize, _scratch));
             }
 
             FrameCodec.WriteFrame(_output.Writer, message, _maxFrameSize, _scratch);
@@ -167,10 +249,266 @@ public sealed class FrameConnection : IAsyncDisposable
                 return false;
             }
 
+            if (_sendRing is { } ring)
+            {
+                return WriteToRing(ring, bytes);
+            }
+
             _output.Writer.Write(bytes);
             Commit();
             return true;
         }
+    }
+
+    /// <summary>True once this side sends on a shared-memory ring.</summary>
+    public bool UsesRing => _sendRing is not null;
+
+    /// <summary>
+    /// Kernel side: creates the two rings in a new owner-only file in <paramref name="directory"/>,
+    /// tells the peer (<see cref="UseRing"/>, on the pipe) and from then on sends on the ring. The
+    /// peer's frames come from its ring once it answered <see cref="RingReady"/>; the file is
+    /// deleted then (both sides have it mapped). The pipe stays for doorbells and for noticing the
+    /// peer's end. False if the connection is closed.
+    /// </summary>
+    /// <param name="capacity">Bytes per direction: a power of two, at least twice the frame limit.</param>
+    /// <param name="spin">How long a reader spins on an empty ring before it sleeps on the pipe.</param>
+    public bool OfferRing(string directory, long capacity, TimeSpan spin)
+    {
+        if (capacity < 2L * (_maxFrameSize + 8))
+        {
+            throw new ArgumentOutOfRangeException(nameof(capacity), capacity, $"a ring must hold two frames of the limit ({_maxFrameSize} bytes)");
+        }
+
+        var path = Path.Combine(directory, $"drviso-ring-{Environment.ProcessId}-{Guid.NewGuid():N}");
+        var size = 2 * ShmRing.SizeFor(capacity);
+        var options = new FileStreamOptions { Mode = FileMode.CreateNew, Access = FileAccess.ReadWrite, Share = FileShare.ReadWrite };
+        if (!OperatingSystem.IsWindows())
+        {
+            options.UnixCreateMode = UnixFileMode.UserRead | UnixFileMode.UserWrite;
+        }
+
+        var stream = new FileStream(path, options);
+        stream.SetLength(size);
+        var file = MemoryMappedFile.CreateFromFile(stream, null, size, MemoryMappedFileAccess.ReadWrite, HandleInheritability.None, leaveOpen: false);
+        var send = ShmRing.Map(file, 0, capacity);
+        var receive = ShmRing.Map(file, ShmRing.SizeFor(capacity), capacity);
+        lock (_sendGate)
+        {
+            if (_outputCompleted || _sendRing is not null)
+            {
+                send.Dispose();
+                receive.Dispose();
+                file.Dispose();
+                File.Delete(path);
+                return false;
+            }
+
+            _ringFile = file;
+            _ringPath = path;
+            _offeredReceive = receive;
+            _spinTicks = (long)(spin.TotalSeconds * Stopwatch.Frequency);
+            FrameCodec.WriteFrame(_output.Writer, new UseRing(path, 0, ShmRing.SizeFor(capacity), capacity, (int)spin.TotalMicroseconds), _maxFrameSize, _scratch);
+            Commit();
+            _sendRing = send;
+        }
+
+        return true;
+    }
+
+    /// <summary>Host side: maps the rings the kernel offered, answers on the pipe, and sends on
+    /// its ring from then on.</summary>
+    private void AcceptRing(UseRing use)
+    {
+        var file = MemoryMappedFile.CreateFromFile(use.Path, FileMode.Open, null, 0, MemoryMappedFileAccess.ReadWrite);
+        var receive = ShmRing.Map(file, use.KernelToHostOffset, use.Capacity);
+        var send = ShmRing.Map(file, use.HostToKernelOffset, use.Capacity);
+        _spinTicks = (long)(TimeSpan.FromMicroseconds(use.SpinMicroseconds).TotalSeconds * Stopwatch.Frequency);
+        lock (_ringGate)
+        {
+            _receiveRing = receive;
+        }
+
+        lock (_sendGate)
+        {
+            _ringFile = file;
+            if (!_outputCompleted)
+            {
+                FrameCodec.WriteFrame(_output.Writer, new RingReady(use.Capacity), _maxFrameSize, _scratch);
+                Commit();
+                _sendRing = send;
+            }
+        }
+    }
+
+    /// <summary>Appends a frame body to the ring (under the send lock) and wakes a sleeping
+    /// reader. A ring that stays full (a reader that does not read) ends the connection.</summary>
+    private bool WriteToRing(ShmRing ring, ReadOnlySpan<byte> body)
+    {
+        long deadline = 0;
+        var spinner = default(SpinWait);
+        while (!ring.TryWrite(body))
+        {
+            if (ring.TakeWaiting())
+            {
+                _output.Writer.Write(DoorbellFrame);
+                Commit();
+            }
+
+            var now = Stopwatch.GetTimestamp();
+            if (deadline == 0)
+            {
+                deadline = now + (long)(_ringFullTimeout.TotalSeconds * Stopwatch.Frequency);
+            }
+            else if (now > deadline)
+            {
+                Abort($"the peer's ring stayed full for {_ringFullTimeout.TotalSeconds:0} s: it does not read");
+                return false;
+            }
+
+            spinner.SpinOnce(sleep1Threshold: -1);
+        }
+
+        if (ring.TakeWaiting())
+        {
+            _output.Writer.Write(DoorbellFrame);
+            Commit();
+        }
+
+        return true;
+    }
+
+    private Message? TryReadRing()
+    {
+        lock (_ringGate)
+        {
+            if (_receiveRing is not { } ring)
+            {
+                return null;
+            }
+
+            int length;
+            try
+            {
+                length = ring.TryRead(ref _ringBuffer, _maxFrameSize);
+            }
+            catch (ProtocolException ex)
+            {
+                SetCloseReason(ex.Message);
+                throw;
+            }
+
+            if (length == 0)
+            {
+                return null;
+            }
+
+            Message message;
+            try
+            {
+                message = FrameCodec.DecodeBody(new ReadOnlySequence<byte>(_ringBuffer, 0, length), _readOptions);
+            }
+            catch (ProtocolException ex)
+            {
+                SetCloseReason(ex.Message);
+                throw;
+            }
+
+            if (message is UseRing or RingReady or RingDoorbell)
+            {
+                var reason = $"Unexpected {message.GetType().Name} in the ring: it belongs on the pipe.";
+                SetCloseReason(reason);
+                throw new ProtocolException(reason);
+            }
+
+            return message;
+        }
+    }
+
+    /// <summary>Spins (without sleeping) up to the spin time for a frame; true if one came.</summary>
+    private bool SpinForRing()
+    {
+        if (_spinTicks <= 0)
+        {
+            return false;
+        }
+
+        var until = Stopwatch.GetTimestamp() + _spinTicks;
+        var spinner = default(SpinWait);
+        while (Stopwatch.GetTimestamp() < until)
+        {
+            lock (_ringGate)
+            {
+                if (_receiveRing is not { } ring || ring.HasData)
+                {
+                    return true;
+                }
+            }
+
+            spinner.SpinOnce(sleep1Threshold: -1);
+        }
+
+        return false;
+    }
+
+    /// <summary>Says the reader sleeps, then looks once more (a frame written just before the
+    /// flag was seen would otherwise wait for the next doorbell). True if there is one.</summary>
+    private bool RingHasDataAfterWaiting()
+    {
+        lock (_ringGate)
+        {
+            if (_receiveRing is not { } ring)
+            {
+                return false;
+            }
+
+            ring.SetWaiting();
+            if (!ring.HasData)
+            {
+                return false;
+            }
+
+            ring.ClearWaiting();
+            return true;
+        }
+    }
+
+    private void DeleteRingFile()
+    {
+        var path = Interlocked.Exchange(ref _ringPath, null);
+        if (path is not null)
+        {
+            try
+            {
+                File.Delete(path);
+            }
+            catch (IOException)
+            {
+                // Gone already.
+            }
+        }
+    }
+
+    /// <summary>Unmaps the rings (the reader is kept out by the ring lock, senders by the send lock).</summary>
+    private void DisposeRings()
+    {
+        lock (_sendGate)
+        {
+            lock (_ringGate)
+            {
+                _sendRing?.Dispose();
+                _receiveRing?.Dispose();
+                if (_offeredReceive != _receiveRing)
+                {
+                    _offeredReceive?.Dispose();
+                }
+
+                _ringFile?.Dispose();
+                _sendRing = _receiveRing = _offeredReceive = null;
+                _ringFile = null;
+            }
+        }
+
+        DeleteRingFile();
     }
 
     /// <summary>Hands what was written to the output pipe to the send loop (under the send lock).</summary>
@@ -243,6 +581,7 @@ public sealed class FrameConnection : IAsyncDisposable
         SetCloseReason("closed locally");
         await _input.CompleteAsync().ConfigureAwait(false);
         await _stream.DisposeAsync().ConfigureAwait(false);
+        DisposeRings();
         _aborted.Dispose();
     }
 

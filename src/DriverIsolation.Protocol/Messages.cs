@@ -27,7 +27,30 @@ namespace DriverIsolation.Protocol;
 [Union(18, typeof(RegisterWrite))]
 [Union(19, typeof(Interrupt))]
 [Union(20, typeof(FaultInjected))]
+[Union(21, typeof(UseRing))]
+[Union(22, typeof(RingReady))]
+[Union(23, typeof(RingDoorbell))]
 public abstract record Message;
+
+/// <summary>K→H, on the pipe: from the next message on, the kernel sends on the shared-memory
+/// ring at <see cref="KernelToHostOffset"/> of the file at <see cref="Path"/>, and the host is to
+/// send on the one at <see cref="HostToKernelOffset"/> once it answered <see cref="RingReady"/>.
+/// The pipe stays for wake-ups (<see cref="RingDoorbell"/>) and for noticing a peer's death.</summary>
+[MessagePackObject]
+public sealed record UseRing(
+    [property: Key(0)] string Path,
+    [property: Key(1)] long KernelToHostOffset,
+    [property: Key(2)] long HostToKernelOffset,
+    [property: Key(3)] long Capacity,
+    [property: Key(4)] int SpinMicroseconds) : Message;
+
+/// <summary>H→K, on the pipe: the host mapped the rings; everything it sends after this is on its ring.</summary>
+[MessagePackObject]
+public sealed record RingReady([property: Key(0)] long Capacity) : Message;
+
+/// <summary>Both ways, on the pipe: the ring has frames for a consumer that said it sleeps.</summary>
+[MessagePackObject]
+public sealed record RingDoorbell([property: Key(0)] int Unused) : Message;
 
 /// <summary>H→K, first frame: proves the host is the one the kernel spawned.</summary>
 [MessagePackObject]

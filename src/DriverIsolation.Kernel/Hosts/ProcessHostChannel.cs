@@ -32,6 +32,7 @@ internal sealed class ProcessHostChannel : IHostChannel
     private int _maxLogLines;
     private int _violated;
     private int _maxRefusals;
+    private KernelOptions? _options;
 
     public ProcessHostChannel(string name, IsolationModel isolation, Process process, FrameConnection connection, IoManager io,
         KernelEventLog events, ILogger logger, Action<ProcessHostChannel, string> onExited)
@@ -54,6 +55,9 @@ internal sealed class ProcessHostChannel : IHostChannel
 
     public int ProcessId { get; }
 
+    /// <summary>True once the kernel sends to this host on the shared-memory ring.</summary>
+    public bool UsesRing => _connection.UsesRing;
+
     public bool IsAlive => Volatile.Read(ref _exitReported) == 0;
 
     /// <summary>Completes with the exit reason once the host is gone and its IRPs are completed.</summary>
@@ -65,6 +69,7 @@ internal sealed class ProcessHostChannel : IHostChannel
     /// <summary>Starts the receive loop and the process-exit watch (after the handshake).</summary>
     public void Start(TimeProvider time, KernelOptions options)
     {
+        _options = options;
         _maxLogLines = options.MaxLogLinesPerSecond;
         _maxRefusals = options.MaxRefusalsPerSecond;
         _logLimit = new RateLimit(time, options.MaxLogLinesPerSecond, options.MaxLogLinesPerSecond);
@@ -87,6 +92,11 @@ internal sealed class ProcessHostChannel : IHostChannel
         lock (_driverIds)
         {
             _driverIds.Add(driver.Id);
+        }
+
+        if ((driver.Manifest.Transport ?? _options?.Transport) == Transport.Ring && !_connection.UsesRing && _options is { } options)
+        {
+            _connection.OfferRing(options.RingDirectory ?? (Directory.Exists("/dev/shm") ? "/dev/shm" : Path.GetTempPath()), options.RingCapacityBytes, options.RingSpin);
         }
 
         var faults = driver.FaultsForLoad();

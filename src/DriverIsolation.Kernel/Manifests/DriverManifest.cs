@@ -17,6 +17,11 @@ public sealed record DriverManifest
 
     public IsolationModel Isolation { get; init; } = IsolationModel.Process;
 
+    /// <summary>How requests reach the driver's host: the named pipe, or rings in shared memory
+    /// (the pipe kept for wake-ups). Null: <see cref="KernelOptions.Transport"/>. A shared host
+    /// uses the ring when any of its drivers asks for it.</summary>
+    public Transport? Transport { get; init; }
+
     /// <summary>Shared-host isolation only: drivers with the same group share one host.</summary>
     public string HostGroup { get; init; } = "shared";
 
@@ -41,6 +46,16 @@ public sealed record DriverManifest
     /// <summary>Faults the fault shim injects into this driver (set by a campaign's scenario, not
     /// read from driver.json).</summary>
     public IReadOnlyList<Protocol.FaultSpec> Faults { get; init; } = [];
+}
+
+/// <summary>The transport between the kernel and a driver host.</summary>
+public enum Transport
+{
+    /// <summary>Frames on the named pipe.</summary>
+    Pipe,
+
+    /// <summary>Frames on two shared-memory rings; the pipe only wakes a sleeping reader.</summary>
+    Ring,
 }
 
 public sealed record DeviceManifest

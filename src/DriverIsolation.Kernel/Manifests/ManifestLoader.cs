@@ -9,7 +9,7 @@ namespace DriverIsolation.Kernel;
 /// </summary>
 public static class ManifestLoader
 {
-    private static readonly string[] DriverFields = ["name", "assembly", "type", "isolation", "hostGroup", "parameters", "devices", "attachTo", "limits", "recovery"];
+    private static readonly string[] DriverFields = ["name", "assembly", "type", "isolation", "transport", "hostGroup", "parameters", "devices", "attachTo", "limits", "recovery"];
     private static readonly string[] DeviceFields = ["name", "type", "links", "parameters", "hardware"];
     private static readonly string[] HardwareFields = ["kind", "capacityMb", "dmaWindowKb", "peer"];
     private static readonly string[] LimitFields = ["requestTimeoutMs", "memoryMb", "handles", "critical"];
@@ -87,6 +87,14 @@ public static class ManifestLoader
                 throw reader.Error("attachTo", "a driver is a function driver (\"devices\") or a filter (\"attachTo\"), not both");
             }
 
+            Transport? transport = reader.OptionalString("transport") switch
+            {
+                null => null,
+                "pipe" => Transport.Pipe,
+                "ring" => Transport.Ring,
+                var other => throw reader.Error("transport", $"expected one of \"pipe\", \"ring\"; got \"{other}\""),
+            };
+
             var hostGroup = reader.OptionalString("hostGroup") ?? "shared";
             if (!IsIdentifier(hostGroup))
             {
@@ -99,6 +107,7 @@ public static class ManifestLoader
                 Assembly = reader.RequiredString("assembly"),
                 Type = reader.OptionalString("type"),
                 Isolation = isolation,
+                Transport = transport,
                 HostGroup = hostGroup,
                 Parameters = reader.Parameters("parameters"),
                 Devices = devices,

@@ -1,0 +1,196 @@
+using System.Buffers.Binary;
+using System.IO.MemoryMappedFiles;
+using System.IO.Pipes;
+using DriverIsolation.Protocol;
+
+namespace DriverIsolation.Tests;
+
+/// <summary>
+/// The shared-memory ring: frames come out whole and in order across wraps and a full ring; an
+/// index or length a hostile producer publishes is refused with a ProtocolException, never read
+/// past; and a connection that switches to the rings delivers both ways, waking a reader that
+/// sleeps on the pipe, and lets the reader drain what a peer wrote before it went away.
+/// </summary>
+public sealed class ShmRingTests : IDisposable
+{
+    private const int Capacity = 4096;
+    private readonly string _path = Path.Combine(Path.GetTempPath(), $"drviso-ring-test-{Guid.NewGuid():N}");
+    private readonly MemoryMappedFile _file;
+
+    public ShmRingTests()
+    {
+        using (var stream = new FileStream(_path, FileMode.CreateNew))
+        {
+            stream.SetLength(ShmRing.SizeFor(Capacity));
+        }
+
+        _file = MemoryMappedFile.CreateFromFile(_path, FileMode.Open, null, 0, MemoryMappedFileAccess.ReadWrite);
+    }
+
+    public void Dispose()
+    {
+        _file.Dispose();
+        File.Delete(_path);
+    }
+
+    [Fact]
+    public void RandomFrames_ComeOutWholeAndInOrder_AcrossWrapsAndAFullRing()
+    {
+        using var producer = ShmRing.Map(_file, 0, Capacity);
+        using var consumer = ShmRing.Map(_file, 0, Capacity);
+        var random = new Random(5);
+        var sent = new Queue<byte[]>();
+        var received = 0;
+        var buffer = new byte[16];
+        var wasFull = 0;
+        for (var i = 0; i < 5000; i++)
+        {
+            var frame = new byte[random.Next(1, 900)];
+            random.NextBytes(frame);
+            while (!producer.TryWrite(frame))
+            {
+                wasFull++;
+                Assert.True(Drain(1));
+            }
+
+            sent.Enqueue(frame);
+            if (random.Next(3) == 0)
+            {
+                Drain(random.Next(1, 4));
+            }
+        }
+
+        while (Drain(1))
+        {
+        }
+
+        Assert.Empty(sent);
+        Assert.Equal(5000, received);
+        Assert.True(wasFull > 100, $"the ring was full {wasFull} times");
+
+        bool Drain(int count)
+        {
+            for (var n = 0; n < count; n++)
+            {
+                var length = consumer.TryRead(ref buffer, 1 << 20);
+                if (length == 0)
+                {
+                    return false;
+                }
+
+                Assert.Equal(sent.Dequeue(), buffer[..length]);
+                received++;
+            }
+
+            return true;
+        }
+    }
+
+    [Fact]
+    public void AFrameLargerThanHalfTheRing_IsRefused()
+    {
+        using var producer = ShmRing.Map(_file, 0, Capacity);
+        Assert.Throws<ProtocolException>(() => producer.TryWrite(new byte[Capacity / 2]));
+        Assert.True(producer.TryWrite(new byte[(Capacity / 2) - 8]));
+    }
+
+    public static TheoryData<string, long, uint, string> Corruptions => new()
+    {
+        { "tail beyond the ring", Capacity + 8, 16, "Corrupt ring: the producer's tail" },
+        { "tail before the head", -8, 16, "Corrupt ring: the producer's tail" },
+        { "unaligned tail", 20, 12, "Corrupt ring: the producer's tail" },
+        { "length past the tail", 16, 100, "Corrupt ring: a frame of 100 bytes runs past" },
+        { "empty frame", 16, 0, "Empty frame in the ring" },
+        { "oversized frame", 16, 5000, "Oversized frame in the ring: the length prefix says 5000 bytes, the limit is 4096" },
+    };
+
+    [Theory]
+    [MemberData(nameof(Corruptions))]
+    public void WhatAHostilePeerPublishes_IsCheckedBeforeAnythingIsRead(string what, long tail, uint length, string error)
+    {
+        using var consumer = ShmRing.Map(_file, 0, Capacity);
+        using (var view = _file.CreateViewAccessor(0, ShmRing.SizeFor(Capacity)))
+        {
+            view.Write(0, tail);
+            view.Write(ShmRing.HeaderSize, length);
+        }
+
+        var buffer = new byte[8];
+        var refused = Assert.Throws<ProtocolException>(() => consumer.TryRead(ref buffer, 4096));
+
+        Assert.True(refused.Message.StartsWith(error, StringComparison.Ordinal), $"{what}: {refused.Message}");
+        Assert.Equal(8, buffer.Length);
+    }
+
+    [Fact]
+    public async Task Connection_SwitchedToRings_DeliversBothWays_WakesASleepingReader_AndDrainsAfterThePeerLeft()
+    {
+        var name = $"drviso-test-{Guid.NewGuid():N}";
+        await using var serverPipe = new NamedPipeServerStream(name, PipeDirection.InOut, 1, PipeTransmissionMode.Byte, PipeOptions.Asynchronous | PipeOptions.CurrentUserOnly);
+        await using var clientPipe = new NamedPipeClientStream(".", name, PipeDirection.InOut, PipeOptions.Asynchronous | PipeOptions.CurrentUserOnly);
+        await Task.WhenAll(serverPipe.WaitForConnectionAsync(), clientPipe.ConnectAsync()).Bounded();
+        var kernel = new FrameConnection(serverPipe, untrustedPeer: true);
+        var host = new FrameConnection(clientPipe, untrustedPeer: false);
+
+        Assert.True(kernel.OfferRing(Path.GetTempPath(), 4 << 20, TimeSpan.FromMicroseconds(20)));
+        Assert.True(kernel.UsesRing);
+        Assert.True(kernel.Send(new Ping(1)));
+
+        // The host reads UseRing on the pipe, maps the rings, answers, and reads Ping 1 from its ring.
+        Assert.Equal(new Ping(1), await host.ReadAsync().AsTask().Bounded());
+        Assert.True(host.UsesRing);
+        Assert.True(host.Send(new Pong(1, 42)));
+        Assert.Equal(new Pong(1, 42), await kernel.ReadAsync().AsTask().Bounded());
+
+        // Both readers now sleep on their pipes between messages: every message still arrives,
+        // in order, whoever sends it when.
+        var reading = Task.Run(async () =>
+        {
+            var got = new List<long>();
+            for (var i = 0; i < 2000; i++)
+            {
+                got.Add(Assert.IsType<Ping>(await host.ReadAsync()).Sequence);
+            }
+
+            return got;
+        });
+        for (var i = 0; i < 2000; i++)
+        {
+            kernel.Send(new Ping(i));
+            if (i % 100 == 0)
+            {
+                await Task.Delay(1);
+            }
+        }
+
+        Assert.Equal(Enumerable.Range(0, 2000).Select(i => (long)i), await reading.Bounded());
+        Assert.Empty(Directory.GetFiles(Path.GetTempPath(), $"drviso-ring-{Environment.ProcessId}-*"));
+
+        // What the host put in its ring before it went away is read before the end.
+        var data = new byte[3000];
+        new Random(1).NextBytes(data);
+        host.Send(new Complete(7, 3, NtStatus.Success, data.Length, data));
+        await host.DisposeAsync();
+        var complete = Assert.IsType<Complete>(await kernel.ReadAsync().AsTask().Bounded());
+        Assert.Equal(data, complete.Data.ToArray());
+        Assert.Null(await kernel.ReadAsync().AsTask().Bounded());
+        await kernel.DisposeAsync();
+    }
+
+    [Fact]
+    public async Task RingControlMessages_WhereTheyDoNotBelong_AreProtocolViolations()
+    {
+        var name = $"drviso-test-{Guid.NewGuid():N}";
+        await using var serverPipe = new NamedPipeServerStream(name, PipeDirection.InOut, 1, PipeTransmissionMode.Byte, PipeOptions.Asynchronous | PipeOptions.CurrentUserOnly);
+        await using var clientPipe = new NamedPipeClientStream(".", name, PipeDirection.InOut, PipeOptions.Asynchronous | PipeOptions.CurrentUserOnly);
+        await Task.WhenAll(serverPipe.WaitForConnectionAsync(), clientPipe.ConnectAsync()).Bounded();
+        await using var kernel = new FrameConnection(serverPipe, untrustedPeer: true);
+        await using var host = new FrameConnection(clientPipe, untrustedPeer: false);
+
+        // A host that answers RingReady to no offer, or offers rings to the kernel.
+        host.Send(new RingReady(4096));
+        var refused = await Assert.ThrowsAsync<ProtocolException>(() => kernel.ReadAsync().AsTask()).Bounded();
+        Assert.Equal("Unexpected RingReady: the rings were not offered that way.", refused.Message);
+        Assert.Equal(refused.Message, kernel.CloseReason);
+    }
+}
