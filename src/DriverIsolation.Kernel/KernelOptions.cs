@@ -21,7 +21,7 @@ public sealed class KernelOptions
 
     /// <summary>How long a reader of an empty ring spins before it sleeps on the pipe (ring
     /// transport; both sides). Default 20 µs: longer buys latency with a whole CPU.</summary>
-    public TimeSpan RingSpin { get; set; } = TimeSpan.FromMicroseconds(20);
+    public TimeSpan RingSpin { get; set; } = TimeSpan.FromMicroseconds(100);
 
     /// <summary>Where the ring files are created (deleted again once both sides mapped them).
     /// Default /dev/shm where it exists, else the temporary directory.</summary>

@@ -2,8 +2,8 @@ using System.Text.Json.Serialization;
 
 namespace DriverIsolation.Cli.Bench;
 
-/// <summary>What <c>drviso bench</c> measured. Transports not built yet (raw shared memory, the
-/// ring) are null rather than missing, so a reader sees they were not measured.</summary>
+/// <summary>What <c>drviso bench</c> measured. A figure not measured is null rather than
+/// missing, so a reader sees it was not.</summary>
 internal sealed record BenchReport
 {
     [JsonPropertyName("requests")] public int Requests { get; init; }
@@ -23,6 +23,12 @@ internal sealed record BenchReport
     [JsonPropertyName("throughput_per_s")] public required SortedDictionary<string, double> ThroughputPerS { get; init; }
 
     [JsonPropertyName("raw_throughput_per_s")] public double RawThroughputPerS { get; init; }
+
+    [JsonPropertyName("ratio_ring_vs_raw_shm")] public double RatioRingVsRawShm { get; init; }
+
+    [JsonPropertyName("ring_throughput_per_s")] public required SortedDictionary<string, double> RingThroughputPerS { get; init; }
+
+    [JsonPropertyName("raw_shm_throughput_per_s")] public double RawShmThroughputPerS { get; init; }
 
     [JsonPropertyName("recovery_p50_ms")] public double? RecoveryP50Ms { get; init; }
 }

@@ -10,7 +10,8 @@ namespace DriverIsolation.Cli.Bench;
 /// The comparisons of the benchmark suite, short and in one process tree: a 512-byte Read of the
 /// Null driver per isolation model against the raw transport under it (drvhost's echo mode: same
 /// pipe, same framing, same message sizes, no kernel and no IRP), throughput with 1, 16 and 64
-/// requests in flight, allocations per request, and recovery from a killed host.
+/// requests in flight, allocations per request, and recovery from a killed host; and the process
+/// model over the shared-memory ring transport against the same echo over the rings.
 /// </summary>
 internal sealed class QuickBench(bool quick, Action<string> progress)
 {
@@ -54,10 +55,33 @@ internal sealed class QuickBench(bool quick, Action<string> progress)
             }
         }
 
-        // The raw baseline after the models: the framing code it shares with them is warm by now,
-        // so the comparison is not between cold and hot code.
+        // The same process isolation over the shared-memory ring transport.
+        progress("process, ring transport");
+        double[] ringRtt;
+        var ringThroughput = new SortedDictionary<string, double>(StringComparer.Ordinal);
+        await using (var kernel = new Microkernel(new KernelOptions { WarmPoolSize = 0, Transport = Transport.Ring }))
+        {
+            await kernel.StartAsync([EmbeddedManifests.Load("Null")], IsolationModel.Process).ConfigureAwait(false);
+            await using var nul = await kernel.OpenAsync(@"\Device\Null").ConfigureAwait(false);
+            var buffer = new byte[Payload];
+            for (var i = 0; i < _warmup; i++)
+            {
+                await nul.ReadAsync(buffer).ConfigureAwait(false);
+            }
+
+            ringRtt = await TimeEachAsync(() => nul.ReadAsync(buffer)).ConfigureAwait(false);
+            foreach (var depth in new[] { 1, 16, 64 })
+            {
+                ringThroughput[depth.ToString(CultureInfo.InvariantCulture)] = await ThroughputAsync(depth, () => nul.ReadAsync(new byte[Payload])).ConfigureAwait(false);
+            }
+        }
+
+        // The raw baselines after the models: the framing code they share with them is warm by
+        // now, so the comparison is not between cold and hot code.
         progress("raw pipe (drvhost --echo)");
-        var (rawRtt, rawThroughput) = await RawPipeAsync().ConfigureAwait(false);
+        var (rawRtt, rawThroughput) = await RawEchoAsync(ring: false).ConfigureAwait(false);
+        progress("raw shared memory (drvhost --echo over the ring)");
+        var (rawShmRtt, rawShmThroughput) = await RawEchoAsync(ring: true).ConfigureAwait(false);
         progress("recovery");
         var recovery = await RecoveryAsync().ConfigureAwait(false);
         var processP50 = Percentile(rtt[IsolationModel.Process], 50);
@@ -66,8 +90,11 @@ internal sealed class QuickBench(bool quick, Action<string> progress)
         {
             Requests = _requests,
             PayloadBytes = Payload,
-            RttP50Us = Keyed(rawRtt, rtt, 50),
-            RttP99Us = Keyed(rawRtt, rtt, 99),
+            RttP50Us = Keyed(rawRtt, rawShmRtt, ringRtt, rtt, 50),
+            RttP99Us = Keyed(rawRtt, rawShmRtt, ringRtt, rtt, 99),
+            RatioRingVsRawShm = Math.Round(Percentile(ringRtt, 50) / Percentile(rawShmRtt, 50), 2),
+            RingThroughputPerS = ringThroughput,
+            RawShmThroughputPerS = Math.Round(rawShmThroughput, 0),
             RatioProcessVsRawPipe = Math.Round(processP50 / rawP50, 2),
             InKernelNs = Math.Round(Percentile(rtt[IsolationModel.InKernel], 50) * 1000, 0),
             AllocBytesPerIrp = Math.Round(allocPerIrp, 0),
@@ -77,7 +104,9 @@ internal sealed class QuickBench(bool quick, Action<string> progress)
         };
     }
 
-    private async Task<(double[] Rtt, double Throughput)> RawPipeAsync()
+    /// <summary>The raw transport: <c>drvhost --echo</c> on the pipe, or on the shared-memory
+    /// rings (the same rings, framing and wake-ups as the ring transport), no kernel and no IRP.</summary>
+    private async Task<(double[] Rtt, double Throughput)> RawEchoAsync(bool ring)
     {
         var name = $"drviso-bench-{Environment.ProcessId}-{Guid.NewGuid():N}";
         await using var server = new NamedPipeServerStream(name, PipeDirection.InOut, 1, PipeTransmissionMode.Byte, PipeOptions.Asynchronous | PipeOptions.CurrentUserOnly);
@@ -87,6 +116,12 @@ internal sealed class QuickBench(bool quick, Action<string> progress)
         {
             await server.WaitForConnectionAsync().WaitAsync(TimeSpan.FromSeconds(30)).ConfigureAwait(false);
             await using var connection = new FrameConnection(server, untrustedPeer: true);
+            if (ring)
+            {
+                var defaults = new KernelOptions();
+                connection.OfferRing(Directory.Exists("/dev/shm") ? "/dev/shm" : Path.GetTempPath(), defaults.RingCapacityBytes, defaults.RingSpin);
+            }
+
             long id = 0;
             async Task<IoResult> RoundTrip()
             {
@@ -196,14 +231,14 @@ internal sealed class QuickBench(bool quick, Action<string> progress)
         return samples.Count == 0 ? null : Math.Round(Percentile([.. samples.Order()], 50), 2);
     }
 
-    private static SortedDictionary<string, double?> Keyed(double[] raw, Dictionary<IsolationModel, double[]> models, double p) => new(StringComparer.Ordinal)
+    private static SortedDictionary<string, double?> Keyed(double[] raw, double[] rawShm, double[] ring, Dictionary<IsolationModel, double[]> models, double p) => new(StringComparer.Ordinal)
     {
         ["raw_pipe"] = Math.Round(Percentile(raw, p), 2),
-        ["raw_shm"] = null,
+        ["raw_shm"] = Math.Round(Percentile(rawShm, p), 2),
         ["in_kernel"] = Math.Round(Percentile(models[IsolationModel.InKernel], p), 3),
         ["shared_host"] = Math.Round(Percentile(models[IsolationModel.SharedHost], p), 2),
         ["process"] = Math.Round(Percentile(models[IsolationModel.Process], p), 2),
-        ["ring"] = null,
+        ["ring"] = Math.Round(Percentile(ring, p), 2),
     };
 
     private static double Percentile(double[] sorted, double p) =>
