@@ -57,6 +57,13 @@ while (await connection.ReadAsync() is { } message)
 {
     switch (message)
     {
+        case LoadDriver when attack == "ring-garbage" && connection.UsesRing:
+            // Bytes that are no message, as a record of the shared-memory ring.
+            connection.SendRaw("this is no message"u8);
+            break;
+        case LoadDriver when attack == "ring-doorbell-in-ring" && connection.UsesRing:
+            connection.Send(new RingDoorbell(0));
+            break;
         case LoadDriver load when attack == "garbage":
             await RawAsync(pipe, [0x10, 0x00, 0x00, 0x00, .. "this is no frame"u8]);
             break;

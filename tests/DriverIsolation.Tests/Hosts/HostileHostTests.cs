@@ -34,6 +34,8 @@ public sealed class HostileHostTests
     [InlineData("truncated", "Truncated frame")]
     [InlineData("hello-again", "a host may not send Hello")]
     [InlineData("unasked-answer", "which the kernel never asked about")]
+    [InlineData("ring-garbage", "Malformed message body")]
+    [InlineData("ring-doorbell-in-ring", "Unexpected RingDoorbell in the ring: it belongs on the pipe.")]
     public async Task FrameAttack_ProtocolViolationKillsTheHost_OthersServe(string attack, string violation)
     {
         await using var kernel = await BootAsync(attack);
@@ -175,6 +177,7 @@ public sealed class HostileHostTests
                 Hardware = withHardware ? new HardwareManifest { Kind = "block", CapacityBytes = 1 << 20, DmaWindowBytes = 64 << 10 } : null,
             }],
             Recovery = new RecoveryPolicy { Restart = false },
+            Transport = attack.StartsWith("ring-", StringComparison.Ordinal) ? Transport.Ring : Transport.Pipe,
         };
         var inKernelNull = TestManifests.Sample("Null") with { Isolation = IsolationModel.InKernel };
         await kernel.StartAsync(withHardware

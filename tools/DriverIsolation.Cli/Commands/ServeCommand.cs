@@ -43,6 +43,11 @@ internal static class ServeCommand
                 r.AddError($"--nbd: expected an address:port like 127.0.0.1:10809, or off; got \"{text}\"");
             }
         });
+        var transport = new Option<string?>("--transport")
+        {
+            Description = "How requests reach the driver hosts: pipe or ring (shared memory); default: as each manifest says, else pipe",
+        };
+        transport.AcceptOnlyFromAmong("pipe", "ring");
         var chaos = new Option<string?>("--chaos-kill-every") { Description = "Kill the hosts of the drivers on block hardware this often (e.g. 2s)" };
         chaos.Validators.Add(r =>
         {
@@ -53,7 +58,7 @@ internal static class ServeCommand
         });
         var command = new Command("serve", "Boot a kernel and keep it running, its block devices exported over NBD; manage it with drviso drivers / quarantine / inject")
         {
-            manifests, scenario, isolation, iommu, nbd, chaos, verbose,
+            manifests, scenario, isolation, iommu, transport, nbd, chaos, verbose,
         };
         command.Validators.Add(r =>
         {
@@ -64,12 +69,13 @@ internal static class ServeCommand
         });
         command.SetAction((parse, ct) => RunAsync(parse.GetValue(manifests), parse.GetValue(scenario), parse.GetValue(isolation),
             parse.GetValue(iommu) is { } mode ? Enum.Parse<Kernel.Hardware.IommuMode>(mode, ignoreCase: true) : null, parse.GetValue(nbd)!,
-            parse.GetValue(chaos) is { } every && Durations.TryParse(every, out var period) ? period : null, parse.GetValue(verbose), ct));
+            parse.GetValue(chaos) is { } every && Durations.TryParse(every, out var period) ? period : null, parse.GetValue(verbose),
+            parse.GetValue(transport) switch { "ring" => Transport.Ring, "pipe" => Transport.Pipe, _ => null }, ct));
         return command;
     }
 
     private static async Task<int> RunAsync(DirectoryInfo? folder, FileInfo? scenarioFile, string? isolation, Kernel.Hardware.IommuMode? iommu, string nbdEndpoint,
-        TimeSpan? chaosEvery, bool verbose, CancellationToken stop)
+        TimeSpan? chaosEvery, bool verbose, Transport? transport, CancellationToken stop)
     {
         IReadOnlyList<DriverManifest> manifests;
         var options = new KernelOptions();
@@ -99,6 +105,10 @@ internal static class ServeCommand
 
         var iommuMode = iommu ?? Kernel.Hardware.IommuMode.Strict;
         options.IommuMode = iommuMode;
+        if (transport is { } chosen)
+        {
+            manifests = [.. manifests.Select(m => m with { Transport = chosen })];
+        }
 
         if (chaosEvery is not null)
         {
