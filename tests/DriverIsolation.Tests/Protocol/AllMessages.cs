@@ -30,5 +30,8 @@ internal static class AllMessages
         new RegisterWrite(11, 4, ulong.MaxValue),
         new Interrupt(11, 1),
         new FaultInjected(7, 2, "hang", "hang in RamDisk on Read IRP 5 (request 4 since load)"),
+        new UseRing("/dev/shm/drviso-ring-1-ab", 0, 4194560, 4194304, 100),
+        new RingReady(4194304),
+        new RingDoorbell(0),
     ];
 }
