@@ -28,16 +28,20 @@ public sealed class RingTransportTests
     [Fact]
     public async Task HostKilledUnderTheRing_RestartsOnAFreshRing_DataIntact()
     {
+        // The block device keeps its media in the device model (the kernel's side): what was
+        // written before the kill must read back after it.
         await using var kernel = new Microkernel(new KernelOptions { Transport = Transport.Ring });
-        await kernel.StartAsync([TestManifests.Sample("RamDisk") with { Recovery = new RecoveryPolicy { InFlight = InFlightPolicy.Retry } }], IsolationModel.Process).Bounded();
-        await using var disk = await kernel.OpenAsync(@"\??\RamDisk0").Bounded();
-        var blocks = Enumerable.Range(0, 64).Select(b => Enumerable.Repeat((byte)b, 4096).ToArray()).ToList();
+        await kernel.StartAsync([TestManifests.Sample("VBlock") with { Recovery = new RecoveryPolicy { InFlight = InFlightPolicy.Retry } }], IsolationModel.Process).Bounded();
+        await using var disk = await kernel.OpenAsync(@"\??\VBlock0").Bounded();
+        var blocks = Enumerable.Range(0, 64).Select(b => Enumerable.Repeat((byte)(b + 1), 4096).ToArray()).ToList();
 
-        var writes = blocks.Select((data, b) => disk.WriteAsync(data, b * 4096L)).ToList();
-        kernel.KillDriverHost("RamDisk");
-        Assert.All(await Task.WhenAll(writes).Bounded(), r => Assert.Equal(new IoResult(NtStatus.Success, 4096), r));
+        var before = await Task.WhenAll(blocks.Take(32).Select((data, b) => disk.WriteAsync(data, b * 4096L))).Bounded();
+        var during = blocks.Skip(32).Select((data, b) => disk.WriteAsync(data, (b + 32) * 4096L)).ToList();
+        kernel.KillDriverHost("VBlock");
+        var written = before.Concat(await Task.WhenAll(during).Bounded());
         await kernel.Events.WaitForAsync(KernelEventKind.DriverRestarted).Bounded();
 
+        Assert.All(written, r => Assert.Equal(new IoResult(NtStatus.Success, 4096), r));
         for (var b = 0; b < blocks.Count; b++)
         {
             var back = new byte[4096];
