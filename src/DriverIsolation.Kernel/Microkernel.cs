@@ -42,9 +42,18 @@ public sealed class Microkernel : IAsyncDisposable
         _time = time;
         Events = new KernelEventLog(time);
         _io = new IoManager(time, Events, _logger, _options) { OnCriticalTimeout = OnCriticalTimeout, OnFaultInjected = OnFaultInjected };
+        Metrics = new KernelMetrics(() => _io.OutstandingCount,
+            () => _io.Machine is { } machine ? (machine.Iommu.IotlbHits, machine.Iommu.IotlbMisses) : null);
+        _io.Metrics = Metrics;
+        Events.Raised += Metrics.EventRaised;
         _launcher = new HostLauncher(_options, _io, Events, _loggerFactory, time);
         _pool = new WarmPool(_launcher, _options.WarmPoolSize, OnHostExited, _stopping.Token);
     }
+
+    /// <summary>The kernel's metrics (meter <c>DriverIsolation.Kernel</c>): IRPs completed by
+    /// device, function and status, their durations, IRPs in flight, kernel events by kind and
+    /// driver (restarts, quarantines, IOMMU faults, ...), the IOTLB hit ratio.</summary>
+    public KernelMetrics Metrics { get; }
 
     /// <summary>What the kernel observed: hosts, loads, refusals, timeouts, crashes.</summary>
     public KernelEventLog Events { get; }
@@ -274,6 +283,7 @@ public sealed class Microkernel : IAsyncDisposable
         }
 
         _io.Machine?.Dispose();
+        Metrics.Dispose();
         _stopping.Dispose();
     }
 

@@ -532,6 +532,9 @@ internal sealed class IoManager
         _ => NtStatus.DeviceNotReady,
     };
 
+    /// <summary>Where completions are counted and timed (null: nowhere).</summary>
+    public KernelMetrics? Metrics { get; set; }
+
     /// <summary>The one completion to the caller; only the thread that set Completed gets here.</summary>
     private void Finish(KernelIrp irp, IoResult result, ReadOnlyMemory<byte> data)
     {
@@ -547,6 +550,7 @@ internal sealed class IoManager
         }
 
         irp.Device.Statistics.Record(result.Status);
+        Metrics?.IrpCompleted(irp.Device.Name, irp.MajorFunction, result.Status, irp.StartedAt);
         irp.Completion.TrySetResult(result);
     }
 

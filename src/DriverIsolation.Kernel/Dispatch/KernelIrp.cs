@@ -31,6 +31,9 @@ internal sealed class KernelIrp
 
     public long Id { get; }
 
+    /// <summary>When the IRP entered the kernel (a Stopwatch timestamp), for its duration.</summary>
+    public long StartedAt { get; } = System.Diagnostics.Stopwatch.GetTimestamp();
+
     public FileObject File { get; }
 
     public KernelDevice Device => File.Device;
