@@ -55,6 +55,36 @@ public sealed class Microkernel : IAsyncDisposable
     /// driver (restarts, quarantines, IOMMU faults, ...), the IOTLB hit ratio.</summary>
     public KernelMetrics Metrics { get; }
 
+    /// <summary>Records IRPs and kernel events as a Chrome / Perfetto trace while set (null: no trace).</summary>
+    public TraceRecorder? Trace
+    {
+        get => _io.Trace;
+        set
+        {
+            if (_io.Trace is not null)
+            {
+                Events.Raised -= _traceEvents;
+            }
+
+            _io.Trace = value;
+            if (value is not null)
+            {
+                _traceEvents = e => value.EventRaised(e, e.Driver is null ? null : HostPidOf(e.Driver));
+                Events.Raised += _traceEvents;
+            }
+        }
+    }
+
+    private Action<KernelEvent> _traceEvents = _ => { };
+
+    private int? HostPidOf(string driver)
+    {
+        lock (_gate)
+        {
+            return _drivers.FirstOrDefault(d => d.Name == driver)?.Host.ProcessId;
+        }
+    }
+
     /// <summary>What the kernel observed: hosts, loads, refusals, timeouts, crashes.</summary>
     public KernelEventLog Events { get; }
 

@@ -179,6 +179,7 @@ internal sealed class IoManager
             return;
         }
 
+        Trace?.LayerLeft(irp, $"completed with {status}");
         if (upper < 0)
         {
             Finish(irp, new IoResult(status, information), data);
@@ -197,6 +198,7 @@ internal sealed class IoManager
             return;
         }
 
+        Trace?.LayerEntered(irp, layer);
         layer.Host.LowerCompleted(irp, layer, status, information, data);
     }
 
@@ -245,6 +247,8 @@ internal sealed class IoManager
             Refuse(from, "pass-down", irpId, refusal);
             return;
         }
+
+        Trace?.LayerLeft(irp, "passed down");
 
         SendToLayer(irp, lower, cancel);
     }
@@ -332,6 +336,7 @@ internal sealed class IoManager
         _irps[irp.Id] = irp;
         irp.Deadline = _time.CreateTimer(static s => ((IoManagerDeadline)s!).Fire(), new IoManagerDeadline(this, irp), file.Device.RequestTimeout, Timeout.InfiniteTimeSpan);
         var layer = irp.Layers[layerIndex];
+        Trace?.LayerEntered(irp, layer);
         layer.Host.Dispatch(irp, layer);
         return irp.Completion.Task;
     }
@@ -379,6 +384,7 @@ internal sealed class IoManager
             return;
         }
 
+        Trace?.LayerEntered(irp, layer);
         layer.Host.Dispatch(irp, layer);
         if (cancelAfterSend)
         {
@@ -532,6 +538,9 @@ internal sealed class IoManager
         _ => NtStatus.DeviceNotReady,
     };
 
+    /// <summary>Where IRPs are traced (null: not traced).</summary>
+    public TraceRecorder? Trace { get; set; }
+
     /// <summary>Where completions are counted and timed (null: nowhere).</summary>
     public KernelMetrics? Metrics { get; set; }
 
@@ -551,6 +560,7 @@ internal sealed class IoManager
 
         irp.Device.Statistics.Record(result.Status);
         Metrics?.IrpCompleted(irp.Device.Name, irp.MajorFunction, result.Status, irp.StartedAt);
+        Trace?.IrpFinished(irp, result.Status);
         irp.Completion.TrySetResult(result);
     }
 

@@ -31,6 +31,10 @@ internal sealed class KernelIrp
 
     public long Id { get; }
 
+    /// <summary>The layer the IRP is in now, for the trace (when it was sent there, the host's
+    /// PID, the driver); null while no trace is recorded.</summary>
+    public (long Since, int Pid, string Driver)? TraceLayer { get; set; }
+
     /// <summary>When the IRP entered the kernel (a Stopwatch timestamp), for its duration.</summary>
     public long StartedAt { get; } = System.Diagnostics.Stopwatch.GetTimestamp();
 

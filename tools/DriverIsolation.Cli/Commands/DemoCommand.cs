@@ -41,17 +41,18 @@ internal static class DemoCommand
         iommu.AcceptOnlyFromAmong("off", "strict", "lazy");
         var seed = new Option<int>("--seed") { Description = "Seed of the workload's data", DefaultValueFactory = _ => 1 };
         var verbose = new Option<bool>("--verbose") { Description = "Show the kernel's log" };
+        var trace = new Option<FileInfo?>("--trace") { Description = "Write a Chrome / Perfetto trace of every IRP to this file (open it in ui.perfetto.dev)" };
 
         var command = new Command("demo", "Boot the sample drivers and run a short mixed workload through them")
         {
-            isolation, iommu, requests, seed, verbose,
+            isolation, iommu, requests, seed, verbose, trace,
         };
         command.SetAction((parse, _) => RunAsync(
-            IsolationModels.Parse(parse.GetValue(isolation)!), Enum.Parse<Kernel.Hardware.IommuMode>(parse.GetValue(iommu)!, ignoreCase: true), parse.GetValue(requests), parse.GetValue(seed), parse.GetValue(verbose)));
+            IsolationModels.Parse(parse.GetValue(isolation)!), Enum.Parse<Kernel.Hardware.IommuMode>(parse.GetValue(iommu)!, ignoreCase: true), parse.GetValue(requests), parse.GetValue(seed), parse.GetValue(verbose), parse.GetValue(trace)));
         return command;
     }
 
-    private static async Task<int> RunAsync(IsolationModel isolation, Kernel.Hardware.IommuMode iommuMode, int requests, int seed, bool verbose)
+    private static async Task<int> RunAsync(IsolationModel isolation, Kernel.Hardware.IommuMode iommuMode, int requests, int seed, bool verbose, FileInfo? traceFile)
     {
         using var loggerFactory = LoggerFactory.Create(b => b
             .AddSimpleConsole(o => o.SingleLine = true)
@@ -61,6 +62,8 @@ internal static class DemoCommand
         await using var kernel = new Microkernel(new KernelOptions { WarmPoolSize = 0, IommuMode = iommuMode }, loggerFactory);
 
         AnsiConsole.MarkupLine($"[bold]DriverIsolation demo[/]: kernel PID [cyan]{Microkernel.ProcessId}[/], isolation [cyan]{isolation.ToManifestName()}[/], IOMMU [cyan]{iommuMode.ToString().ToLowerInvariant()}[/]");
+        var trace = traceFile is null ? null : new TraceRecorder();
+        kernel.Trace = trace;
         var booted = System.Diagnostics.Stopwatch.StartNew();
         await kernel.StartAsync(EmbeddedManifests.Samples(), isolation).ConfigureAwait(false);
         var drivers = kernel.GetDrivers();
@@ -97,6 +100,13 @@ internal static class DemoCommand
         foreach (var problem in warmUp.Problems.Concat(workload.Problems).Take(20))
         {
             AnsiConsole.MarkupLine($"[red]problem:[/] {problem.EscapeMarkup()}");
+        }
+
+        if (trace is not null && traceFile is not null)
+        {
+            kernel.Trace = null;
+            await trace.WriteAsync(traceFile.FullName).ConfigureAwait(false);
+            AnsiConsole.MarkupLine($"Trace written to {traceFile.FullName.EscapeMarkup()}{(trace.Dropped > 0 ? $" ({trace.Dropped} events dropped)" : "")}: open it in ui.perfetto.dev or chrome://tracing.");
         }
 
         return warmUp.Problems.Count == 0 && workload.Problems.Count == 0 && kernel.OutstandingIrps == 0 && iommuClean ? 0 : 1;
