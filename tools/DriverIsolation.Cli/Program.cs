@@ -11,6 +11,7 @@ var root = new RootCommand("drviso: a simulated microkernel whose drivers run in
     CampaignCommands.CreateMerge(),
     CampaignCommands.CreateTrial(),
     ServeCommand.Create(),
+    TraceCommand.Create(),
     DriversCommand.CreateDrivers(),
     DriversCommand.CreateQuarantine(),
     DriversCommand.CreateInject(),
