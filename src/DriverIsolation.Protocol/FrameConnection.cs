@@ -2,6 +2,7 @@ using System.Buffers;
 using System.Diagnostics;
 using System.IO.MemoryMappedFiles;
 using System.IO.Pipelines;
+using System.Runtime.CompilerServices;
 using MessagePack;
 
 namespace DriverIsolation.Protocol;
@@ -65,6 +66,7 @@ public sealed class FrameConnection : IAsyncDisposable
     /// Reads the next message. Returns null when the peer closed the connection cleanly between
     /// frames. Throws <see cref="ProtocolException"/> for a malformed, oversized or truncated frame.
     /// </summary>
+    [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder<>))]
     public async ValueTask<Message?> ReadAsync(CancellationToken cancellationToken = default)
     {
         while (true)
@@ -118,6 +120,7 @@ public sealed class FrameConnection : IAsyncDisposable
     }
 
     /// <summary>Reads the next frame from the pipe (see <see cref="ReadAsync"/>).</summary>
+    [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder<>))]
     private async ValueTask<Message?> ReadPipeAsync(CancellationToken cancellationToken)
     {
         while (true)

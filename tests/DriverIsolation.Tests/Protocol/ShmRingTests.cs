@@ -142,14 +142,20 @@ public sealed class ShmRingTests : IDisposable
         Assert.True(host.Send(new Pong(1, 42)));
         Assert.Equal(new Pong(1, 42), await kernel.ReadAsync().AsTask().Bounded());
 
-        // Both readers now sleep on their pipes between messages: every message still arrives,
-        // in order, whoever sends it when.
+        // Bursts of 100, the next one sent only once the reader has taken the last: in between,
+        // the reader finds its ring empty and goes to sleep on the pipe, and the next burst must
+        // wake it. Every message arrives, in order.
+        using var drained = new SemaphoreSlim(0);
         var reading = Task.Run(async () =>
         {
             var got = new List<long>();
             for (var i = 0; i < 2000; i++)
             {
                 got.Add(Assert.IsType<Ping>(await host.ReadAsync()).Sequence);
+                if (i % 100 == 99)
+                {
+                    drained.Release();
+                }
             }
 
             return got;
@@ -157,9 +163,9 @@ public sealed class ShmRingTests : IDisposable
         for (var i = 0; i < 2000; i++)
         {
             kernel.Send(new Ping(i));
-            if (i % 100 == 0)
+            if (i % 100 == 99)
             {
-                await Task.Delay(1);
+                Assert.True(await drained.WaitAsync(TimeSpan.FromSeconds(30)));
             }
         }
 
