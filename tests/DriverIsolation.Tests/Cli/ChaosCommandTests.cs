@@ -14,7 +14,8 @@ public sealed class ChaosCommandTests : IDisposable
     [Fact]
     public async Task Chaos_ShortRunWithKills_ReportsNothingLostNothingDuplicatedDataVerified()
     {
-        var (exitCode, output) = await Drviso.RunAsync("chaos", "--duration", "4s", "--kill-every", "500ms", "--seed", "7", "--json", _json);
+        var trace = Path.ChangeExtension(_json, ".trace.json");
+        var (exitCode, output) = await Drviso.RunAsync("chaos", "--duration", "4s", "--kill-every", "500ms", "--seed", "7", "--json", _json, "--trace", trace);
 
         Assert.True(exitCode == 0, output);
         using var report = JsonDocument.Parse(await File.ReadAllTextAsync(_json));
@@ -32,6 +33,18 @@ public sealed class ChaosCommandTests : IDisposable
         {
             Assert.Equal(JsonValueKind.Number, root.GetProperty(field).ValueKind);
         }
+
+        // The trace shows every kill and every restart as an instant, and the IRPs as slices.
+        using (var traced = JsonDocument.Parse(await File.ReadAllTextAsync(trace)))
+        {
+            var events = traced.RootElement.GetProperty("traceEvents").EnumerateArray().ToList();
+            var instants = events.Where(e => e.GetProperty("ph").GetString() == "i").Select(e => e.GetProperty("name").GetString()!).ToList();
+            Assert.Equal(root.GetProperty("kills").GetInt32(), instants.Count(n => n.StartsWith("HostExited ", StringComparison.Ordinal)));
+            Assert.Equal(root.GetProperty("restarts").GetInt32(), instants.Count(n => n.StartsWith("DriverRestarted ", StringComparison.Ordinal)));
+            Assert.True(events.Count(e => e.GetProperty("ph").GetString() == "X") > 100);
+        }
+
+        File.Delete(trace);
     }
 
     [Fact]

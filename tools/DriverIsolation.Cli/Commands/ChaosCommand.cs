@@ -22,12 +22,13 @@ internal static class ChaosCommand
         var seed = new Option<int>("--seed") { Description = "Seed of the workload and of the victims", DefaultValueFactory = _ => 1 };
         var json = new Option<FileInfo?>("--json") { Description = "Also write the report as JSON to this file" };
         var verbose = new Option<bool>("--verbose") { Description = "Show the kernel's log" };
+        var trace = new Option<FileInfo?>("--trace") { Description = "Write a Chrome / Perfetto trace of every IRP, kill and restart to this file" };
         var command = new Command("chaos", "Run a verified mixed workload while killing driver hosts; report lost, duplicated and recovery times")
         {
-            duration, killEvery, seed, json, verbose,
+            duration, killEvery, seed, json, verbose, trace,
         };
         command.SetAction((parse, _) => RunAsync(
-            Parse(parse.GetValue(duration)!), Parse(parse.GetValue(killEvery)!), parse.GetValue(seed), parse.GetValue(json), parse.GetValue(verbose)));
+            Parse(parse.GetValue(duration)!), Parse(parse.GetValue(killEvery)!), parse.GetValue(seed), parse.GetValue(json), parse.GetValue(verbose), parse.GetValue(trace)));
         return command;
     }
 
@@ -46,7 +47,7 @@ internal static class ChaosCommand
 
     private static TimeSpan Parse(string text) => Durations.TryParse(text, out var value) ? value : throw new ArgumentException(text);
 
-    private static async Task<int> RunAsync(TimeSpan duration, TimeSpan killEvery, int seed, FileInfo? json, bool verbose)
+    private static async Task<int> RunAsync(TimeSpan duration, TimeSpan killEvery, int seed, FileInfo? json, bool verbose, FileInfo? traceFile)
     {
         using var loggerFactory = LoggerFactory.Create(b => b
             .AddSimpleConsole(o => o.SingleLine = true)
@@ -55,6 +56,8 @@ internal static class ChaosCommand
         try
         {
             await using var kernel = new Microkernel(new KernelOptions { WarmPoolSize = 2 }, loggerFactory);
+            var trace = traceFile is null ? null : new TraceRecorder();
+            kernel.Trace = trace;
             await kernel.StartAsync(Manifests(backingFile), IsolationModel.Process).ConfigureAwait(false);
             AnsiConsole.MarkupLine(string.Create(CultureInfo.InvariantCulture,
                 $"[bold]drviso chaos[/]: {duration.TotalSeconds:F0} s, a SIGKILL every {killEvery.TotalMilliseconds:F0} ms, seed {seed}, kernel PID {Microkernel.ProcessId}"));
@@ -64,6 +67,13 @@ internal static class ChaosCommand
             {
                 await File.WriteAllTextAsync(json.FullName, JsonSerializer.Serialize(report, Indented)).ConfigureAwait(false);
                 AnsiConsole.MarkupLine($"Report written to {json.FullName.EscapeMarkup()}");
+            }
+
+            if (trace is not null && traceFile is not null)
+            {
+                kernel.Trace = null;
+                await trace.WriteAsync(traceFile.FullName).ConfigureAwait(false);
+                AnsiConsole.MarkupLine($"Trace written to {traceFile.FullName.EscapeMarkup()}{(trace.Dropped > 0 ? $" ({trace.Dropped} events dropped)" : "")}");
             }
 
             return report.InvariantsHold ? 0 : 1;
