@@ -24,15 +24,15 @@ switch (attack)
 {
     case "silent":
         // Connects and never says a word.
-        await Task.Delay(Timeout.Infinite);
+        await UntilClosedAsync(pipe);
         return 0;
     case "wrong-token":
         await RawAsync(pipe, FrameCodec.Encode(new Hello(ProtocolConstants.Version, new byte[token.Length], Environment.ProcessId)));
-        await Task.Delay(Timeout.Infinite);
+        await UntilClosedAsync(pipe);
         return 0;
     case "wrong-pid":
         await RawAsync(pipe, FrameCodec.Encode(new Hello(ProtocolConstants.Version, token, Environment.ProcessId + 1)));
-        await Task.Delay(Timeout.Infinite);
+        await UntilClosedAsync(pipe);
         return 0;
 }
 
@@ -137,4 +137,20 @@ static async Task RawAsync(Stream stream, byte[] bytes)
 {
     await stream.WriteAsync(bytes);
     await stream.FlushAsync();
+}
+
+// Stays until the kernel drops the connection (or kills the process): whatever it sends is ignored.
+static async Task UntilClosedAsync(Stream pipe)
+{
+    var buffer = new byte[4096];
+    try
+    {
+        while (await pipe.ReadAsync(buffer) > 0)
+        {
+        }
+    }
+    catch (IOException)
+    {
+        // The kernel closed it.
+    }
 }
