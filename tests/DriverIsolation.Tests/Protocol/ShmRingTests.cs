@@ -125,10 +125,9 @@ public sealed class ShmRingTests : IDisposable
     [Fact]
     public async Task Connection_SwitchedToRings_DeliversBothWays_WakesASleepingReader_AndDrainsAfterThePeerLeft()
     {
-        var name = $"drviso-test-{Guid.NewGuid():N}";
-        await using var serverPipe = new NamedPipeServerStream(name, PipeDirection.InOut, 1, PipeTransmissionMode.Byte, PipeOptions.Asynchronous | PipeOptions.CurrentUserOnly);
-        await using var clientPipe = new NamedPipeClientStream(".", name, PipeDirection.InOut, PipeOptions.Asynchronous | PipeOptions.CurrentUserOnly);
-        await Task.WhenAll(serverPipe.WaitForConnectionAsync(), clientPipe.ConnectAsync()).Bounded();
+        var (serverPipe, clientPipe) = await ConnectedPipesAsync();
+        await using var serverDisposal = serverPipe;
+        await using var clientDisposal = clientPipe;
         var kernel = new FrameConnection(serverPipe, untrustedPeer: true);
         var host = new FrameConnection(clientPipe, untrustedPeer: false);
 
@@ -186,10 +185,9 @@ public sealed class ShmRingTests : IDisposable
     [Fact]
     public async Task RingControlMessages_WhereTheyDoNotBelong_AreProtocolViolations()
     {
-        var name = $"drviso-test-{Guid.NewGuid():N}";
-        await using var serverPipe = new NamedPipeServerStream(name, PipeDirection.InOut, 1, PipeTransmissionMode.Byte, PipeOptions.Asynchronous | PipeOptions.CurrentUserOnly);
-        await using var clientPipe = new NamedPipeClientStream(".", name, PipeDirection.InOut, PipeOptions.Asynchronous | PipeOptions.CurrentUserOnly);
-        await Task.WhenAll(serverPipe.WaitForConnectionAsync(), clientPipe.ConnectAsync()).Bounded();
+        var (serverPipe, clientPipe) = await ConnectedPipesAsync();
+        await using var serverDisposal = serverPipe;
+        await using var clientDisposal = clientPipe;
         await using var kernel = new FrameConnection(serverPipe, untrustedPeer: true);
         await using var host = new FrameConnection(clientPipe, untrustedPeer: false);
 
@@ -198,5 +196,15 @@ public sealed class ShmRingTests : IDisposable
         var refused = await Assert.ThrowsAsync<ProtocolException>(() => kernel.ReadAsync().AsTask()).Bounded();
         Assert.Equal("Unexpected RingReady: the rings were not offered that way.", refused.Message);
         Assert.Equal(refused.Message, kernel.CloseReason);
+    }
+
+    /// <summary>Both ends of a fresh named pipe, connected.</summary>
+    private static async Task<(NamedPipeServerStream Server, NamedPipeClientStream Client)> ConnectedPipesAsync()
+    {
+        var name = $"drviso-test-{Guid.NewGuid():N}";
+        var server = new NamedPipeServerStream(name, PipeDirection.InOut, 1, PipeTransmissionMode.Byte, PipeOptions.Asynchronous | PipeOptions.CurrentUserOnly);
+        var client = new NamedPipeClientStream(".", name, PipeDirection.InOut, PipeOptions.Asynchronous | PipeOptions.CurrentUserOnly);
+        await Task.WhenAll(server.WaitForConnectionAsync(), client.ConnectAsync()).Bounded();
+        return (server, client);
     }
 }
