@@ -30,6 +30,7 @@ namespace DriverIsolation.Protocol;
 [Union(21, typeof(UseRing))]
 [Union(22, typeof(RingReady))]
 [Union(23, typeof(RingDoorbell))]
+[Union(24, typeof(HostSpan))]
 public abstract record Message;
 
 /// <summary>K→H, on the pipe: from the next message on, the kernel sends on the shared-memory
@@ -141,7 +142,9 @@ public sealed record DeviceAdded(
     [property: Key(2)] string? Detail) : Message;
 
 /// <summary>K→H: an IRP for one layer of a device stack. <see cref="Input"/> is the system buffer's
-/// input part; the host allocates <see cref="OutputLength"/> bytes for results.</summary>
+/// input part; the host allocates <see cref="OutputLength"/> bytes for results. <see cref="TraceParent"/>
+/// is the IRP's W3C trace context (<c>00-trace-span-flags</c>) while the kernel traces, else nil:
+/// the host then reports its stay as a <see cref="HostSpan"/>.</summary>
 [MessagePackObject]
 public sealed record Dispatch(
     [property: Key(0)] long IrpId,
@@ -153,7 +156,8 @@ public sealed record Dispatch(
     [property: Key(6)] int Length,
     [property: Key(7)] uint IoControlCode,
     [property: Key(8)] ReadOnlyMemory<byte> Input,
-    [property: Key(9)] int OutputLength) : Message;
+    [property: Key(9)] int OutputLength,
+    [property: Key(10)] string? TraceParent = null) : Message;
 
 /// <summary>H→K: the layer (<see cref="DeviceId"/>) that owns the IRP completes it. <see cref="Data"/> is the output it
 /// produced (Read and control requests), never longer than the request's output buffer.</summary>
@@ -177,14 +181,33 @@ public sealed record PassDown(
     [property: Key(5)] ReadOnlyMemory<byte> Input) : Message;
 
 /// <summary>K→H: the lower layer completed an IRP this layer passed down with a completion
-/// routine; the IRP belongs to this layer again.</summary>
+/// routine; the IRP belongs to this layer again. <see cref="TraceParent"/> as in <see cref="Dispatch"/>.</summary>
 [MessagePackObject]
 public sealed record LowerCompleted(
     [property: Key(0)] long IrpId,
     [property: Key(1)] int DeviceId,
     [property: Key(2)] NtStatus Status,
     [property: Key(3)] long Information,
-    [property: Key(4)] ReadOnlyMemory<byte> Data) : Message;
+    [property: Key(4)] ReadOnlyMemory<byte> Data,
+    [property: Key(5)] string? TraceParent = null) : Message;
+
+/// <summary>H→K, only for a traced IRP and before the Complete or PassDown that ends the stay:
+/// one stay of the IRP in a layer of this host, timed by the host (monotonic clock ticks, the
+/// clock every process of the machine shares). <see cref="SpanId"/> is the host's span, a child
+/// of the trace context the kernel sent; <see cref="RoutineStart"/> to <see cref="RoutineEnd"/> is
+/// the driver's routine on its thread (zero if none ran); <see cref="Ended"/> says how the stay
+/// ended.</summary>
+[MessagePackObject]
+public sealed record HostSpan(
+    [property: Key(0)] long IrpId,
+    [property: Key(1)] int DeviceId,
+    [property: Key(2)] string Name,
+    [property: Key(3)] string SpanId,
+    [property: Key(4)] long Received,
+    [property: Key(5)] long RoutineStart,
+    [property: Key(6)] long RoutineEnd,
+    [property: Key(7)] long Ended,
+    [property: Key(8)] string Outcome) : Message;
 
 /// <summary>K→H: cancel an IRP this host owns (its cancel routine runs if it set one).</summary>
 [MessagePackObject]

@@ -111,6 +111,16 @@ while (await connection.ReadAsync() is { } message)
             connection.Send(new Complete(d.IrpId, d.DeviceId + 1000, NtStatus.Success, d.OutputLength, new byte[d.OutputLength]));
             connection.Send(new Complete(d.IrpId, d.DeviceId, NtStatus.Success, d.OutputLength, Enumerable.Repeat((byte)0x42, d.OutputLength).ToArray()));
             break;
+        case Dispatch { TraceParent: not null } d when attack == "forged-spans":
+            // Spans for an IRP it does not hold, for another device, and from before the IRP
+            // existed; then its honest span and completion.
+            var now = System.Diagnostics.Stopwatch.GetTimestamp();
+            connection.Send(new HostSpan(d.IrpId + 1000, d.DeviceId, "forged: unknown IRP", "00000000000000aa", now, 0, 0, now, "forged"));
+            connection.Send(new HostSpan(d.IrpId, d.DeviceId + 1000, "forged: other device", "00000000000000bb", now, 0, 0, now, "forged"));
+            connection.Send(new HostSpan(d.IrpId, d.DeviceId, "forged: before the IRP", "00000000000000cc", 1, 0, 0, now, "forged"));
+            connection.Send(new HostSpan(d.IrpId, d.DeviceId, "honest", "00000000000000dd", now, 0, 0, System.Diagnostics.Stopwatch.GetTimestamp(), "completed with Success"));
+            connection.Send(new Complete(d.IrpId, d.DeviceId, NtStatus.Success, 0, ReadOnlyMemory<byte>.Empty));
+            break;
         case Dispatch d when attack == "bad-status":
             // A status that is no status, then the honest completion.
             connection.Send(new Complete(d.IrpId, d.DeviceId, (NtStatus)0x12345678, 0, ReadOnlyMemory<byte>.Empty));

@@ -1,3 +1,5 @@
+using System.Collections.Concurrent;
+using System.Diagnostics;
 using System.Runtime.InteropServices;
 using DriverIsolation.Protocol;
 using Microsoft.Extensions.Logging;
@@ -12,6 +14,13 @@ namespace DriverIsolation.DriverHost;
 /// </summary>
 public sealed class HostServer : IKernelLink
 {
+    /// <summary>The host's activity source: a traced IRP's stay in a layer here is an activity,
+    /// child of the kernel's, while something in this process listens (the OTLP exporter).</summary>
+    public const string ActivitySourceName = "DriverIsolation.DriverHost";
+
+    private static readonly ActivitySource Activities = new(ActivitySourceName);
+
+    private readonly ConcurrentDictionary<(long IrpId, int DeviceId), TracedStay> _traced = new();
     private readonly FrameConnection _connection;
     private readonly string _hostName;
     private readonly DriverRuntime _runtime;
@@ -54,6 +63,17 @@ public sealed class HostServer : IKernelLink
                 case Cancel c:
                     _runtime.Cancel(c.IrpId, c.DeviceId);
                     break;
+                case LowerCompleted { TraceParent: not null } lc:
+                    var lowerStay = BeginStay(lc.IrpId, lc.DeviceId, "completion routine", lc.TraceParent);
+                    ThreadPool.UnsafeQueueUserWorkItem(
+                        static s =>
+                        {
+                            s.Stay.RoutineStart = Stopwatch.GetTimestamp();
+                            s.Runtime.LowerCompleted(s.Message.IrpId, s.Message.DeviceId, s.Message.Status, s.Message.Information, s.Message.Data.Span);
+                            s.Stay.RoutineEnded();
+                        },
+                        (Runtime: _runtime, Message: lc, Stay: lowerStay), preferLocal: false);
+                    break;
                 case LowerCompleted lc:
                     ThreadPool.UnsafeQueueUserWorkItem(
                         static s => s.Runtime.LowerCompleted(s.Message.IrpId, s.Message.DeviceId, s.Message.Status, s.Message.Information, s.Message.Data.Span),
@@ -89,17 +109,110 @@ public sealed class HostServer : IKernelLink
         var output = d.OutputLength > 0 ? new byte[d.OutputLength] : Memory<byte>.Empty;
         var irp = _runtime.Accept(d.IrpId, d.DeviceId, d.MajorFunction, d.MinorFunction, d.FileId, d.Offset, d.Length,
             d.IoControlCode, MemoryMarshal.AsMemory(d.Input), output);
-        if (irp is not null)
+        if (irp is null)
+        {
+            return;
+        }
+
+        if (d.TraceParent is null)
         {
             ThreadPool.UnsafeQueueUserWorkItem(static irp => DriverRuntime.Invoke(irp), irp, preferLocal: false);
+            return;
         }
+
+        var stay = BeginStay(d.IrpId, d.DeviceId, d.MajorFunction.ToString(), d.TraceParent);
+        ThreadPool.UnsafeQueueUserWorkItem(
+            static s =>
+            {
+                s.Stay.RoutineStart = Stopwatch.GetTimestamp();
+                DriverRuntime.Invoke(s.Irp);
+                s.Stay.RoutineEnded();
+            },
+            (Irp: irp, Stay: stay), preferLocal: false);
     }
 
-    void IKernelLink.Complete(long irpId, int deviceId, NtStatus status, long information, ReadOnlyMemory<byte> data) =>
-        _connection.Send(new Complete(irpId, deviceId, status, information, data));
+    /// <summary>A traced IRP arrived at a layer here: its stay is timed from now (and is an
+    /// activity, child of the kernel's span, if something listens).</summary>
+    private TracedStay BeginStay(long irpId, int deviceId, string what, string traceParent)
+    {
+        var name = $"{_runtime.DriverNameOf(deviceId) ?? "?"}: {what}";
+        Activity? activity = null;
+        if (Activities.HasListeners() && ActivityContext.TryParse(traceParent, null, isRemote: true, out var parent))
+        {
+            var current = Activity.Current;
+            activity = Activities.StartActivity(name, ActivityKind.Server, parent);
+            Activity.Current = current;
+            activity?.SetTag("drviso.irp", irpId);
+        }
 
-    void IKernelLink.PassDown(long irpId, int deviceId, bool wantsCompletion, long offset, int length, ReadOnlyMemory<byte> input) =>
+        var stay = new TracedStay(name, Stopwatch.GetTimestamp(), activity);
+        _traced[(irpId, deviceId)] = stay;
+        return stay;
+    }
+
+    /// <summary>The stay ends (completed or passed down): the kernel gets the host's timing of it
+    /// before the message that ends it.</summary>
+    private void EndStay(long irpId, int deviceId, string outcome)
+    {
+        if (_traced.IsEmpty || !_traced.TryRemove((irpId, deviceId), out var stay))
+        {
+            return;
+        }
+
+        var ended = Stopwatch.GetTimestamp();
+        var (routineStart, routineEnd) = stay.Routine(ended);
+        var spanId = stay.Activity?.SpanId.ToHexString() ?? ActivitySpanId.CreateRandom().ToHexString();
+        if (stay.Activity is { } activity)
+        {
+            var current = Activity.Current;
+            activity.SetTag("drviso.outcome", outcome);
+            activity.Stop();
+            Activity.Current = current;
+        }
+
+        _connection.Send(new HostSpan(irpId, deviceId, stay.Name, spanId, stay.Received, routineStart, routineEnd, ended, outcome));
+    }
+
+    void IKernelLink.Complete(long irpId, int deviceId, NtStatus status, long information, ReadOnlyMemory<byte> data)
+    {
+        EndStay(irpId, deviceId, $"completed with {status}");
+        _connection.Send(new Complete(irpId, deviceId, status, information, data));
+    }
+
+    void IKernelLink.PassDown(long irpId, int deviceId, bool wantsCompletion, long offset, int length, ReadOnlyMemory<byte> input)
+    {
+        EndStay(irpId, deviceId, "passed down");
         _connection.Send(new PassDown(irpId, deviceId, wantsCompletion, offset, length, input));
+    }
+
+    /// <summary>One traced stay: when the host read the request, and when the driver's routine
+    /// ran (it may still be running when it completes the IRP inline: the routine then counts
+    /// until that completion).</summary>
+    private sealed class TracedStay(string name, long received, Activity? activity)
+    {
+        private long _routineStart;
+        private long _routineEnd;
+
+        public string Name { get; } = name;
+
+        public long Received { get; } = received;
+
+        public Activity? Activity { get; } = activity;
+
+        public long RoutineStart
+        {
+            set => Volatile.Write(ref _routineStart, value);
+        }
+
+        public void RoutineEnded() => Volatile.Write(ref _routineEnd, Stopwatch.GetTimestamp());
+
+        public (long Start, long End) Routine(long now)
+        {
+            var start = Volatile.Read(ref _routineStart);
+            var end = Volatile.Read(ref _routineEnd);
+            return start == 0 ? (0, 0) : (start, end == 0 ? now : end);
+        }
+    }
 
     void IKernelLink.Log(int driverId, LogLevel level, string message) =>
         _connection.Send(new Log(driverId, (int)level, message));

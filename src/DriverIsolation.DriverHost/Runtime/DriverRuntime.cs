@@ -29,6 +29,9 @@ public sealed class DriverRuntime : IDeviceStackPort
         _loggerFor = loggerFor;
     }
 
+    /// <summary>The name of the driver a device here belongs to, or null if it is not here.</summary>
+    public string? DriverNameOf(int deviceId) => _devices.TryGetValue(deviceId, out var device) ? device.Driver.Name : null;
+
     /// <summary>IRPs (per layer) that drivers here hold right now.</summary>
     public int OutstandingIrps => _irps.Count;
 

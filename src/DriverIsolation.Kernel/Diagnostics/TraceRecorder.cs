@@ -7,11 +7,14 @@ namespace DriverIsolation.Kernel;
 /// <summary>
 /// Records IRPs as a Chrome / Perfetto trace (the trace-event JSON format): one track per process,
 /// the kernel and each host. On the kernel's track, every IRP is a slice from its entry to its
-/// completion to the caller; on a host's track, each stay of the IRP in a layer of that host is a
-/// slice, from the kernel sending it there to the host completing it or passing it down (timed by
-/// the kernel: what the kernel saw of the host). Host exits, restarts, quarantines, watchdog kills,
-/// IOMMU faults, injected faults and bug checks are instant events. Opt-in: a kernel records only
-/// while <see cref="Microkernel.Trace"/> is set.
+/// completion to the caller. On a host's track, each stay of the IRP in a layer of that host is a
+/// slice timed by the host itself (it gets the IRP's trace context in the dispatch frame and
+/// answers with a <see cref="Protocol.HostSpan"/>: from reading the request to completing it or
+/// passing it down), with the driver's routine nested inside it. A stay that ends without the
+/// host's word (the host died, the deadline passed) and stays in in-kernel drivers are timed by the
+/// kernel. Every slice carries the W3C trace id and span ids, so the trace is one distributed trace.
+/// Host exits, restarts, quarantines, watchdog kills, IOMMU faults, injected faults and bug checks
+/// are instant events. Opt-in: a kernel records only while <see cref="Microkernel.Trace"/> is set.
 /// </summary>
 public sealed class TraceRecorder
 {
@@ -37,6 +40,15 @@ public sealed class TraceRecorder
         _processes.TryAdd(layer.Host.ProcessId, $"{(layer.Host.ProcessId == Environment.ProcessId ? "kernel" : $"host {layer.Host.Name}")} (PID {layer.Host.ProcessId})");
     }
 
+    /// <summary>Host spans dropped: not for an IRP the host held, or with impossible times.</summary>
+    public int RejectedHostSpans => Volatile.Read(ref _rejected);
+
+    private int _rejected;
+
+    internal void RejectHostSpan() => Interlocked.Increment(ref _rejected);
+
+    // A stay the host timed itself is already recorded: its span came before the completion or
+    // pass-down that ends it, on the same connection, and took the stay away.
     internal void LayerLeft(KernelIrp irp, string how)
     {
         if (irp.TraceLayer is not { } layer)
@@ -46,14 +58,66 @@ public sealed class TraceRecorder
 
         irp.TraceLayer = null;
         Add(Slice($"{layer.Driver}: {irp.MajorFunction}", layer.Pid, irp.Layers[^1].DeviceId, layer.Since, Stopwatch.GetTimestamp(),
-            new Dictionary<string, object> { ["irp"] = irp.Id, ["device"] = irp.Device.Name, ["ended"] = how }));
+            WithTrace(new Dictionary<string, object> { ["irp"] = irp.Id, ["device"] = irp.Device.Name, ["ended"] = how, ["timed_by"] = "kernel" }, irp.TraceParent, null)));
+    }
+
+    /// <summary>A host's own timing of one stay (see <see cref="Protocol.HostSpan"/>), checked
+    /// against what the kernel knows: the host held the IRP, and every time lies between the IRP's
+    /// entry into the kernel and now, in order.</summary>
+    internal void HostSpan(KernelIrp irp, int pid, bool owner, Protocol.HostSpan span)
+    {
+        var now = Stopwatch.GetTimestamp();
+        var routine = span.RoutineStart != 0 || span.RoutineEnd != 0;
+        var valid = owner && span.Name.Length <= 200 && span.Outcome.Length <= 200 && span.SpanId.Length == 16
+            && irp.StartedAt <= span.Received && span.Received <= span.Ended && span.Ended <= now
+            && (!routine || (span.Received <= span.RoutineStart && span.RoutineStart <= span.RoutineEnd && span.RoutineEnd <= span.Ended));
+        if (!valid)
+        {
+            Interlocked.Increment(ref _rejected);
+            return;
+        }
+
+        if (irp.TraceLayer is { } layer && layer.Pid == pid)
+        {
+            irp.TraceLayer = null;
+        }
+
+        var args = WithTrace(new Dictionary<string, object> { ["irp"] = irp.Id, ["device"] = irp.Device.Name, ["ended"] = span.Outcome, ["timed_by"] = "host" },
+            irp.TraceParent, span.SpanId);
+        Add(Slice(span.Name, pid, span.DeviceId, span.Received, span.Ended, args));
+        if (routine)
+        {
+            Add(Slice("dispatch routine", pid, span.DeviceId, span.RoutineStart, span.RoutineEnd,
+                new Dictionary<string, object> { ["irp"] = irp.Id, ["timed_by"] = "host" }));
+        }
+    }
+
+    // trace_id and span_id from the IRP's W3C context (00-trace-span-01); a host's own span is a
+    // child of the IRP's span.
+    private static Dictionary<string, object> WithTrace(Dictionary<string, object> args, string? traceParent, string? hostSpanId)
+    {
+        if (traceParent is { Length: 55 })
+        {
+            args["trace_id"] = traceParent[3..35];
+            if (hostSpanId is null)
+            {
+                args["span_id"] = traceParent[36..52];
+            }
+            else
+            {
+                args["span_id"] = hostSpanId;
+                args["parent_span_id"] = traceParent[36..52];
+            }
+        }
+
+        return args;
     }
 
     internal void IrpFinished(KernelIrp irp, NtStatus status)
     {
         LayerLeft(irp, $"the IRP ended with {status}");
         Add(Slice($"{irp.MajorFunction} {irp.Device.Name}", Environment.ProcessId, irp.Layers[^1].DeviceId, irp.StartedAt, Stopwatch.GetTimestamp(),
-            new Dictionary<string, object> { ["irp"] = irp.Id, ["status"] = status.ToString() }));
+            WithTrace(new Dictionary<string, object> { ["irp"] = irp.Id, ["status"] = status.ToString() }, irp.TraceParent, null)));
     }
 
     internal void EventRaised(KernelEvent e, int? pid)

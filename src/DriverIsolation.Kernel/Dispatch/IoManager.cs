@@ -105,6 +105,7 @@ internal sealed class IoManager
         };
         _irps[irp.Id] = irp;
         file.Outstanding[irp.Id] = irp;
+        StartTrace(irp);
         irp.Deadline = _time.CreateTimer(static s => ((IoManagerDeadline)s!).Fire(), new IoManagerDeadline(this, irp), device.RequestTimeout, Timeout.InfiniteTimeSpan);
         if (cancellationToken.CanBeCanceled)
         {
@@ -334,6 +335,7 @@ internal sealed class IoManager
             Layer = layerIndex,
         };
         _irps[irp.Id] = irp;
+        StartTrace(irp);
         irp.Deadline = _time.CreateTimer(static s => ((IoManagerDeadline)s!).Fire(), new IoManagerDeadline(this, irp), file.Device.RequestTimeout, Timeout.InfiniteTimeSpan);
         var layer = irp.Layers[layerIndex];
         Trace?.LayerEntered(irp, layer);
@@ -538,6 +540,84 @@ internal sealed class IoManager
         _ => NtStatus.DeviceNotReady,
     };
 
+    /// <summary>The kernel's activity source: every IRP is an activity while something listens.</summary>
+    public static readonly ActivitySource Activities = new(KernelMetrics.MeterName);
+
+    /// <summary>Gives a new IRP its trace context, when it is traced (a recorder is set) or
+    /// something listens to <see cref="Activities"/>. The activity is a child of the caller's
+    /// current one, so one trace spans the application, the kernel and every host.</summary>
+    private void StartTrace(KernelIrp irp)
+    {
+        if (Trace is null && !Activities.HasListeners())
+        {
+            return;
+        }
+
+        var caller = Activity.Current;
+        var activity = Activities.StartActivity($"{irp.MajorFunction} {irp.Device.Name}", ActivityKind.Internal);
+        if (activity is not null)
+        {
+            // The IRP's activity ends on whichever thread finishes it, not in the caller's flow.
+            Activity.Current = caller;
+            activity.SetTag("drviso.irp", irp.Id);
+            activity.SetTag("drviso.device", irp.Device.Name);
+            activity.SetTag("drviso.function", irp.MajorFunction.ToString());
+            if (activity.IdFormat == ActivityIdFormat.W3C)
+            {
+                irp.Activity = activity;
+                irp.TraceParent = activity.Id;
+                return;
+            }
+
+            activity.Stop();
+            Activity.Current = caller;
+        }
+
+        if (Trace is not null)
+        {
+            var traceId = caller is { IdFormat: ActivityIdFormat.W3C } ? caller.TraceId : ActivityTraceId.CreateRandom();
+            irp.TraceParent = $"00-{traceId.ToHexString()}-{ActivitySpanId.CreateRandom().ToHexString()}-01";
+        }
+    }
+
+    private static void StopActivity(Activity activity, NtStatus status)
+    {
+        var current = Activity.Current;
+        activity.SetTag("drviso.status", status.ToString());
+        if (!status.IsSuccess())
+        {
+            activity.SetStatus(ActivityStatusCode.Error, status.ToString());
+        }
+
+        activity.Stop();
+        Activity.Current = current;
+    }
+
+    /// <summary>A host's own timing of a traced IRP's stay in one of its layers. It carries no
+    /// authority: one for an IRP the host does not hold, or with times outside the IRP's life, is
+    /// dropped (and counted by the recorder).</summary>
+    public void OnHostSpan(IHostChannel from, Protocol.HostSpan span)
+    {
+        if (Trace is not { } trace)
+        {
+            return;
+        }
+
+        if (!_irps.TryGetValue(span.IrpId, out var irp))
+        {
+            trace.RejectHostSpan();
+            return;
+        }
+
+        bool owner;
+        lock (irp.Gate)
+        {
+            owner = CheckOwner(irp, from, span.DeviceId) is null;
+        }
+
+        trace.HostSpan(irp, from.ProcessId, owner, span);
+    }
+
     /// <summary>Where IRPs are traced (null: not traced).</summary>
     public TraceRecorder? Trace { get; set; }
 
@@ -561,6 +641,11 @@ internal sealed class IoManager
         irp.Device.Statistics.Record(result.Status);
         Metrics?.IrpCompleted(irp.Device.Name, irp.MajorFunction, result.Status, irp.StartedAt);
         Trace?.IrpFinished(irp, result.Status);
+        if (irp.Activity is { } activity)
+        {
+            StopActivity(activity, result.Status);
+        }
+
         irp.Completion.TrySetResult(result);
     }
 

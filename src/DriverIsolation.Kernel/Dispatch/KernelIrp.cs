@@ -35,6 +35,14 @@ internal sealed class KernelIrp
     /// PID, the driver); null while no trace is recorded.</summary>
     public (long Since, int Pid, string Driver)? TraceLayer { get; set; }
 
+    /// <summary>The IRP's activity, while something listens to the kernel's activity source
+    /// (OpenTelemetry, dotnet-trace); stopped when the IRP finishes.</summary>
+    public System.Diagnostics.Activity? Activity { get; set; }
+
+    /// <summary>The IRP's W3C trace context (<c>00-trace-span-01</c>), sent to every host it
+    /// visits, while the IRP is traced; null otherwise.</summary>
+    public string? TraceParent { get; set; }
+
     /// <summary>When the IRP entered the kernel (a Stopwatch timestamp), for its duration.</summary>
     public long StartedAt { get; } = System.Diagnostics.Stopwatch.GetTimestamp();
 

@@ -116,7 +116,7 @@ internal sealed class ProcessHostChannel : IHostChannel
     public void Dispatch(KernelIrp irp, DeviceLayer layer)
     {
         if (!Send(new Protocol.Dispatch(irp.Id, layer.DeviceId, irp.MajorFunction, irp.MinorFunction, irp.File.Id, irp.Offset,
-                irp.Length, irp.IoControlCode, irp.Input, irp.OutputLength)))
+                irp.Length, irp.IoControlCode, irp.Input, irp.OutputLength, irp.TraceParent)))
         {
             Undeliverable(irp);
         }
@@ -128,7 +128,7 @@ internal sealed class ProcessHostChannel : IHostChannel
 
     public void LowerCompleted(KernelIrp irp, DeviceLayer layer, NtStatus status, long information, ReadOnlyMemory<byte> data)
     {
-        if (!Send(new Protocol.LowerCompleted(irp.Id, layer.DeviceId, status, information, data)))
+        if (!Send(new Protocol.LowerCompleted(irp.Id, layer.DeviceId, status, information, data, irp.TraceParent)))
         {
             Undeliverable(irp);
         }
@@ -268,6 +268,9 @@ internal sealed class ProcessHostChannel : IHostChannel
                 }
 
                 _io.OnFaultInjected?.Invoke(fault.DriverId, fault.Index, fault.Fault, fault.Detail.Length > 512 ? fault.Detail[..512] : fault.Detail);
+                return true;
+            case HostSpan span:
+                _io.OnHostSpan(this, span);
                 return true;
             case Pong pong:
                 _heartbeat?.OnPong(pong.Sequence, pong.WorkingSetBytes);

@@ -34,14 +34,14 @@ public sealed class TraceCommandTests : IDisposable
             Assert.Contains(row, picture, StringComparison.Ordinal);
         }
 
-        // One Read of the RAM disk under the XOR filter: its slice in the kernel and its three stays in two hosts.
+        // One Read of the RAM disk under the XOR filter: its slice in the kernel and its three stays in two hosts, each with its driver's routine.
         using var json = System.Text.Json.JsonDocument.Parse(await File.ReadAllTextAsync(trace));
         var read = json.RootElement.GetProperty("traceEvents").EnumerateArray()
             .First(e => e.GetProperty("ph").GetString() == "X" && e.GetProperty("name").GetString() == @"Read \Device\RamDisk0");
         var id = read.GetProperty("args").GetProperty("irp").GetInt64().ToString(System.Globalization.CultureInfo.InvariantCulture);
         var one = await Drviso.RunAsync("trace", "render", trace, "--irp", id, "--out", Path.Combine(_dir, "one.svg"));
         Assert.True(one.ExitCode == 0, one.Output);
-        Assert.Contains("(4 events, 7 processes)", one.Output, StringComparison.Ordinal);
+        Assert.Contains("(7 events, 7 processes)", one.Output, StringComparison.Ordinal);
         var drawn = await File.ReadAllTextAsync(Path.Combine(_dir, "one.svg"));
         Assert.Contains("XorFilter: Read", drawn, StringComparison.Ordinal);
         Assert.Contains("RamDisk: Read", drawn, StringComparison.Ordinal);

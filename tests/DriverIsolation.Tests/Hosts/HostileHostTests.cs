@@ -67,6 +67,40 @@ public sealed class HostileHostTests
     }
 
     [Fact]
+    public async Task ForgedHostSpans_AreDropped_TheHonestOneIsRecorded_AndTheHostServes()
+    {
+        await using var kernel = await BootAsync("forged-spans");
+        var trace = new TraceRecorder();
+        kernel.Trace = trace;
+        await using var device = await kernel.OpenAsync(@"\Device\forged-spans").Bounded();
+
+        var result = await device.ReadAsync(new byte[8]).Bounded();
+        kernel.Trace = null;
+        var file = Path.Combine(Path.GetTempPath(), $"drviso-forged-{Guid.NewGuid():N}.json");
+        try
+        {
+            await trace.WriteAsync(file);
+            using var json = System.Text.Json.JsonDocument.Parse(await File.ReadAllTextAsync(file));
+            var slices = json.RootElement.GetProperty("traceEvents").EnumerateArray().Where(e => e.GetProperty("ph").GetString() == "X").ToList();
+            var hostSlices = slices.Where(e => e.GetProperty("pid").GetInt32() != Environment.ProcessId).Select(e => e.GetProperty("name").GetString()).ToList();
+            var irps = slices.Count(e => e.GetProperty("pid").GetInt32() == Environment.ProcessId);
+
+            // Every IRP the host saw (the handle's Create and the Read): three forgeries dropped,
+            // the honest span kept.
+            Assert.Equal(NtStatus.Success, result.Status);
+            Assert.Equal(2, irps);
+            Assert.Equal(3 * irps, trace.RejectedHostSpans);
+            Assert.Equal(Enumerable.Repeat("honest", irps), hostSlices);
+            Assert.Equal(DriverState.Running, kernel.GetDrivers().Single(d => d.Name == "forged-spans").State);
+            await AssertNullServesAsync(kernel);
+        }
+        finally
+        {
+            File.Delete(file);
+        }
+    }
+
+    [Fact]
     public async Task CompletionNamingAnotherDevice_IsRefusedAndTheHonestOneIsApplied()
     {
         await using var kernel = await BootAsync("other-device");

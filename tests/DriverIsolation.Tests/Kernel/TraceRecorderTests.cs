@@ -5,8 +5,9 @@ namespace DriverIsolation.Tests;
 
 /// <summary>
 /// The Chrome / Perfetto trace: one Read of the RAM disk under the XOR filter, each in its own
-/// process, shows as one slice on the kernel's track and one slice per layer on each host's track,
-/// all carrying the IRP's id and nested in time; a killed host is an instant event on its track.
+/// process, shows as one slice on the kernel's track and one slice per layer stay on each host's
+/// track, timed by that host from the trace context in the dispatch frame, all in one W3C trace and
+/// nested in time; a killed host is an instant event on its track.
 /// </summary>
 [Collection("processes")]
 public sealed class TraceRecorderTests : IDisposable
@@ -42,16 +43,38 @@ public sealed class TraceRecorderTests : IDisposable
         Assert.Equal(Environment.ProcessId, read.GetProperty("pid").GetInt32());
         var irp = read.GetProperty("args").GetProperty("irp").GetInt64();
         Assert.Equal("Success", read.GetProperty("args").GetProperty("status").GetString());
-        var layers = events.Where(e => e.GetProperty("ph").GetString() == "X" && e.GetProperty("pid").GetInt32() != Environment.ProcessId
+        var traceId = read.GetProperty("args").GetProperty("trace_id").GetString();
+        var spanId = read.GetProperty("args").GetProperty("span_id").GetString();
+        Assert.Matches("^[0-9a-f]{32}$", traceId);
+        var onHosts = events.Where(e => e.GetProperty("ph").GetString() == "X" && e.GetProperty("pid").GetInt32() != Environment.ProcessId
             && e.GetProperty("args").GetProperty("irp").GetInt64() == irp).ToList();
+        var layers = onHosts.Where(l => l.GetProperty("name").GetString() != "dispatch routine").ToList();
 
-        // Down through the filter to the disk, and back up through the filter's completion routine.
-        Assert.Equal([("XorFilter: Read", pids["XorFilter"]), ("RamDisk: Read", pids["RamDisk"]), ("XorFilter: Read", pids["XorFilter"])],
+        // Down through the filter to the disk, and back up through the filter's completion routine,
+        // each stay timed by its host, a child span of the IRP's span in the same trace.
+        Assert.Equal([("XorFilter: Read", pids["XorFilter"]), ("RamDisk: Read", pids["RamDisk"]), ("XorFilter: completion routine", pids["XorFilter"])],
             layers.Select(l => (l.GetProperty("name").GetString(), l.GetProperty("pid").GetInt32())));
         Assert.Equal(["passed down", "completed with Success", "completed with Success"], layers.Select(l => l.GetProperty("args").GetProperty("ended").GetString()));
-        var start = read.GetProperty("ts").GetDouble();
-        var end = start + read.GetProperty("dur").GetDouble();
-        Assert.All(layers, l => Assert.InRange(l.GetProperty("ts").GetDouble(), start, end));
+        Assert.All(layers, l =>
+        {
+            var args = l.GetProperty("args");
+            Assert.Equal("host", args.GetProperty("timed_by").GetString());
+            Assert.Equal(traceId, args.GetProperty("trace_id").GetString());
+            Assert.Equal(spanId, args.GetProperty("parent_span_id").GetString());
+            Assert.Matches("^[0-9a-f]{16}$", args.GetProperty("span_id").GetString());
+        });
+        Assert.Equal(3, layers.Select(l => l.GetProperty("args").GetProperty("span_id").GetString()).Distinct().Count());
+
+        // The hosts' clocks are the kernel's: every stay lies inside the kernel's slice, each
+        // starts after the one before it ended, and each holds its driver's routine.
+        static (double Start, double End) Span(JsonElement e) => (e.GetProperty("ts").GetDouble(), e.GetProperty("ts").GetDouble() + e.GetProperty("dur").GetDouble());
+        var (start, end) = Span(read);
+        var stays = layers.Select(Span).ToList();
+        Assert.All(stays, s => Assert.True(start <= s.Start && s.End <= end, $"{s} outside the IRP's {(start, end)}"));
+        Assert.True(stays[0].End <= stays[1].Start && stays[1].End <= stays[2].Start, string.Join(", ", stays));
+        var routines = onHosts.Where(l => l.GetProperty("name").GetString() == "dispatch routine").ToList();
+        Assert.Equal(3, routines.Count);
+        Assert.All(routines, r => Assert.Contains(stays, s => s.Start <= Span(r).Start && Span(r).End <= s.End));
 
         var exited = Assert.Single(events, e => e.GetProperty("ph").GetString() == "i" && e.GetProperty("name").GetString() == "HostExited RamDisk");
         Assert.Equal(pids["RamDisk"], exited.GetProperty("pid").GetInt32());

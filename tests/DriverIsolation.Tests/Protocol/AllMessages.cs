@@ -16,10 +16,10 @@ internal static class AllMessages
         new AddDevice(7, 11, @"\Device\RamDisk0", DeviceType.Disk, true, new Dictionary<string, string> { ["sizeBytes"] = "1048576" },
             new HardwareBinding("block", "00:01.0", new Dictionary<string, string> { ["capacityBytes"] = "16777216" }, "/dev/shm/phys", 0x100000, 0x40000, 0x1_0000_0000)),
         new DeviceAdded(11, NtStatus.Success, null),
-        new Dispatch(123456789012, 11, MajorFunction.DeviceControl, 3, 99, 4096, 512, 0x70000, new byte[] { 9, 8, 7 }, 16),
+        new Dispatch(123456789012, 11, MajorFunction.DeviceControl, 3, 99, 4096, 512, 0x70000, new byte[] { 9, 8, 7 }, 16, "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"),
         new Complete(123456789012, 11, NtStatus.BufferTooSmall, 16, new byte[] { 1, 2 }),
         new PassDown(42, 11, true, 8192, 1024, new byte[] { 5, 5, 5 }),
-        new LowerCompleted(42, 10, NtStatus.Success, 3, new byte[] { 6, 6, 6 }),
+        new LowerCompleted(42, 10, NtStatus.Success, 3, new byte[] { 6, 6, 6 }, "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"),
         new Cancel(42, 10),
         new Ping(long.MaxValue),
         new Pong(17, 123_456_789),
@@ -33,5 +33,6 @@ internal static class AllMessages
         new UseRing("/dev/shm/drviso-ring-1-ab", 0, 4194560, 4194304, 100),
         new RingReady(4194304),
         new RingDoorbell(0),
+        new HostSpan(42, 10, "XorFilter: Read", "00f067aa0ba902b7", 1000, 1100, 1900, 2000, "passed down"),
     ];
 }
