@@ -26,8 +26,9 @@ public static class TrialRunner
     /// <param name="onEvent">Hears every kernel event on the thread that raised it (the trial
     /// process reports the fault's firing this way before the fault can take it down).</param>
     /// <param name="onBooted">Called once the kernel has booted.</param>
+    /// <param name="trace">Records the trial's IRPs and events from boot to shutdown (null: none).</param>
     public static async Task<TrialVerdict> RunAsync(Scenario scenario, TrialSpec spec, ILoggerFactory? loggerFactory = null,
-        Action<KernelEvent>? onEvent = null, Action? onBooted = null, CancellationToken cancellationToken = default)
+        Action<KernelEvent>? onEvent = null, Action? onBooted = null, TraceRecorder? trace = null, CancellationToken cancellationToken = default)
     {
         var fault = Resolve(scenario.Faults[spec.FaultIndex], spec.Seed);
         var options = new KernelOptions
@@ -44,7 +45,7 @@ public static class TrialRunner
                 : [],
         }).ToList();
 
-        var kernel = new Microkernel(options, loggerFactory ?? NullLoggerFactory.Instance);
+        var kernel = new Microkernel(options, loggerFactory ?? NullLoggerFactory.Instance) { Trace = trace };
         try
         {
             return await RunInAsync(kernel, scenario, spec, fault, manifests, options, onEvent, onBooted, cancellationToken).ConfigureAwait(false);

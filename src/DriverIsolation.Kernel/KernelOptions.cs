@@ -74,6 +74,11 @@ public sealed class KernelOptions
     /// Default 1; 0 turns the pool off. Each idle host costs a process (some tens of MiB).</summary>
     public int WarmPoolSize { get; set; } = 1;
 
+    /// <summary>Load every driver behind a dormant fault shim, so that faults can be injected by
+    /// hand while it runs (<see cref="Microkernel.InjectFault"/>, <c>drviso inject</c>; on in
+    /// <c>drviso serve</c>). Costs a call per request; off by default.</summary>
+    public bool FaultInjection { get; set; }
+
     /// <summary>How many finished IRP ids are remembered to tell a late or duplicate completion
     /// from one for an IRP that never existed. Default 4096.</summary>
     public int FinishedIrpMemory { get; set; } = 4096;

@@ -182,11 +182,12 @@ public sealed class Microkernel : IAsyncDisposable
                 (host, hostError) = channels[isolation == IsolationModel.SharedHost ? $"shared-{manifest.HostGroup}" : manifest.Name];
             }
 
-            var driver = new KernelDriver(Interlocked.Increment(ref _nextDriverId), manifest, isolation, host ?? InKernel());
-            if (manifest.Faults.Count > 0)
+            var driver = new KernelDriver(Interlocked.Increment(ref _nextDriverId), manifest, isolation, host ?? InKernel()) { Injectable = _options.FaultInjection };
+            if (manifest.Faults.Count > 0 || driver.Injectable)
             {
                 driver.Aim = spec => _io.Machine?.Aim(driver, spec) ?? spec;
             }
+
             lock (_gate)
             {
                 _drivers.Add(driver);
@@ -277,6 +278,63 @@ public sealed class Microkernel : IAsyncDisposable
         }
 
         driver.Host.Kill($"killed on request ({driverName})");
+    }
+
+    /// <summary>
+    /// Breaks a running driver by hand, as a student (<c>drviso inject</c>) or a test does: arms
+    /// one of the shim's faults (<see cref="DriverHost.FaultTypes.All"/>) in its running instance,
+    /// to fire on its next request; "kill" SIGKILLs its host instead. The fault joins the driver's
+    /// plan, so an instance that restarts before it fired loads with it. Needs
+    /// <see cref="KernelOptions.FaultInjection"/>. Returns what was done.
+    /// </summary>
+    /// <param name="parameters">The fault's parameters (as in a scenario: "device" for
+    /// wild-dma-other-driver, "delayMs" for slow-completion, ...).</param>
+    public string InjectFault(string driverName, string fault, IReadOnlyDictionary<string, string>? parameters = null)
+    {
+        ArgumentNullException.ThrowIfNull(fault);
+        if (fault == "kill")
+        {
+            KillDriverHost(driverName);
+            return $"{driverName}: host killed";
+        }
+
+        if (!DriverHost.FaultTypes.All.Contains(fault))
+        {
+            throw new ArgumentException($"unknown fault \"{fault}\" (expected kill, {string.Join(", ", DriverHost.FaultTypes.All)})", nameof(fault));
+        }
+
+        KernelDriver driver;
+        lock (_gate)
+        {
+            driver = _drivers.FirstOrDefault(d => d.Name.Equals(driverName, StringComparison.OrdinalIgnoreCase))
+                ?? throw new KeyNotFoundException($"no driver named {driverName}");
+        }
+
+        if (!driver.Injectable)
+        {
+            throw new InvalidOperationException($"{driver.Name} was loaded without the fault shim (start the kernel with fault injection on: drviso serve does)");
+        }
+
+        if (!driver.IsRunning)
+        {
+            throw new InvalidOperationException($"{driver.Name} is {driver.State}, not running");
+        }
+
+        var hasBlock = GetIommu()?.Devices.Any(d => d.Kind == "block" && d.BoundTo == driver.Name) == true;
+        if (DriverHost.FaultTypes.Dma.Contains(fault) && !hasBlock)
+        {
+            throw new InvalidOperationException($"{fault} programs block hardware, and {driver.Name} drives none");
+        }
+
+        var spec = driver.AddFault(fault, parameters ?? new Dictionary<string, string>());
+        if (DriverHost.FaultTypes.Aimed.Contains(fault) && !spec.Parameters.ContainsKey("address"))
+        {
+            driver.FaultFired(spec.Index);
+            throw new InvalidOperationException($"{fault} has nothing to aim at here{(fault == "wild-dma-other-driver" ? " (no other driver has a DMA window; name one with device=...)" : "")}");
+        }
+
+        driver.Host.ArmFault(driver, spec);
+        return $"{fault} armed in {driver.Name} ({driver.Isolation.ToManifestName()}): it fires on the driver's next request";
     }
 
     /// <summary>Stops every host (Shutdown, then kill after a grace period) and unloads in-kernel drivers.</summary>

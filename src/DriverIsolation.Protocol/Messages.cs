@@ -31,6 +31,7 @@ namespace DriverIsolation.Protocol;
 [Union(22, typeof(RingReady))]
 [Union(23, typeof(RingDoorbell))]
 [Union(24, typeof(HostSpan))]
+[Union(25, typeof(ArmFault))]
 public abstract record Message;
 
 /// <summary>K→H, on the pipe: from the next message on, the kernel sends on the shared-memory
@@ -70,7 +71,9 @@ public sealed record Welcome(
 [MessagePackObject]
 public sealed record Refused([property: Key(0)] string Reason) : Message;
 
-/// <summary>K→H: load a driver assembly into its own load context and run DriverEntry.</summary>
+/// <summary>K→H: load a driver assembly into its own load context and run DriverEntry, behind the
+/// fault shim when there is a fault plan or the driver is <see cref="Injectable"/> (faults may be
+/// armed later, with <see cref="ArmFault"/>).</summary>
 [MessagePackObject]
 public sealed record LoadDriver(
     [property: Key(0)] int DriverId,
@@ -78,7 +81,15 @@ public sealed record LoadDriver(
     [property: Key(2)] string AssemblyPath,
     [property: Key(3)] string? TypeName,
     [property: Key(4)] Dictionary<string, string> Parameters,
-    [property: Key(5)] FaultSpec[]? Faults = null) : Message;
+    [property: Key(5)] FaultSpec[]? Faults = null,
+    [property: Key(6)] bool Injectable = false) : Message;
+
+/// <summary>K→H: arm a fault in a running driver loaded <see cref="LoadDriver.Injectable"/>
+/// (<c>drviso inject</c>). A "requests" trigger counts from now.</summary>
+[MessagePackObject]
+public sealed record ArmFault(
+    [property: Key(0)] int DriverId,
+    [property: Key(1)] FaultSpec Fault) : Message;
 
 /// <summary>One fault the host's fault shim injects into a driver (fault-injection campaigns):
 /// what, when (<see cref="Trigger"/>: <c>load</c>, <c>requests</c> after Value requests,

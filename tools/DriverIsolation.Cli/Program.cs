@@ -12,6 +12,7 @@ var root = new RootCommand("drviso: a simulated microkernel whose drivers run in
     CampaignCommands.CreateTrial(),
     ServeCommand.Create(),
     TraceCommand.Create(),
+    TopCommand.Create(),
     DriversCommand.CreateDrivers(),
     DriversCommand.CreateQuarantine(),
     DriversCommand.CreateInject(),

@@ -83,7 +83,7 @@ public sealed class HostServer : IKernelLink
                     _connection.Send(new Pong(ping.Sequence, Environment.WorkingSet));
                     break;
                 case LoadDriver load:
-                    var loaded = _runtime.LoadDriver(load.DriverId, load.Name, load.AssemblyPath, load.TypeName, load.Parameters, load.Faults);
+                    var loaded = _runtime.LoadDriver(load.DriverId, load.Name, load.AssemblyPath, load.TypeName, load.Parameters, load.Faults, load.Injectable);
                     _connection.Send(new DriverLoaded(load.DriverId, loaded.Status, loaded.Detail));
                     break;
                 case AddDevice add:
@@ -93,6 +93,13 @@ public sealed class HostServer : IKernelLink
                 case Interrupt interrupt:
                     ThreadPool.UnsafeQueueUserWorkItem(
                         static s => s.Runtime.Interrupt(s.Message.DeviceId, s.Message.Vector), (Runtime: _runtime, Message: interrupt), preferLocal: false);
+                    break;
+                case ArmFault arm:
+                    if (_runtime.ArmFault(arm.DriverId, arm.Fault) is { } notArmed)
+                    {
+                        _connection.Send(new Log(arm.DriverId, (int)LogLevel.Warning, $"fault {arm.Fault.Fault} not armed: {notArmed}"));
+                    }
+
                     break;
                 case Shutdown:
                     _runtime.UnloadAll();

@@ -29,6 +29,24 @@ public sealed class DriverRuntime : IDeviceStackPort
         _loggerFor = loggerFor;
     }
 
+    /// <summary>Arms a fault in a loaded driver's shim (it was loaded injectable, or with a plan).
+    /// Returns why not, or null when armed.</summary>
+    public string? ArmFault(int driverId, Protocol.FaultSpec fault)
+    {
+        if (!_drivers.TryGetValue(driverId, out var driver))
+        {
+            return $"no driver with id {driverId} is loaded here";
+        }
+
+        if (driver.Shim is not { } shim)
+        {
+            return $"{driver.DriverObject.Name} was not loaded with the fault shim";
+        }
+
+        shim.Arm(fault);
+        return null;
+    }
+
     /// <summary>The name of the driver a device here belongs to, or null if it is not here.</summary>
     public string? DriverNameOf(int deviceId) => _devices.TryGetValue(deviceId, out var device) ? device.Driver.Name : null;
 
@@ -38,7 +56,7 @@ public sealed class DriverRuntime : IDeviceStackPort
     /// <summary>Loads a driver assembly into its own load context and runs DriverEntry.
     /// Loader errors come back as a status; an exception thrown by DriverEntry propagates.</summary>
     public (NtStatus Status, string? Detail) LoadDriver(int driverId, string name, string assemblyPath, string? typeName,
-        IReadOnlyDictionary<string, string> parameters, IReadOnlyList<Protocol.FaultSpec>? faults = null)
+        IReadOnlyDictionary<string, string> parameters, IReadOnlyList<Protocol.FaultSpec>? faults = null, bool injectable = false)
     {
         if (_drivers.ContainsKey(driverId))
         {
@@ -65,7 +83,7 @@ public sealed class DriverRuntime : IDeviceStackPort
 
         var driver = (IDriver)Activator.CreateInstance(driverType)!;
         var driverObject = new DriverObject(name, parameters, _loggerFor(driverId, name));
-        var (status, shim) = Enter(driverId, name, driver, driverObject, faults);
+        var (status, shim) = Enter(driverId, name, driver, driverObject, faults, injectable);
         if (!status.IsSuccess())
         {
             context.Unload();
@@ -96,14 +114,15 @@ public sealed class DriverRuntime : IDeviceStackPort
 
     /// <summary>DriverEntry, behind the fault shim when the kernel sent a fault plan: load faults
     /// act in its place, the others wrap the dispatch table it filled in.</summary>
-    private (NtStatus Status, FaultShim? Shim) Enter(int driverId, string name, IDriver driver, DriverObject driverObject, IReadOnlyList<Protocol.FaultSpec>? faults)
+    private (NtStatus Status, FaultShim? Shim) Enter(int driverId, string name, IDriver driver, DriverObject driverObject, IReadOnlyList<Protocol.FaultSpec>? faults,
+        bool injectable = false)
     {
-        if (faults is not { Count: > 0 })
+        if (faults is not { Count: > 0 } && !injectable)
         {
             return (driver.DriverEntry(driverObject), null);
         }
 
-        var shim = new FaultShim(driverId, name, faults, _link);
+        var shim = new FaultShim(driverId, name, faults ?? [], _link, injectable);
         shim.OnLoad();
         var status = driver.DriverEntry(driverObject);
         if (status.IsSuccess())

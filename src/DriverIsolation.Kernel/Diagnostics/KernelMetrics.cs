@@ -18,8 +18,11 @@ public sealed class KernelMetrics : IDisposable
     private readonly Histogram<double> _duration;
     private readonly Counter<long> _events;
 
+    private readonly Func<int> _inFlight;
+
     internal KernelMetrics(Func<int> inFlight, Func<(long Hits, long Misses)?> iotlb)
     {
+        _inFlight = inFlight;
         Meter = new Meter(MeterName, "1.0");
         _completed = Meter.CreateCounter<long>("drviso.irp.completed", "{irp}", "IRPs completed to their callers, by device, major function and final status");
         _duration = Meter.CreateHistogram<double>("drviso.irp.duration", "ms", "Time from an IRP's entry into the kernel to its completion to the caller, by device and major function");
@@ -31,6 +34,9 @@ public sealed class KernelMetrics : IDisposable
                 ? [new Measurement<double>(counts.Hits / (double)(counts.Hits + counts.Misses))]
                 : Array.Empty<Measurement<double>>(), null, "IOTLB hits over all IOMMU translations so far");
     }
+
+    /// <summary>IRPs in the kernel now (what drviso.irp.in_flight reports).</summary>
+    public int InFlight => _inFlight();
 
     /// <summary>This kernel's meter (a listener picks its instruments by it).</summary>
     public Meter Meter { get; }

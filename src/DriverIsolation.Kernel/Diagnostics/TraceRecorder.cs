@@ -18,17 +18,24 @@ namespace DriverIsolation.Kernel;
 /// </summary>
 public sealed class TraceRecorder
 {
-    private readonly long _origin = Stopwatch.GetTimestamp();
+    private readonly long _origin;
+    private readonly string _label;
     private readonly ConcurrentQueue<Dictionary<string, object>> _events = new();
     private readonly ConcurrentDictionary<int, string> _processes = new();
     private readonly int _maxEvents;
     private int _count;
 
     /// <param name="maxEvents">Events kept at most (later ones are dropped and counted).</param>
-    public TraceRecorder(int maxEvents = 1_000_000)
+    /// <param name="origin">Time zero of the trace (a Stopwatch timestamp; the machine's monotonic
+    /// clock, the same in every process): traces recorded with one origin in several processes
+    /// (the trials of a campaign) line up when merged. Default: now.</param>
+    /// <param name="label">Put before every process name (e.g. "trial 12: ").</param>
+    public TraceRecorder(int maxEvents = 1_000_000, long? origin = null, string label = "")
     {
         _maxEvents = maxEvents;
-        _processes[Environment.ProcessId] = $"kernel (PID {Environment.ProcessId})";
+        _origin = origin ?? Stopwatch.GetTimestamp();
+        _label = label;
+        _processes[Environment.ProcessId] = $"{_label}kernel (PID {Environment.ProcessId})";
     }
 
     /// <summary>Events dropped because the trace was full.</summary>
@@ -37,7 +44,7 @@ public sealed class TraceRecorder
     internal void LayerEntered(KernelIrp irp, DeviceLayer layer)
     {
         irp.TraceLayer = (Stopwatch.GetTimestamp(), layer.Host.ProcessId, layer.Driver.Name);
-        _processes.TryAdd(layer.Host.ProcessId, $"{(layer.Host.ProcessId == Environment.ProcessId ? "kernel" : $"host {layer.Host.Name}")} (PID {layer.Host.ProcessId})");
+        _processes.TryAdd(layer.Host.ProcessId, $"{_label}{(layer.Host.ProcessId == Environment.ProcessId ? "kernel" : $"host {layer.Host.Name}")} (PID {layer.Host.ProcessId})");
     }
 
     /// <summary>Host spans dropped: not for an IRP the host held, or with impossible times.</summary>
@@ -144,7 +151,7 @@ public sealed class TraceRecorder
     /// <summary>Writes the trace (loads in ui.perfetto.dev and chrome://tracing).</summary>
     public async Task WriteAsync(string path, CancellationToken cancellationToken = default)
     {
-        var events = _processes.Select(p => new Dictionary<string, object>
+        var events = _processes.OrderBy(p => p.Key == Environment.ProcessId ? 0 : 1).Select(p => new Dictionary<string, object>
         {
             ["name"] = "process_name",
             ["ph"] = "M",
@@ -155,6 +162,58 @@ public sealed class TraceRecorder
         await using var stream = File.Create(path);
         await JsonSerializer.SerializeAsync(stream, new Dictionary<string, object> { ["traceEvents"] = events, ["displayTimeUnit"] = "ms" },
             cancellationToken: cancellationToken).ConfigureAwait(false);
+    }
+
+    /// <summary>Merges traces (of several trial processes) into one file: their events side by
+    /// side, each process once. Returns how many traces were merged; files that are missing or
+    /// no trace are skipped.</summary>
+    public static async Task<int> MergeAsync(IEnumerable<string> traces, string path, CancellationToken cancellationToken = default)
+    {
+        ArgumentNullException.ThrowIfNull(traces);
+        var events = new List<JsonElement>();
+        var named = new HashSet<int>();
+        var merged = 0;
+        foreach (var trace in traces)
+        {
+            if (!File.Exists(trace))
+            {
+                continue;
+            }
+
+            JsonDocument document;
+            try
+            {
+                document = JsonDocument.Parse(await File.ReadAllBytesAsync(trace, cancellationToken).ConfigureAwait(false));
+            }
+            catch (JsonException)
+            {
+                continue;
+            }
+
+            using (document)
+            {
+                if (!document.RootElement.TryGetProperty("traceEvents", out var list) || list.ValueKind != JsonValueKind.Array)
+                {
+                    continue;
+                }
+
+                merged++;
+                foreach (var e in list.EnumerateArray())
+                {
+                    if (e.GetProperty("ph").GetString() == "M" && !named.Add(e.GetProperty("pid").GetInt32()))
+                    {
+                        continue;
+                    }
+
+                    events.Add(e.Clone());
+                }
+            }
+        }
+
+        await using var stream = File.Create(path);
+        await JsonSerializer.SerializeAsync(stream, new Dictionary<string, object> { ["traceEvents"] = events, ["displayTimeUnit"] = "ms" },
+            cancellationToken: cancellationToken).ConfigureAwait(false);
+        return merged;
     }
 
     private Dictionary<string, object> Slice(string name, int pid, int tid, long start, long end, Dictionary<string, object> args) => new()

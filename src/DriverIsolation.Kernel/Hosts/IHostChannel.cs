@@ -33,6 +33,9 @@ internal interface IHostChannel : IAsyncDisposable
     /// <summary>Ends the host now (kill -9 for a process); its IRPs complete through the exit path.</summary>
     void Kill(string reason);
 
+    /// <summary>Arms a fault in a running driver of this host (it was loaded injectable).</summary>
+    void ArmFault(KernelDriver driver, Protocol.FaultSpec fault);
+
     /// <summary>The kernel refused a message from this host (counted against its refusal limit).</summary>
     void CountRefusal();
 }

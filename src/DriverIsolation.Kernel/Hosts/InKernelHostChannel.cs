@@ -32,7 +32,7 @@ internal sealed class InKernelHostChannel : IHostChannel, IKernelLink
 
     public Task<(NtStatus Status, string? Detail)> LoadDriverAsync(KernelDriver driver, string assemblyPath, CancellationToken cancellationToken) =>
         Task.FromResult(Guard(driver.Name, "DriverEntry", () =>
-            _runtime.LoadDriver(driver.Id, driver.Name, assemblyPath, driver.Manifest.Type, driver.Manifest.Parameters, driver.FaultsForLoad())));
+            _runtime.LoadDriver(driver.Id, driver.Name, assemblyPath, driver.Manifest.Type, driver.Manifest.Parameters, driver.FaultsForLoad(), driver.Injectable)));
 
     public Task<(NtStatus Status, string? Detail)> AddDeviceAsync(KernelDriver driver, DeviceLayer layer, KernelDevice device, bool hasLowerDevice,
         IReadOnlyDictionary<string, string> parameters, Protocol.HardwareBinding? hardware, CancellationToken cancellationToken) =>
@@ -59,6 +59,14 @@ internal sealed class InKernelHostChannel : IHostChannel, IKernelLink
                 irp.IoControlCode, MemoryMarshal.AsMemory(irp.Input), output);
             return (NtStatus.Success, null);
         });
+    }
+
+    public void ArmFault(KernelDriver driver, Protocol.FaultSpec fault)
+    {
+        if (_runtime.ArmFault(driver.Id, fault) is { } notArmed)
+        {
+            throw new InvalidOperationException($"fault {fault.Fault} not armed: {notArmed}");
+        }
     }
 
     public void Cancel(long irpId, DeviceLayer layer) =>

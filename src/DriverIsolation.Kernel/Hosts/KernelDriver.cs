@@ -71,6 +71,22 @@ internal sealed class KernelDriver(int id, DriverManifest manifest, IsolationMod
 
     public int Restarts { get; set; }
 
+    /// <summary>Loaded behind a dormant fault shim, so faults can be armed while it runs.</summary>
+    public bool Injectable { get; init; }
+
+    /// <summary>Adds a fault to the plan (<c>drviso inject</c>): the running instance arms it, and
+    /// an instance started before it fired loads with it. Returns the spec with its index.</summary>
+    public Protocol.FaultSpec AddFault(string fault, IReadOnlyDictionary<string, string> parameters)
+    {
+        lock (_faults)
+        {
+            var index = _faults.Count == 0 ? 1000 : Math.Max(1000, _faults.Max(f => f.Index) + 1);
+            var spec = new Protocol.FaultSpec(index, fault, "requests", 0, false, (Id * 7919) + index, new Dictionary<string, string>(parameters));
+            _faults.Add(spec);
+            return Aim is null ? spec : Aim(spec);
+        }
+    }
+
     private readonly List<Protocol.FaultSpec> _faults = [.. manifest.Faults];
 
     /// <summary>The fault plan a new instance is loaded with: faults that fire once (per run)

@@ -101,7 +101,7 @@ internal sealed class ProcessHostChannel : IHostChannel
 
         var faults = driver.FaultsForLoad();
         Send(new LoadDriver(driver.Id, driver.Name, assemblyPath, driver.Manifest.Type, new Dictionary<string, string>(driver.Manifest.Parameters),
-            faults.Length > 0 ? faults : null));
+            faults.Length > 0 ? faults : null, driver.Injectable));
         return pending.Task.WaitAsync(cancellationToken);
     }
 
@@ -123,6 +123,8 @@ internal sealed class ProcessHostChannel : IHostChannel
     }
 
     public void Cancel(long irpId, DeviceLayer layer) => Send(new Protocol.Cancel(irpId, layer.DeviceId));
+
+    public void ArmFault(KernelDriver driver, FaultSpec fault) => Send(new Protocol.ArmFault(driver.Id, fault));
 
     public void Interrupt(int deviceId, int vector) => Send(new Protocol.Interrupt(deviceId, vector));
 

@@ -115,9 +115,27 @@ public sealed class CampaignCommandTests : IDisposable
     {
         var scenario = RepositoryFile("scenarios/channel-file-291.json");
 
-        var result = await Drviso.RunAsync("run", scenario, "--out", Out("cf"), "--trials", "1", "--parallel", "2");
+        var trace = Path.Combine(_dir, "cf-trace.json");
+        var result = await Drviso.RunAsync("run", scenario, "--out", Out("cf"), "--trials", "1", "--parallel", "2", "--trace", trace);
 
         Assert.True(result.ExitCode == 0, result.Output);
+        Assert.Contains($"Trace of 2 trials written to {trace}", result.Output, StringComparison.Ordinal);
+        Assert.True(File.Exists(Path.Combine(Out("cf"), "traces", "trial-0000.json")));
+        Assert.True(File.Exists(Path.Combine(Out("cf"), "traces", "trial-0001.json")));
+        using (var json = JsonDocument.Parse(await File.ReadAllTextAsync(trace)))
+        {
+            // Both trials in one trace, each process named after its trial; the isolated one
+            // quarantines the sensor driver and serves, its hosts timing their own stays.
+            var events = json.RootElement.GetProperty("traceEvents").EnumerateArray().ToList();
+            var processes = events.Where(e => e.GetProperty("ph").GetString() == "M").Select(e => e.GetProperty("args").GetProperty("name").GetString()!).ToList();
+            Assert.Contains(processes, p => p.StartsWith("trial 0 (in-kernel, IOMMU strict, corrupt-content-update): kernel (PID ", StringComparison.Ordinal));
+            Assert.Contains(processes, p => p.StartsWith("trial 1 (process, IOMMU strict, corrupt-content-update): kernel (PID ", StringComparison.Ordinal));
+            Assert.Contains(processes, p => p.StartsWith("trial 1 (process, IOMMU strict, corrupt-content-update): host VBlock (PID ", StringComparison.Ordinal));
+            Assert.Contains(events, e => e.GetProperty("ph").GetString() == "i" && e.GetProperty("name").GetString() == "DriverQuarantined Sensor");
+            Assert.Contains(events, e => e.GetProperty("ph").GetString() == "X" && e.GetProperty("name").GetString() == "VBlock: Read"
+                && e.GetProperty("args").GetProperty("timed_by").GetString() == "host");
+        }
+
         var verdicts = Verdicts("cf");
         Assert.Equal(2, verdicts.Count);
         var inKernel = verdicts.Single(v => v.Isolation == "in-kernel");

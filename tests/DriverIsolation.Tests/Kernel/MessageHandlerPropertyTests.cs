@@ -136,6 +136,8 @@ public sealed class MessageHandlerPropertyTests
 
         public void CountRefusal() => Interlocked.Increment(ref _refusals);
 
+        public void ArmFault(KernelDriver driver, DriverIsolation.Protocol.FaultSpec fault) => throw new InvalidOperationException("the stranger runs no driver");
+
         public ValueTask DisposeAsync() => ValueTask.CompletedTask;
     }
 }

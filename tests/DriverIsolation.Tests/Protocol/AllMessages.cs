@@ -11,7 +11,7 @@ internal static class AllMessages
         new Welcome(ProtocolConstants.Version, "RamDisk"),
         new Refused("wrong token"),
         new LoadDriver(7, "RamDisk", "/opt/drivers/RamDisk.dll", "Some.Type", new Dictionary<string, string> { ["a"] = "1", ["b"] = "two" },
-            [new FaultSpec(2, "slow-completion", "probability", 0.25, true, 99, new Dictionary<string, string> { ["delayMs"] = "20" })]),
+            [new FaultSpec(2, "slow-completion", "probability", 0.25, true, 99, new Dictionary<string, string> { ["delayMs"] = "20" })], true),
         new DriverLoaded(7, NtStatus.ObjectNameNotFound, "missing"),
         new AddDevice(7, 11, @"\Device\RamDisk0", DeviceType.Disk, true, new Dictionary<string, string> { ["sizeBytes"] = "1048576" },
             new HardwareBinding("block", "00:01.0", new Dictionary<string, string> { ["capacityBytes"] = "16777216" }, "/dev/shm/phys", 0x100000, 0x40000, 0x1_0000_0000)),
@@ -33,6 +33,7 @@ internal static class AllMessages
         new UseRing("/dev/shm/drviso-ring-1-ab", 0, 4194560, 4194304, 100),
         new RingReady(4194304),
         new RingDoorbell(0),
+        new ArmFault(7, new FaultSpec(1000, "wild-dma-kernel", "requests", 0, false, 55, new Dictionary<string, string> { ["address"] = "0x1100" })),
         new HostSpan(42, 10, "XorFilter: Read", "00f067aa0ba902b7", 1000, 1100, 1900, 2000, "passed down"),
     ];
 }

@@ -30,12 +30,16 @@ internal static class CampaignCommands
                 r.AddError($"--shard: expected k/N with 1 <= k <= N, like 2/8; got \"{text}\"");
             }
         });
+        var trace = new Option<FileInfo?>("--trace")
+        {
+            Description = "Write one Chrome / Perfetto trace of every trial (each trial's kernel and hosts on their own tracks, on one clock) to this file; each trial's own trace goes to <out>/traces/",
+        };
         var command = new Command("run", "Run a fault-injection campaign: every trial boots a kernel in its own process")
         {
-            scenario, output, seed, trials, parallel, shard,
+            scenario, output, seed, trials, parallel, shard, trace,
         };
         command.SetAction((parse, ct) => RunAsync(parse.GetValue(scenario)!, parse.GetValue(output)!, parse.GetValue(seed), parse.GetValue(trials),
-            parse.GetValue(parallel), parse.GetValue(shard), ct));
+            parse.GetValue(parallel), parse.GetValue(shard), parse.GetValue(trace), ct));
         return command;
     }
 
@@ -46,9 +50,12 @@ internal static class CampaignCommands
         var seed = new Option<int?>("--seed");
         var trials = new Option<int?>("--trials");
         var events = new Option<bool>("--events") { Description = "Print every kernel event to standard error" };
-        var command = new Command("trial", "Run one trial of a campaign in this process (drviso run starts these)") { scenario, index, seed, trials, events };
+        var trace = new Option<FileInfo?>("--trace") { Description = "Write the trial's trace to this file" };
+        var traceOrigin = new Option<long?>("--trace-origin") { Description = "Time zero of the trace (a monotonic clock timestamp)" };
+        var command = new Command("trial", "Run one trial of a campaign in this process (drviso run starts these)") { scenario, index, seed, trials, events, trace, traceOrigin };
         command.Hidden = true;
-        command.SetAction((parse, ct) => TrialAsync(parse.GetValue(scenario)!, parse.GetValue(index), parse.GetValue(seed), parse.GetValue(trials), parse.GetValue(events), ct));
+        command.SetAction((parse, ct) => TrialAsync(parse.GetValue(scenario)!, parse.GetValue(index), parse.GetValue(seed), parse.GetValue(trials), parse.GetValue(events),
+            parse.GetValue(trace), parse.GetValue(traceOrigin), ct));
         return command;
     }
 
@@ -75,7 +82,7 @@ internal static class CampaignCommands
         return EmbeddedManifests.Load(sample);
     }
 
-    private static async Task<int> RunAsync(FileInfo file, DirectoryInfo output, int? seed, int? trials, int parallel, string? shard, CancellationToken ct)
+    private static async Task<int> RunAsync(FileInfo file, DirectoryInfo output, int? seed, int? trials, int parallel, string? shard, FileInfo? trace, CancellationToken ct)
     {
         Scenario scenario;
         try
@@ -96,6 +103,13 @@ internal static class CampaignCommands
             $"{scenario.Name}: {scenario.Faults.Count} faults x {scenario.Isolation.Count} isolation models x {scenario.Iommu.Count} IOMMU modes x {trials ?? scenario.Trials} trials = {all.Count} trials{(n > 1 ? $"; shard {k}/{n}: {mine.Count}" : "")}; seed {effectiveSeed}; {parallel} at a time"));
 
         var self = typeof(CampaignCommands).Assembly.Location;
+        var traces = Path.Combine(output.FullName, "traces");
+        var traceOrigin = Stopwatch.GetTimestamp();
+        if (trace is not null)
+        {
+            Directory.CreateDirectory(traces);
+        }
+
         var runner = new CampaignRunner(scenario, spec =>
         {
             var start = new ProcessStartInfo(Environment.ProcessPath ?? "dotnet");
@@ -113,6 +127,14 @@ internal static class CampaignCommands
             {
                 start.ArgumentList.Add("--trials");
                 start.ArgumentList.Add(t.ToString(CultureInfo.InvariantCulture));
+            }
+
+            if (trace is not null)
+            {
+                foreach (var arg in new[] { "--trace", TraceOf(traces, spec.Index), "--trace-origin", traceOrigin.ToString(CultureInfo.InvariantCulture) })
+                {
+                    start.ArgumentList.Add(arg);
+                }
             }
 
             return start;
@@ -146,14 +168,25 @@ internal static class CampaignCommands
         Print(report);
         Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
             $"{verdicts.Count} trials in {stopwatch.Elapsed.TotalSeconds:F1} s; reports in {output.FullName} (report.md, report.json, trials.csv, trials.json)"));
+        if (trace is not null)
+        {
+            var merged = await TraceRecorder.MergeAsync(mine.Select(t => TraceOf(traces, t.Index)), trace.FullName, ct).ConfigureAwait(false);
+            Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
+                $"Trace of {merged} trials written to {trace.FullName} (each trial's own in {traces}): open it in ui.perfetto.dev or chrome://tracing"));
+        }
+
         return 0;
     }
 
-    private static async Task<int> TrialAsync(FileInfo file, int index, int? seed, int? trials, bool printEvents, CancellationToken ct)
+    private static string TraceOf(string folder, int index) => Path.Combine(folder, string.Create(CultureInfo.InvariantCulture, $"trial-{index:D4}.json"));
+
+    private static async Task<int> TrialAsync(FileInfo file, int index, int? seed, int? trials, bool printEvents, FileInfo? traceFile, long? traceOrigin, CancellationToken ct)
     {
         var scenario = ScenarioLoader.LoadFile(file.FullName, ResolveManifest);
         var spec = CampaignPlan.Trials(scenario, trials, seed).FirstOrDefault(t => t.Index == index)
             ?? throw new ArgumentOutOfRangeException(nameof(index), $"the scenario has no trial {index}");
+        var trace = traceFile is null ? null : new TraceRecorder(origin: traceOrigin,
+            label: string.Create(CultureInfo.InvariantCulture, $"trial {index} ({spec.Isolation.ToManifestName()}, IOMMU {spec.Iommu.ToString().ToLowerInvariant()}, {scenario.Faults[spec.FaultIndex].Type}): "));
         var verdict = await TrialRunner.RunAsync(scenario, spec, null, onEvent: e =>
         {
             if (printEvents)
@@ -171,7 +204,12 @@ internal static class CampaignCommands
         {
             Console.Out.WriteLine(CampaignRunner.BootedLine);
             Console.Out.Flush();
-        }, cancellationToken: ct).ConfigureAwait(false);
+        }, trace: trace, cancellationToken: ct).ConfigureAwait(false);
+        if (trace is not null && traceFile is not null)
+        {
+            await trace.WriteAsync(traceFile.FullName, ct).ConfigureAwait(false);
+        }
+
         Console.Out.WriteLine(JsonSerializer.Serialize(verdict));
         return 0;
     }

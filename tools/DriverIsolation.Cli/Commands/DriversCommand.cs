@@ -37,11 +37,31 @@ internal static class DriversCommand
     {
         var kernel = KernelOption();
         var driver = new Argument<string>("driver") { Description = "The driver to break" };
-        var fault = new Argument<string>("fault") { Description = "What to do to it: kill (SIGKILL its host)" };
-        fault.AcceptOnlyFromAmong("kill");
-        var command = new Command("inject", "Break a driver of a serving kernel by hand, to watch the watchdog act") { driver, fault, kernel };
-        command.SetAction((parse, _) => RequestAsync(parse.GetValue(kernel), new ControlRequest("kill", parse.GetValue(driver)),
-            _ => AnsiConsole.MarkupLine($"{parse.GetValue(driver).EscapeMarkup()}: host killed.")));
+        var fault = new Argument<string>("fault")
+        {
+            HelpName = "fault",
+            Description = $"What to do to it: kill (SIGKILL its host), or one of the fault shim's faults, armed to fire on its next request: {string.Join(", ", DriverHost.FaultTypes.All)}",
+        };
+        fault.AcceptOnlyFromAmong(["kill", .. DriverHost.FaultTypes.All]);
+        var parameters = new Option<string[]>("--param")
+        {
+            Description = "A fault parameter, name=value (device=VNic0 for wild-dma-other-driver, delayMs=3000 for slow-completion); repeatable",
+            AllowMultipleArgumentsPerToken = false,
+        };
+        parameters.Validators.Add(r =>
+        {
+            foreach (var p in r.GetValue(parameters) ?? [])
+            {
+                if (p.IndexOf('=', StringComparison.Ordinal) <= 0)
+                {
+                    r.AddError($"--param: expected name=value; got \"{p}\"");
+                }
+            }
+        });
+        var command = new Command("inject", "Break a driver of a serving kernel by hand, to watch the watchdog and the IOMMU act") { driver, fault, parameters, kernel };
+        command.SetAction((parse, _) => RequestAsync(parse.GetValue(kernel), new ControlRequest("inject", parse.GetValue(driver), parse.GetValue(fault),
+                (parse.GetValue(parameters) ?? []).Select(p => p.Split('=', 2)).ToDictionary(p => p[0], p => p[1], StringComparer.Ordinal)),
+            r => AnsiConsole.MarkupLine($"{(r.Detail ?? "done").EscapeMarkup()}.")));
         return command;
     }
 

@@ -49,6 +49,15 @@ internal static class ServeCommand
         };
         transport.AcceptOnlyFromAmong("pipe", "ring");
         var chaos = new Option<string?>("--chaos-kill-every") { Description = "Kill the hosts of the drivers on block hardware this often (e.g. 2s)" };
+        var trace = new Option<FileInfo?>("--trace") { Description = "Record a Chrome / Perfetto trace of every IRP while serving; written to this file when the kernel stops" };
+        var load = new Option<int>("--load") { Description = "Keep every disk and the null device busy with this many 4 KiB reads a second each (something to watch in drviso top)", DefaultValueFactory = _ => 0 };
+        load.Validators.Add(r =>
+        {
+            if (r.GetValue(load) is < 0 or > 100_000)
+            {
+                r.AddError("--load: reads a second per device, 0 to 100000");
+            }
+        });
         chaos.Validators.Add(r =>
         {
             if (r.GetValue(chaos) is { } text && !Durations.TryParse(text, out _))
@@ -58,7 +67,7 @@ internal static class ServeCommand
         });
         var command = new Command("serve", "Boot a kernel and keep it running, its block devices exported over NBD; manage it with drviso drivers / quarantine / inject")
         {
-            manifests, scenario, isolation, iommu, transport, nbd, chaos, verbose,
+            manifests, scenario, isolation, iommu, transport, nbd, chaos, trace, load, verbose,
         };
         command.Validators.Add(r =>
         {
@@ -70,15 +79,16 @@ internal static class ServeCommand
         command.SetAction((parse, ct) => RunAsync(parse.GetValue(manifests), parse.GetValue(scenario), parse.GetValue(isolation),
             parse.GetValue(iommu) is { } mode ? Enum.Parse<Kernel.Hardware.IommuMode>(mode, ignoreCase: true) : null, parse.GetValue(nbd)!,
             parse.GetValue(chaos) is { } every && Durations.TryParse(every, out var period) ? period : null, parse.GetValue(verbose),
-            parse.GetValue(transport) switch { "ring" => Transport.Ring, "pipe" => Transport.Pipe, _ => null }, ct));
+            parse.GetValue(transport) switch { "ring" => Transport.Ring, "pipe" => Transport.Pipe, _ => null }, parse.GetValue(trace), parse.GetValue(load), ct));
         return command;
     }
 
     private static async Task<int> RunAsync(DirectoryInfo? folder, FileInfo? scenarioFile, string? isolation, Kernel.Hardware.IommuMode? iommu, string nbdEndpoint,
-        TimeSpan? chaosEvery, bool verbose, Transport? transport, CancellationToken stop)
+        TimeSpan? chaosEvery, bool verbose, Transport? transport, FileInfo? traceFile, int load, CancellationToken stop)
     {
         IReadOnlyList<DriverManifest> manifests;
-        var options = new KernelOptions();
+        // Every driver behind a dormant fault shim: drviso inject can break any of them by hand.
+        var options = new KernelOptions { FaultInjection = true };
         try
         {
             if (scenarioFile is not null)
@@ -119,6 +129,9 @@ internal static class ServeCommand
             .AddSimpleConsole(o => o.SingleLine = true)
             .SetMinimumLevel(verbose ? LogLevel.Information : LogLevel.Warning));
         await using var kernel = new Microkernel(options, loggerFactory);
+        var trace = traceFile is null ? null : new TraceRecorder();
+        kernel.Trace = trace;
+        var statistics = new LiveStatistics(kernel);
         try
         {
             await kernel.StartAsync(manifests, isolation is null ? null : IsolationModels.Parse(isolation), stop).ConfigureAwait(false);
@@ -156,18 +169,66 @@ internal static class ServeCommand
                 $"Chaos: the hosts of the drivers on block hardware are killed every {chaosEvery.Value.TotalMilliseconds:F0} ms (their crash-loop limit lifted, in-flight requests retried)"));
         }
 
+        if (load > 0)
+        {
+            Console.WriteLine(string.Create(CultureInfo.InvariantCulture, $"Load: {load} reads a second on each disk and the null device"));
+        }
+
         AnsiConsole.MarkupLine("Ctrl+C stops the kernel.");
         try
         {
-            await Task.WhenAll(new ControlServer(kernel).RunAsync(stop), nbd?.RunAsync(stop) ?? Task.CompletedTask).ConfigureAwait(false);
+            await Task.WhenAll(new ControlServer(kernel, statistics).RunAsync(stop), nbd?.RunAsync(stop) ?? Task.CompletedTask,
+                load > 0 ? LoadAsync(kernel, load, stop) : Task.CompletedTask).ConfigureAwait(false);
         }
         catch (OperationCanceledException)
         {
             // Stopped.
         }
 
+        statistics.Dispose();
+        if (trace is not null && traceFile is not null)
+        {
+            kernel.Trace = null;
+            await trace.WriteAsync(traceFile.FullName, CancellationToken.None).ConfigureAwait(false);
+            Console.WriteLine($"Trace written to {traceFile.FullName}{(trace.Dropped > 0 ? $" ({trace.Dropped} events dropped)" : "")}: open it in ui.perfetto.dev or chrome://tracing");
+        }
+
         return 0;
     }
+
+    /// <summary>Reads 4 KiB at a time from every disk and the null device, at a steady rate each,
+    /// until the kernel stops. A read that fails (a driver down, quarantined) is just counted by the
+    /// kernel; the load goes on.</summary>
+    private static Task LoadAsync(Microkernel kernel, int perSecond, CancellationToken stop) =>
+        Task.WhenAll(kernel.GetDevices().Where(d => d.Type is DeviceType.Disk or DeviceType.Null).Select(async device =>
+        {
+            DeviceHandle handle;
+            try
+            {
+                handle = await kernel.OpenAsync(device.Name, stop).ConfigureAwait(false);
+            }
+            catch (IoException ex)
+            {
+                Console.WriteLine($"Load: cannot open {device.Name}: {ex.Message}");
+                return;
+            }
+
+            await using var opened = handle.ConfigureAwait(false);
+            var buffer = new byte[4096];
+            var random = new Random(device.Name.Length);
+            using var timer = new PeriodicTimer(TimeSpan.FromSeconds(1.0 / perSecond));
+            try
+            {
+                while (await timer.WaitForNextTickAsync(stop).ConfigureAwait(false))
+                {
+                    await handle.ReadAsync(buffer, device.Type == DeviceType.Disk ? random.Next(256) * 4096L : 0, stop).ConfigureAwait(false);
+                }
+            }
+            catch (OperationCanceledException)
+            {
+                // Stopped.
+            }
+        }));
 
     /// <summary>Under --chaos-kill-every the storage drivers are killed on purpose, over and over:
     /// their crash-loop limit is lifted (or they would be quarantined after a few kills, as a

@@ -9,13 +9,36 @@ namespace DriverIsolation.Cli.Control;
 /// </summary>
 internal sealed record ControlRequest(
     [property: JsonPropertyName("op")] string Op,
-    [property: JsonPropertyName("driver")] string? Driver = null);
+    [property: JsonPropertyName("driver")] string? Driver = null,
+    [property: JsonPropertyName("fault")] string? Fault = null,
+    [property: JsonPropertyName("parameters")] IReadOnlyDictionary<string, string>? Parameters = null);
 
 internal sealed record ControlResponse(
     [property: JsonPropertyName("ok")] bool Ok,
     [property: JsonPropertyName("error")] string? Error = null,
     [property: JsonPropertyName("drivers")] IReadOnlyList<ControlDriver>? Drivers = null,
-    [property: JsonPropertyName("safe_mode")] string? SafeMode = null);
+    [property: JsonPropertyName("safe_mode")] string? SafeMode = null,
+    [property: JsonPropertyName("devices")] IReadOnlyList<ControlDevice>? Devices = null,
+    [property: JsonPropertyName("events")] IReadOnlyList<ControlEventCount>? Events = null,
+    [property: JsonPropertyName("in_flight")] int InFlight = 0,
+    [property: JsonPropertyName("iommu")] string? Iommu = null,
+    [property: JsonPropertyName("at_ms")] long AtMilliseconds = 0,
+    [property: JsonPropertyName("detail")] string? Detail = null);
+
+/// <summary>A device's running totals: IRPs completed to callers, those that failed, and how
+/// many took at most each of <see cref="LiveStatistics.BucketBoundsMicros"/>.</summary>
+internal sealed record ControlDevice(
+    [property: JsonPropertyName("name")] string Name,
+    [property: JsonPropertyName("stack")] IReadOnlyList<string> Stack,
+    [property: JsonPropertyName("completed")] long Completed,
+    [property: JsonPropertyName("failed")] long Failed,
+    [property: JsonPropertyName("latency_buckets")] IReadOnlyList<long> LatencyBuckets);
+
+/// <summary>How many kernel events of a kind concerned a driver ("" for the kernel itself).</summary>
+internal sealed record ControlEventCount(
+    [property: JsonPropertyName("kind")] string Kind,
+    [property: JsonPropertyName("driver")] string Driver,
+    [property: JsonPropertyName("count")] long Count);
 
 internal sealed record ControlDriver(
     [property: JsonPropertyName("name")] string Name,
@@ -23,7 +46,8 @@ internal sealed record ControlDriver(
     [property: JsonPropertyName("isolation")] string Isolation,
     [property: JsonPropertyName("pid")] int ProcessId,
     [property: JsonPropertyName("restarts")] int Restarts,
-    [property: JsonPropertyName("failure")] string? Failure);
+    [property: JsonPropertyName("failure")] string? Failure,
+    [property: JsonPropertyName("transport")] string Transport = "pipe");
 
 internal static class ControlPipe
 {

@@ -6,7 +6,7 @@ namespace DriverIsolation.Cli.Control;
 
 /// <summary>Answers control requests for one kernel until cancelled. A bad request gets an error
 /// response, never takes the server (or the kernel) down.</summary>
-internal sealed class ControlServer(Microkernel kernel)
+internal sealed class ControlServer(Microkernel kernel, LiveStatistics? statistics = null)
 {
     public async Task RunAsync(CancellationToken cancellationToken)
     {
@@ -76,17 +76,29 @@ internal sealed class ControlServer(Microkernel kernel)
                 case "kill" when request.Driver is { } driver:
                     kernel.KillDriverHost(driver);
                     return new ControlResponse(true);
+                case "inject" when request.Driver is { } driver && request.Fault is { } fault:
+                    return new ControlResponse(true, Detail: kernel.InjectFault(driver, fault, request.Parameters));
+                case "stats" when statistics is not null:
+                    return Drivers() with
+                    {
+                        Devices = statistics.Devices(kernel),
+                        Events = statistics.Events(),
+                        InFlight = kernel.Metrics.InFlight,
+                        Iommu = kernel.GetIommu() is { } iommu ? iommu.Mode.ToString().ToLowerInvariant() : "none",
+                        AtMilliseconds = Environment.TickCount64,
+                    };
                 default:
-                    return new ControlResponse(false, $"unknown request \"{request.Op}\" (expected drivers, reenable, kill; reenable and kill name a driver)");
+                    return new ControlResponse(false, $"unknown request \"{request.Op}\" (expected drivers, stats, reenable, kill, inject; reenable, kill and inject name a driver, inject a fault)");
             }
         }
-        catch (Exception ex) when (ex is KeyNotFoundException or InvalidOperationException)
+        catch (Exception ex) when (ex is KeyNotFoundException or InvalidOperationException or ArgumentException)
         {
             return new ControlResponse(false, ex.Message);
         }
     }
 
     private ControlResponse Drivers() => new(true, Drivers:
-        [.. kernel.GetDrivers().Select(d => new ControlDriver(d.Name, d.State.ToString(), d.Isolation.ToManifestName(), d.ProcessId, d.Restarts, d.Failure))],
+        [.. kernel.GetDrivers().Select(d => new ControlDriver(d.Name, d.State.ToString(), d.Isolation.ToManifestName(), d.ProcessId, d.Restarts, d.Failure,
+            d.Isolation == IsolationModel.InKernel ? "direct" : d.Transport.ToString().ToLowerInvariant()))],
         SafeMode: kernel.SafeModeReason);
 }

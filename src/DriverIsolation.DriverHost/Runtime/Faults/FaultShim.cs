@@ -51,19 +51,35 @@ internal sealed class FaultShim
     private readonly int _driverId;
     private readonly string _driverName;
     private readonly IKernelLink _link;
-    private readonly Armed[] _faults;
+    private readonly bool _injectable;
+    private volatile Armed[] _faults;
     private readonly long _loadedAt = Environment.TickCount64;
     private readonly List<byte[]> _leaked = [];
     private readonly List<FaultyBlockHardware> _hardware = [];
     private readonly List<(string Fault, ulong? Address)> _armedAtLoad = [];
     private long _requests;
 
-    public FaultShim(int driverId, string driverName, IReadOnlyList<FaultSpec> faults, IKernelLink link)
+    /// <param name="injectable">Stand between the driver and its requests and hardware even
+    /// with no fault planned, so that <see cref="Arm"/> can add one later.</param>
+    public FaultShim(int driverId, string driverName, IReadOnlyList<FaultSpec> faults, IKernelLink link, bool injectable = false)
     {
         _driverId = driverId;
         _driverName = driverName;
         _link = link;
+        _injectable = injectable;
         _faults = [.. faults.Select(f => new Armed(f))];
+    }
+
+    /// <summary>Adds a fault to the plan of the running driver (<c>drviso inject</c>). A
+    /// "requests" trigger counts from now: 0 fires on the next request.</summary>
+    public void Arm(FaultSpec spec)
+    {
+        ArgumentNullException.ThrowIfNull(spec);
+        var armed = new Armed(spec.Trigger == "requests" ? spec with { Value = spec.Value + Interlocked.Read(ref _requests) } : spec);
+        lock (_hardware)
+        {
+            _faults = [.. _faults, armed];
+        }
     }
 
     /// <summary>Faults that act at load, in place of DriverEntry. Returns normally if none fires.</summary>
@@ -81,7 +97,7 @@ internal sealed class FaultShim
     public IDeviceHardware Wrap(IDeviceHardware hardware)
     {
         ArgumentNullException.ThrowIfNull(hardware);
-        if (hardware.Kind != "block" || !_faults.Any(f => FaultTypes.Dma.Contains(f.Spec.Fault)))
+        if (hardware.Kind != "block" || (!_injectable && !_faults.Any(f => FaultTypes.Dma.Contains(f.Spec.Fault))))
         {
             return hardware;
         }
@@ -123,7 +139,7 @@ internal sealed class FaultShim
     /// counted functions) so the plan sees each request first.</summary>
     public void Install(DriverObject driver)
     {
-        if (_faults.All(f => f.Spec.Trigger == "load"))
+        if (!_injectable && _faults.All(f => f.Spec.Trigger == "load"))
         {
             return;
         }
