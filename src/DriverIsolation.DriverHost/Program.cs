@@ -50,6 +50,9 @@ catch (FormatException)
     return ExitCodes.Usage;
 }
 
+// Its own spans to the kernel's collector, when the kernel exports (drviso --otlp).
+using var telemetry = OtlpExport.FromEnvironment($"drvhost {hostName}", [HostServer.ActivitySourceName], []);
+
 // Compile the host's paths now, so the first real driver does not pay for it (see HostWarmup).
 HostWarmup.Run();
 

@@ -1,5 +1,20 @@
 using System.CommandLine;
 using DriverIsolation.Cli.Commands;
+using DriverIsolation.DriverHost;
+using DriverIsolation.Kernel;
+
+var otlp = new Option<string?>("--otlp")
+{
+    Description = $"Export traces and metrics over OTLP (HTTP/protobuf) to this collector, e.g. http://localhost:4318 (or set {OtlpExport.EndpointVariable}); the hosts export their own spans",
+    Recursive = true,
+};
+otlp.Validators.Add(r =>
+{
+    if (r.GetValue(otlp) is { } text && !(Uri.TryCreate(text, UriKind.Absolute, out var uri) && uri.Scheme is "http" or "https"))
+    {
+        r.AddError($"--otlp: expected a collector's http(s) address like http://localhost:4318; got \"{text}\"");
+    }
+});
 
 var root = new RootCommand("drviso: a simulated microkernel whose drivers run in isolated host processes")
 {
@@ -17,4 +32,14 @@ var root = new RootCommand("drviso: a simulated microkernel whose drivers run in
     DriversCommand.CreateQuarantine(),
     DriversCommand.CreateInject(),
 };
-return await root.Parse(args).InvokeAsync();
+root.Options.Add(otlp);
+
+var parse = root.Parse(args);
+if (parse.Errors.Count == 0 && parse.GetValue(otlp) is { } endpoint)
+{
+    // Inherited by every process this one starts: hosts and campaign trials export too.
+    Environment.SetEnvironmentVariable(OtlpExport.EndpointVariable, endpoint);
+}
+
+using var telemetry = OtlpExport.FromEnvironment($"drviso {parse.CommandResult.Command.Name}", [KernelMetrics.MeterName], [KernelMetrics.MeterName]);
+return await parse.InvokeAsync();
