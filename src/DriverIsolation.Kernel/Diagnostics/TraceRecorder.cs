@@ -94,7 +94,7 @@ public sealed class TraceRecorder
         Add(Slice(span.Name, pid, span.DeviceId, span.Received, span.Ended, args));
         if (routine)
         {
-            Add(Slice("dispatch routine", pid, span.DeviceId, span.RoutineStart, span.RoutineEnd,
+            Add(Slice("driver code", pid, span.DeviceId, span.RoutineStart, span.RoutineEnd,
                 new Dictionary<string, object> { ["irp"] = irp.Id, ["timed_by"] = "host" }));
         }
     }

@@ -48,7 +48,7 @@ public sealed class TraceRecorderTests : IDisposable
         Assert.Matches("^[0-9a-f]{32}$", traceId);
         var onHosts = events.Where(e => e.GetProperty("ph").GetString() == "X" && e.GetProperty("pid").GetInt32() != Environment.ProcessId
             && e.GetProperty("args").GetProperty("irp").GetInt64() == irp).ToList();
-        var layers = onHosts.Where(l => l.GetProperty("name").GetString() != "dispatch routine").ToList();
+        var layers = onHosts.Where(l => l.GetProperty("name").GetString() != "driver code").ToList();
 
         // Down through the filter to the disk, and back up through the filter's completion routine,
         // each stay timed by its host, a child span of the IRP's span in the same trace.
@@ -72,7 +72,7 @@ public sealed class TraceRecorderTests : IDisposable
         var stays = layers.Select(Span).ToList();
         Assert.All(stays, s => Assert.True(start <= s.Start && s.End <= end, $"{s} outside the IRP's {(start, end)}"));
         Assert.True(stays[0].End <= stays[1].Start && stays[1].End <= stays[2].Start, string.Join(", ", stays));
-        var routines = onHosts.Where(l => l.GetProperty("name").GetString() == "dispatch routine").ToList();
+        var routines = onHosts.Where(l => l.GetProperty("name").GetString() == "driver code").ToList();
         Assert.Equal(3, routines.Count);
         Assert.All(routines, r => Assert.Contains(stays, s => s.Start <= Span(r).Start && Span(r).End <= s.End));
 
