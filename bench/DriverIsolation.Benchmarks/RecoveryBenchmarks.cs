@@ -32,18 +32,8 @@ public class RecoveryBenchmarks
     [IterationSetup]
     public void Settle()
     {
-        var kernel = _kernel!.Kernel;
         var clock = Stopwatch.StartNew();
-        while (kernel.GetDrivers().Single().State != DriverState.Running || kernel.WarmPoolProcessIds.Count < _poolSize)
-        {
-            if (clock.Elapsed > SettleLimit)
-            {
-                throw new TimeoutException($"the Null driver did not settle within {SettleLimit.TotalSeconds} s");
-            }
-
-            Thread.Sleep(10);
-        }
-
+        WaitUntilHealthy();
         for (var i = 0; i < 50; i++)
         {
             ReadOrThrow();
@@ -61,6 +51,9 @@ public class RecoveryBenchmarks
     {
         if (_kernel is not null)
         {
+            // The last restart refills the pool: let that host finish starting, so the kernel
+            // stops it with the others instead of abandoning a start in flight.
+            WaitUntilHealthy();
             await _kernel.DisposeAsync();
             _kernel = null;
         }
@@ -77,6 +70,21 @@ public class RecoveryBenchmarks
         _kernel!.Kernel.KillDriverHost("Null");
         var result = await _kernel.Device.ReadAsync(_buffer);
         return result.IsSuccess ? result : throw new InvalidOperationException($"the Read after the kill failed: {result}");
+    }
+
+    private void WaitUntilHealthy()
+    {
+        var kernel = _kernel!.Kernel;
+        var clock = Stopwatch.StartNew();
+        while (kernel.GetDrivers().Single().State != DriverState.Running || kernel.WarmPoolProcessIds.Count < _poolSize)
+        {
+            if (clock.Elapsed > SettleLimit)
+            {
+                throw new TimeoutException($"the Null driver did not settle within {SettleLimit.TotalSeconds} s");
+            }
+
+            Thread.Sleep(10);
+        }
     }
 
     private void ReadOrThrow()
