@@ -51,11 +51,17 @@ public class RecoveryBenchmarks
     {
         if (_kernel is not null)
         {
-            // The last restart refills the pool: let that host finish starting, so the kernel
-            // stops it with the others instead of abandoning a start in flight.
-            WaitUntilHealthy();
-            await _kernel.DisposeAsync();
-            _kernel = null;
+            try
+            {
+                // The last restart refills the pool: let that host finish starting, so the kernel
+                // stops it with the others instead of abandoning a start in flight.
+                WaitUntilHealthy();
+            }
+            finally
+            {
+                await _kernel.DisposeAsync();
+                _kernel = null;
+            }
         }
     }
 
