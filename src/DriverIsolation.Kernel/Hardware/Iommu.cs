@@ -562,5 +562,17 @@ public sealed class IommuDomain
 
     internal List<DmaWindow> Windows { get; } = [];
 
-    internal bool InWindow(ulong address, ulong length) => Windows.Exists(w => w.Contains(address, length));
+    internal bool InWindow(ulong address, ulong length)
+    {
+        // A loop, not a predicate: this runs on every translation and must not allocate.
+        foreach (var window in Windows)
+        {
+            if (window.Contains(address, length))
+            {
+                return true;
+            }
+        }
+
+        return false;
+    }
 }

@@ -10,6 +10,7 @@ namespace DriverIsolation.Kernel;
 internal sealed class WarmPool(HostLauncher launcher, int size, Action<ProcessHostChannel, string> onExited, CancellationToken stopping)
 {
     private readonly ConcurrentQueue<ProcessHostChannel> _idle = new();
+    private readonly ConcurrentDictionary<Task, byte> _startsInProgress = new();
     private int _starting;
     private int _started;
 
@@ -21,7 +22,10 @@ internal sealed class WarmPool(HostLauncher launcher, int size, Action<ProcessHo
         while (!stopping.IsCancellationRequested && Volatile.Read(ref _starting) + _idle.Count < size)
         {
             Interlocked.Increment(ref _starting);
-            _ = StartOneAsync();
+            var start = StartOneAsync();
+            _startsInProgress.TryAdd(start, 0);
+            _ = start.ContinueWith(static (t, s) => ((ConcurrentDictionary<Task, byte>)s!).TryRemove(t, out _), _startsInProgress,
+                CancellationToken.None, TaskContinuationOptions.ExecuteSynchronously, TaskScheduler.Default);
         }
     }
 
@@ -42,8 +46,20 @@ internal sealed class WarmPool(HostLauncher launcher, int size, Action<ProcessHo
         return null;
     }
 
+    /// <summary>Waits for the starts in progress (the kernel is stopping: each disposes its host),
+    /// then disposes the idle hosts. A start cut short must not outlive the kernel: a host being
+    /// killed while its parent exits can be left behind stopped.</summary>
     public async Task DisposeAsync()
     {
+        try
+        {
+            await Task.WhenAll(_startsInProgress.Keys).WaitAsync(TimeSpan.FromSeconds(10)).ConfigureAwait(false);
+        }
+        catch (TimeoutException)
+        {
+            // A start that hangs past its own timeout: its launcher kills the process.
+        }
+
         while (_idle.TryDequeue(out var host))
         {
             await host.DisposeAsync().ConfigureAwait(false);
