@@ -18,6 +18,7 @@ public sealed class TutorialTests
 
     [Theory]
     [InlineData("01-follow-one-request.md")]
+    [InlineData("02-write-your-first-driver.md")]
     public async Task Tutorial_CommandsRunAsWritten_ExitZeroAndShowWhatTheTextSays(string file)
     {
         var tutorial = TutorialDocument.Parse(file, await File.ReadAllTextAsync(Path.Combine(TutorialSandbox.RepoRoot, "docs", "tutorial", file)));
@@ -70,9 +71,19 @@ public sealed class TutorialTests
         Assert.Single(inKernel.RootElement.GetProperty("traceEvents").EnumerateArray(), e => e.GetProperty("name").GetString() == "process_name");
     }
 
-    private static Task FirstDriver(TutorialSandbox sandbox, string output)
+    /// <summary>The driver was built in the sandbox, loaded into a host of its own (its log line
+    /// reached the kernel), and the campaign shows the crash taking the system down in-kernel and
+    /// nothing but the driver in a process.</summary>
+    private static async Task FirstDriver(TutorialSandbox sandbox, string output)
     {
-        throw new NotImplementedException();
+        Assert.True(File.Exists(sandbox.PathOf("drivers/Hello/bin/Release/net10.0/DriverIsolation.Drivers.Hello.dll")));
+        Assert.Contains("Hello loaded in process", await File.ReadAllTextAsync(sandbox.PathOf("serve.log")), StringComparison.Ordinal);
+        Assert.Matches(@"Hello\s+│ Running\s+│ process", output);
+
+        var summary = await SummaryAsync(sandbox.PathOf("hello-results/report.json"));
+        Assert.Equal((0.0, 1.0), (summary["in-kernel/strict/unhandled-exception"].SystemSurvival, summary["in-kernel/strict/unhandled-exception"].InnocentHurt));
+        Assert.Equal((1.0, 0.0), (summary["process/strict/unhandled-exception"].SystemSurvival, summary["process/strict/unhandled-exception"].InnocentHurt));
+        Assert.All(summary.Values, row => Assert.Equal(0, row.IrpsLost));
     }
 
     private static Task BreakIt(TutorialSandbox sandbox, string output)
@@ -88,6 +99,16 @@ public sealed class TutorialTests
     private static Task MeasureTheOverhead(TutorialSandbox sandbox, string output)
     {
         throw new NotImplementedException();
+    }
+
+    /// <summary>A campaign's report.json, a row per "isolation/iommu/fault".</summary>
+    private static async Task<Dictionary<string, (double SystemSurvival, double InnocentHurt, long IrpsLost, long IommuFaults)>> SummaryAsync(string reportJson)
+    {
+        using var report = JsonDocument.Parse(await File.ReadAllTextAsync(reportJson));
+        return report.RootElement.GetProperty("summary").EnumerateArray().ToDictionary(
+            r => $"{r.GetProperty("isolation").GetString()}/{r.GetProperty("iommu").GetString()}/{r.GetProperty("fault").GetString()}",
+            r => (r.GetProperty("system_survival").GetDouble(), r.GetProperty("innocent_devices_hurt").GetDouble(),
+                r.GetProperty("irps_lost").GetInt64(), r.GetProperty("iommu_faults").GetInt64()));
     }
 
     private static string Tail(string output) => output.Length <= 12_000 ? output : "..." + output[^12_000..];
