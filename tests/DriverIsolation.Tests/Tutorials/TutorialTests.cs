@@ -19,6 +19,7 @@ public sealed class TutorialTests
     [Theory]
     [InlineData("01-follow-one-request.md")]
     [InlineData("02-write-your-first-driver.md")]
+    [InlineData("03-break-it.md")]
     public async Task Tutorial_CommandsRunAsWritten_ExitZeroAndShowWhatTheTextSays(string file)
     {
         var tutorial = TutorialDocument.Parse(file, await File.ReadAllTextAsync(Path.Combine(TutorialSandbox.RepoRoot, "docs", "tutorial", file)));
@@ -86,9 +87,32 @@ public sealed class TutorialTests
         Assert.All(summary.Values, row => Assert.Equal(0, row.IrpsLost));
     }
 
-    private static Task BreakIt(TutorialSandbox sandbox, string output)
+    /// <summary>The sensor crash-looped into quarantine at boot (safe mode) and again after it
+    /// was enabled; the killed disk driver came back in a new host; chaos kept its invariants;
+    /// the campaign's crashes are system crashes in-kernel and contained in a process.</summary>
+    private static async Task BreakIt(TutorialSandbox sandbox, string output)
     {
-        throw new NotImplementedException();
+        Assert.Contains("SAFE MODE: Sensor is quarantined", output, StringComparison.Ordinal);
+        Assert.Contains("Driver VBlock restarted in host", output, StringComparison.Ordinal);
+        Assert.Matches(@"VBlock\s+│ Running\s+│ process\s+│\s+\d+ │\s+1 │", output);
+        Assert.Contains("Sensor re-enabled", output, StringComparison.Ordinal);
+        var log = await File.ReadAllTextAsync(sandbox.PathOf("serve.log"));
+        Assert.Equal(2, Regex.Count(log, "Driver Sensor quarantined"));
+
+        using (var chaos = JsonDocument.Parse(await File.ReadAllTextAsync(sandbox.PathOf("chaos.json"))))
+        {
+            Assert.Equal((0, 0, true, true), (chaos.RootElement.GetProperty("lost").GetInt64(), chaos.RootElement.GetProperty("duplicated").GetInt64(),
+                chaos.RootElement.GetProperty("data_verified").GetBoolean(), chaos.RootElement.GetProperty("kernel_alive").GetBoolean()));
+        }
+
+        var summary = await SummaryAsync(sandbox.PathOf("quick/report.json"));
+        foreach (var crash in new[] { "unhandled-exception", "fail-fast" })
+        {
+            Assert.Equal(0.0, summary[$"in-kernel/strict/{crash}"].SystemSurvival);
+            Assert.Equal((1.0, 0.0), (summary[$"process/strict/{crash}"].SystemSurvival, summary[$"process/strict/{crash}"].InnocentHurt));
+        }
+
+        Assert.All(summary.Values, row => Assert.Equal(0, row.IrpsLost));
     }
 
     private static Task DmaAndTheIommu(TutorialSandbox sandbox, string output)
