@@ -140,6 +140,6 @@ internal enum TutorialStepKind
     Shows,
 }
 
-/// <summary>One block of a tutorial: its kind, the line its body starts on, its body, and the
+/// <summary>One block of a tutorial: its kind, the line its fence opens on, its body, and the
 /// file it writes or quotes.</summary>
 internal sealed record TutorialStep(TutorialStepKind Kind, int Line, string Body, string? Path);
