@@ -123,10 +123,21 @@ public sealed class TutorialDocumentTests
     }
 
     [Fact]
+    public void Sandbox_FoldersATutorialWritesInto_AreNotLinkedToTheRepository()
+    {
+        using var sandbox = new TutorialSandbox(["drivers/Null/driver.json", "docs/tutorial/x.md"]);
+
+        Assert.False(Path.Exists(sandbox.PathOf("drivers/Null")));
+        Assert.False(Path.Exists(sandbox.PathOf("docs")));
+        Assert.NotNull(new DirectoryInfo(sandbox.PathOf("drivers/RamDisk")).LinkTarget);
+        Assert.NotNull(new DirectoryInfo(sandbox.PathOf("scenarios")).LinkTarget);
+    }
+
+    [Fact]
     public void Sandbox_Dispose_RemovesItsLinksNotWhatTheyPointAt()
     {
         string root;
-        using (var sandbox = new TutorialSandbox())
+        using (var sandbox = new TutorialSandbox([]))
         {
             root = sandbox.Root;
             Assert.True(File.Exists(sandbox.PathOf("scenarios/quick.json")));

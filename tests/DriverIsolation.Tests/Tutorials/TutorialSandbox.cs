@@ -6,44 +6,53 @@ namespace DriverIsolation.Tests;
 /// <summary>
 /// A fresh directory that looks like the repository to a tutorial's commands, so that they run
 /// as written (<c>scenarios/quick.json</c>, <c>drivers/VBlock/driver.json</c>) while what they
-/// create stays out of the repository: every top-level entry of the repository is a symbolic link,
-/// except <c>drivers/</c> (a directory of links: a new driver folder lands here) and <c>src/</c>
-/// (links, but the driver API project copied, so building a new driver against it builds the copy
-/// and leaves the repository's obj/ and bin/ alone). Scripts run under <c>setsid</c>: the script,
-/// its background jobs and their children share one process group, killed as a whole when the
-/// script ends or times out, so nothing outlives the test.
+/// create stays out of the repository. The repository's own top-level folders and files are
+/// symbolic links (only those: a trace or a report a student left at the root is not linked, so
+/// the tutorial cannot write through it); <c>drivers/</c> and <c>src/</c> are directories of
+/// links, without the folders the tutorial writes into (a student's own <c>drivers/Hello</c> is
+/// never touched), and with the driver API project copied, so that building a new driver builds
+/// the copy and leaves the repository's obj/ and bin/ alone. Scripts run under <c>setsid</c>:
+/// the script, its background jobs and their children share one process group, killed as a whole
+/// when the script ends or times out, so nothing outlives the test.
 /// </summary>
 internal sealed class TutorialSandbox : IDisposable
 {
     private const string DriverApi = "DriverIsolation.Abstractions";
+
+    /// <summary>The repository's layout (README.md): what a tutorial may refer to. Anything else
+    /// at the root is someone's output.</summary>
+    private static readonly string[] Layout =
+    [
+        ".ci", "bench", "docs", "scenarios", "scripts", "tests", "tools",
+        ".editorconfig", ".gitignore", "Directory.Build.props", "Directory.Packages.props", "global.json", "DriverIsolation.sln", "README.md",
+    ];
+
     private readonly List<string> _links = [];
 
-    public TutorialSandbox()
+    /// <param name="written">The files the tutorial writes (relative paths): no folder on their
+    /// way is a link into the repository.</param>
+    public TutorialSandbox(IEnumerable<string> written)
     {
+        var reserved = written.ToList();
         Root = Directory.CreateTempSubdirectory("drviso-tut-").FullName;
-        foreach (var entry in Directory.EnumerateFileSystemEntries(RepoRoot))
+        foreach (var name in Layout.Where(n => Path.Exists(Path.Combine(RepoRoot, n)) && !IsOnTheWay(n, reserved)))
         {
-            var name = Path.GetFileName(entry);
-            if (name is ".git" or "drivers" or "src")
-            {
-                continue;
-            }
-
-            Link(entry, Path.Combine(Root, name));
+            Link(Path.Combine(RepoRoot, name), Path.Combine(Root, name));
         }
 
         foreach (var folder in new[] { "drivers", "src" })
         {
             Directory.CreateDirectory(Path.Combine(Root, folder));
-            foreach (var entry in Directory.EnumerateFileSystemEntries(Path.Combine(RepoRoot, folder)))
+            foreach (var entry in Directory.EnumerateDirectories(Path.Combine(RepoRoot, folder)))
             {
-                if (Path.GetFileName(entry) == DriverApi)
+                var relative = $"{folder}/{Path.GetFileName(entry)}";
+                if (relative == $"src/{DriverApi}")
                 {
-                    CopySources(entry, Path.Combine(Root, folder, DriverApi));
+                    CopySources(entry, Path.Combine(Root, relative));
                 }
-                else
+                else if (!IsOnTheWay(relative, reserved))
                 {
-                    Link(entry, Path.Combine(Root, folder, Path.GetFileName(entry)));
+                    Link(entry, Path.Combine(Root, relative));
                 }
             }
         }
@@ -137,6 +146,9 @@ internal sealed class TutorialSandbox : IDisposable
 
         Directory.Delete(Root, recursive: true);
     }
+
+    private static bool IsOnTheWay(string relative, List<string> written) =>
+        written.Any(w => w == relative || w.StartsWith(relative + "/", StringComparison.Ordinal));
 
     private void Link(string target, string link)
     {

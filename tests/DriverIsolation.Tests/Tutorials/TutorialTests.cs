@@ -26,7 +26,12 @@ public sealed class TutorialTests
     {
         var tutorial = TutorialDocument.Parse(file, await File.ReadAllTextAsync(Path.Combine(TutorialSandbox.RepoRoot, "docs", "tutorial", file)));
         Assert.Contains(tutorial.Steps, s => s.Kind == TutorialStepKind.Commands);
-        using var sandbox = new TutorialSandbox();
+        foreach (var tool in new[] { "jq", "setsid" })
+        {
+            Assert.True(OnPath(tool), $"{file}: {tool} is not installed (Debian: apt-get install {(tool == "jq" ? "jq" : "util-linux")})");
+        }
+
+        using var sandbox = new TutorialSandbox(tutorial.Steps.Where(s => s.Kind == TutorialStepKind.Write).Select(s => s.Path!));
         foreach (var quote in tutorial.Quotes)
         {
             var actual = (await File.ReadAllTextAsync(sandbox.PathOf(quote.Path!))).ReplaceLineEndings("\n").TrimEnd('\n') + "\n";
@@ -175,6 +180,9 @@ public sealed class TutorialTests
             r => (r.GetProperty("system_survival").GetDouble(), r.GetProperty("innocent_devices_hurt").GetDouble(),
                 r.GetProperty("irps_lost").GetInt64(), r.GetProperty("iommu_faults").GetInt64()));
     }
+
+    private static bool OnPath(string tool) =>
+        (Environment.GetEnvironmentVariable("PATH") ?? "").Split(':', StringSplitOptions.RemoveEmptyEntries).Any(d => File.Exists(Path.Combine(d, tool)));
 
     private static string Tail(string output) => output.Length <= 12_000 ? output : "..." + output[^12_000..];
 }
