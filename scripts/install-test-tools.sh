@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # The storage clients the NBD tests drive (Debian packages): nbdinfo and nbdcopy (libnbd-bin),
-# qemu-img and qemu-io (qemu-utils), fio, and nbdkit for the baseline in docs/nbd.md.
+# qemu-img and qemu-io (qemu-utils), fio, and nbdkit for the baseline in docs/nbd.md; jq and
+# setsid (util-linux), which the tutorials' commands use (TutorialTests runs them).
 # Installs only what is missing; needs root (apt-get).
 set -euo pipefail
 missing=()
-for pair in nbdinfo:libnbd-bin nbdcopy:libnbd-bin qemu-io:qemu-utils qemu-img:qemu-utils fio:fio nbdkit:nbdkit; do
+for pair in nbdinfo:libnbd-bin nbdcopy:libnbd-bin qemu-io:qemu-utils qemu-img:qemu-utils fio:fio nbdkit:nbdkit jq:jq setsid:util-linux; do
   type -P "${pair%%:*}" >/dev/null || missing+=("${pair#*:}")
 done
 [ ${#missing[@]} -eq 0 ] && exit 0

@@ -63,8 +63,12 @@ public sealed class TutorialTests
         var read = slices.First(e => e.GetProperty("name").GetString() == @"Read \Device\RamDisk0");
         var irp = read.GetProperty("args").GetProperty("irp").GetInt64();
         var journey = slices.Where(e => e.GetProperty("args").TryGetProperty("irp", out var id) && id.GetInt64() == irp).ToList();
-        Assert.Equal(4, journey.Count);
+        Assert.Equal(7, journey.Count);
         Assert.Equal(3, journey.Select(e => e.GetProperty("pid").GetInt32()).Distinct().Count());
+        Assert.Equal(3, journey.Count(e => e.GetProperty("name").GetString() == "driver code"));
+        var traceId = read.GetProperty("args").GetProperty("trace_id").GetString();
+        Assert.All(journey.Where(e => e.GetProperty("args").TryGetProperty("ended", out _)), stay =>
+            Assert.Equal(("host", traceId), (stay.GetProperty("args").GetProperty("timed_by").GetString(), stay.GetProperty("args").GetProperty("trace_id").GetString())));
         Assert.Equal(["passed down", "completed with Success", "completed with Success"],
             journey.Where(e => e.GetProperty("args").TryGetProperty("ended", out _)).OrderBy(e => e.GetProperty("ts").GetDouble())
                 .Select(e => e.GetProperty("args").GetProperty("ended").GetString()));
@@ -74,7 +78,7 @@ public sealed class TutorialTests
             Assert.Equal(new byte[] { 0x89, (byte)'P', (byte)'N', (byte)'G' }, (await File.ReadAllBytesAsync(sandbox.PathOf(picture)))[..4]);
         }
 
-        Assert.Contains("one-read.png (4 events, 7 processes)", output, StringComparison.Ordinal);
+        Assert.Contains("one-read.png (7 events, 7 processes)", output, StringComparison.Ordinal);
         using var inKernel = JsonDocument.Parse(await File.ReadAllTextAsync(sandbox.PathOf("in-kernel.json")));
         Assert.Single(inKernel.RootElement.GetProperty("traceEvents").EnumerateArray(), e => e.GetProperty("name").GetString() == "process_name");
     }
@@ -103,6 +107,9 @@ public sealed class TutorialTests
         Assert.Contains("Driver VBlock restarted in host", output, StringComparison.Ordinal);
         Assert.Matches(@"VBlock\s+│ Running\s+│ process\s+│\s+\d+ │\s+1 │", output);
         Assert.Contains("Sensor re-enabled", output, StringComparison.Ordinal);
+        Assert.Contains("wild-dma-kernel armed in VBlock (process): it fires on the driver's next request.", output, StringComparison.Ordinal);
+        Assert.Contains("IOMMU fault #1 00:01.0 Write 0x1100: OutsideWindow (domain VBlock)", output, StringComparison.Ordinal);
+        Assert.Matches(@"│ VBlock\s+│ Running\s+│ process\s+│ pipe\s+│\s+\d+ │\s+\d+ │\s+\d+ │ .* │\s+2 │\s+1 │ host exited: watchdog", output);
         var log = await File.ReadAllTextAsync(sandbox.PathOf("serve.log"));
         Assert.Equal(2, Regex.Count(log, "Driver Sensor quarantined"));
 

@@ -61,7 +61,7 @@ internal static class DriversCommand
         var command = new Command("inject", "Break a driver of a serving kernel by hand, to watch the watchdog and the IOMMU act") { driver, fault, parameters, kernel };
         command.SetAction((parse, _) => RequestAsync(parse.GetValue(kernel), new ControlRequest("inject", parse.GetValue(driver), parse.GetValue(fault),
                 (parse.GetValue(parameters) ?? []).Select(p => p.Split('=', 2)).ToDictionary(p => p[0], p => p[1], StringComparer.Ordinal)),
-            r => AnsiConsole.MarkupLine($"{(r.Detail ?? "done").EscapeMarkup()}.")));
+            r => Console.WriteLine($"{r.Detail ?? "done"}.")));
         return command;
     }
 

@@ -142,6 +142,7 @@ internal static class ServeCommand
             return 2;
         }
 
+        using var control = new ControlServer(kernel, statistics);
         AnsiConsole.MarkupLine($"serving: kernel PID {Microkernel.ProcessId}; control pipe {ControlPipe.NameFor(Microkernel.ProcessId)}; IOMMU {iommuMode.ToString().ToLowerInvariant()}");
         DriversCommand.Print(kernel.GetDrivers().Select(d => new ControlDriver(d.Name, d.State.ToString(), d.Isolation.ToManifestName(), d.ProcessId, d.Restarts, d.Failure)).ToList(), kernel.SafeModeReason);
         await using var nbd = nbdEndpoint == "off" ? null : new NbdServer(kernel, IPEndPoint.Parse(nbdEndpoint), verbose ? Console.WriteLine : null);
@@ -177,7 +178,7 @@ internal static class ServeCommand
         AnsiConsole.MarkupLine("Ctrl+C stops the kernel.");
         try
         {
-            await Task.WhenAll(new ControlServer(kernel, statistics).RunAsync(stop), nbd?.RunAsync(stop) ?? Task.CompletedTask,
+            await Task.WhenAll(control.RunAsync(stop), nbd?.RunAsync(stop) ?? Task.CompletedTask,
                 load > 0 ? LoadAsync(kernel, load, stop) : Task.CompletedTask).ConfigureAwait(false);
         }
         catch (OperationCanceledException)

@@ -6,15 +6,18 @@ namespace DriverIsolation.Cli.Control;
 
 /// <summary>Answers control requests for one kernel until cancelled. A bad request gets an error
 /// response, never takes the server (or the kernel) down.</summary>
-internal sealed class ControlServer(Microkernel kernel, LiveStatistics? statistics = null)
+internal sealed class ControlServer(Microkernel kernel, LiveStatistics? statistics = null) : IDisposable
 {
+    private static readonly string Name = ControlPipe.NameFor(Microkernel.ProcessId);
+
+    // Listening from construction on: whoever is told the kernel serves can connect at once.
+    private NamedPipeServerStream? _first = Listen();
+
     public async Task RunAsync(CancellationToken cancellationToken)
     {
-        var name = ControlPipe.NameFor(Microkernel.ProcessId);
         while (!cancellationToken.IsCancellationRequested)
         {
-            var pipe = new NamedPipeServerStream(name, PipeDirection.InOut, NamedPipeServerStream.MaxAllowedServerInstances,
-                PipeTransmissionMode.Byte, PipeOptions.Asynchronous | PipeOptions.CurrentUserOnly);
+            var pipe = Interlocked.Exchange(ref _first, null) ?? Listen();
             try
             {
                 await pipe.WaitForConnectionAsync(cancellationToken).ConfigureAwait(false);
@@ -28,6 +31,13 @@ internal sealed class ControlServer(Microkernel kernel, LiveStatistics? statisti
             _ = ServeAsync(pipe);
         }
     }
+
+    /// <summary>Stops listening if <see cref="RunAsync"/> never took the first connection.</summary>
+    public void Dispose() => Interlocked.Exchange(ref _first, null)?.Dispose();
+
+    private static NamedPipeServerStream Listen() =>
+        new(Name, PipeDirection.InOut, NamedPipeServerStream.MaxAllowedServerInstances,
+            PipeTransmissionMode.Byte, PipeOptions.Asynchronous | PipeOptions.CurrentUserOnly);
 
     private async Task ServeAsync(NamedPipeServerStream pipe)
     {
