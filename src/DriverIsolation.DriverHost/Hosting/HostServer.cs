@@ -21,6 +21,7 @@ public sealed class HostServer : IKernelLink
     private static readonly ActivitySource Activities = new(ActivitySourceName);
 
     private readonly ConcurrentDictionary<(long IrpId, int DeviceId), TracedStay> _traced = new();
+    private int _tracedStays; // _traced's count, read without its locks on every completion
     private readonly FrameConnection _connection;
     private readonly string _hostName;
     private readonly DriverRuntime _runtime;
@@ -153,7 +154,11 @@ public sealed class HostServer : IKernelLink
         }
 
         var stay = new TracedStay(name, Stopwatch.GetTimestamp(), activity);
-        _traced[(irpId, deviceId)] = stay;
+        if (_traced.TryAdd((irpId, deviceId), stay))
+        {
+            Interlocked.Increment(ref _tracedStays);
+        }
+
         return stay;
     }
 
@@ -161,10 +166,12 @@ public sealed class HostServer : IKernelLink
     /// before the message that ends it.</summary>
     private void EndStay(long irpId, int deviceId, string outcome)
     {
-        if (_traced.IsEmpty || !_traced.TryRemove((irpId, deviceId), out var stay))
+        if (Volatile.Read(ref _tracedStays) == 0 || !_traced.TryRemove((irpId, deviceId), out var stay))
         {
             return;
         }
+
+        Interlocked.Decrement(ref _tracedStays);
 
         var ended = Stopwatch.GetTimestamp();
         var (routineStart, routineEnd) = stay.Routine(ended);

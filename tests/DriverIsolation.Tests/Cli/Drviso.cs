@@ -40,4 +40,19 @@ internal static class Drviso
             }
         }
     }
+
+    /// <summary>Reads a long-running drviso's output up to the first line that starts with
+    /// <paramref name="prefix"/> (serve's "serving: kernel PID ..."), and returns that line.</summary>
+    public static async Task<string> ReadUntilAsync(Process process, string prefix)
+    {
+        while (await process.StandardOutput.ReadLineAsync() is { } line)
+        {
+            if (line.StartsWith(prefix, StringComparison.Ordinal))
+            {
+                return line;
+            }
+        }
+
+        throw new InvalidOperationException($"drviso ended without printing \"{prefix}\"");
+    }
 }

@@ -24,7 +24,7 @@ public sealed class ServeCommandTests : IDisposable
         using var serve = Process.Start(Drviso.StartInfo("serve", "--manifests", _manifests, "--nbd", "off"))!;
         try
         {
-            var ready = await ReadUntilAsync(serve, "serving: kernel PID ").Bounded();
+            var ready = await Drviso.ReadUntilAsync(serve, "serving: kernel PID ").Bounded();
             var pid = int.Parse(ready["serving: kernel PID ".Length..ready.IndexOf(';', StringComparison.Ordinal)], CultureInfo.InvariantCulture);
             var kernel = pid.ToString(CultureInfo.InvariantCulture);
 
@@ -81,18 +81,5 @@ public sealed class ServeCommandTests : IDisposable
 
         Assert.Equal(1, result.ExitCode);
         Assert.Contains("no kernel answers on PID 999999's control pipe", result.Output, StringComparison.Ordinal);
-    }
-
-    private static async Task<string> ReadUntilAsync(Process process, string prefix)
-    {
-        while (await process.StandardOutput.ReadLineAsync() is { } line)
-        {
-            if (line.StartsWith(prefix, StringComparison.Ordinal))
-            {
-                return line;
-            }
-        }
-
-        throw new InvalidOperationException($"drviso serve ended without printing \"{prefix}\"");
     }
 }

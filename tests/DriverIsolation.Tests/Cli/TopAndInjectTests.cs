@@ -31,7 +31,7 @@ public sealed class TopAndInjectTests : IDisposable
         using var serve = Process.Start(Drviso.StartInfo("serve", "--manifests", manifests, "--nbd", "off", "--load", "50", "--trace", trace))!;
         try
         {
-            var ready = await ReadUntilAsync(serve, "serving: kernel PID ").Bounded();
+            var ready = await Drviso.ReadUntilAsync(serve, "serving: kernel PID ").Bounded();
             var kernel = ready["serving: kernel PID ".Length..ready.IndexOf(';', StringComparison.Ordinal)];
             var stdout = serve.StandardOutput.ReadToEndAsync();
             var stderr = serve.StandardError.ReadToEndAsync();
@@ -129,17 +129,4 @@ public sealed class TopAndInjectTests : IDisposable
 
     private static int Restarts(string output, string driver) =>
         Row(output, driver) is { } row ? int.Parse(row[10], CultureInfo.InvariantCulture) : -1;
-
-    private static async Task<string> ReadUntilAsync(Process process, string prefix)
-    {
-        while (await process.StandardOutput.ReadLineAsync() is { } line)
-        {
-            if (line.StartsWith(prefix, StringComparison.Ordinal))
-            {
-                return line;
-            }
-        }
-
-        throw new InvalidOperationException($"drviso serve ended without printing \"{prefix}\"");
-    }
 }
