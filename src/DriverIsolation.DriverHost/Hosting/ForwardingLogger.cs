@@ -3,8 +3,8 @@ using Microsoft.Extensions.Logging;
 namespace DriverIsolation.DriverHost;
 
 /// <summary>The logger a driver in a host process gets: lines at or above the threshold travel to
-/// the kernel as Log frames, where they are logged under the driver's name.</summary>
-internal sealed class ForwardingLogger(IKernelLink link, int driverId, string driverName, LogLevel minimum) : ILogger
+/// the kernel as Log frames, where they are logged under the name of the driver the id names.</summary>
+internal sealed class ForwardingLogger(IKernelLink link, int driverId, LogLevel minimum) : ILogger
 {
     public IDisposable? BeginScope<TState>(TState state) where TState : notnull => null;
 
@@ -23,6 +23,6 @@ internal sealed class ForwardingLogger(IKernelLink link, int driverId, string dr
             text = $"{text}: {exception}";
         }
 
-        link.Log(driverId, logLevel, $"{driverName}: {text}");
+        link.Log(driverId, logLevel, text);
     }
 }

@@ -30,7 +30,7 @@ public sealed class HostServer : IKernelLink
     {
         _connection = connection;
         _hostName = hostName;
-        _runtime = new DriverRuntime(this, (id, name) => new ForwardingLogger(this, id, name, forwardLogLevel));
+        _runtime = new DriverRuntime(this, (id, _) => new ForwardingLogger(this, id, forwardLogLevel));
     }
 
     /// <summary>Runs the host until shutdown or loss of the kernel; returns the exit code.</summary>

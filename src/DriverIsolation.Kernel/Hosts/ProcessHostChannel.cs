@@ -62,7 +62,7 @@ internal sealed class ProcessHostChannel : IHostChannel
 
     /// <summary>Completes with the exit reason once the host is gone and its IRPs are completed.</summary>
     /// <summary>The drivers the kernel asked this host to load: the only ones it may speak for.</summary>
-    private readonly HashSet<int> _driverIds = [];
+    private readonly Dictionary<int, string> _driverIds = [];
 
     public Task<string> Exited => _exited.Task;
 
@@ -91,7 +91,7 @@ internal sealed class ProcessHostChannel : IHostChannel
         var pending = NewPending(_pendingLoads, driver.Id);
         lock (_driverIds)
         {
-            _driverIds.Add(driver.Id);
+            _driverIds[driver.Id] = driver.Name;
         }
 
         if ((driver.Manifest.Transport ?? _options?.Transport) == Transport.Ring && !_connection.UsesRing && _options is { } options)
@@ -262,7 +262,7 @@ internal sealed class ProcessHostChannel : IHostChannel
             case FaultInjected fault:
                 lock (_driverIds)
                 {
-                    if (!_driverIds.Contains(fault.DriverId))
+                    if (!_driverIds.ContainsKey(fault.DriverId))
                     {
                         Violation($"FaultInjected for driver {fault.DriverId}, which is not in this host");
                         return false;
@@ -282,7 +282,14 @@ internal sealed class ProcessHostChannel : IHostChannel
                 return false;
             case Protocol.Log log:
                 var level = log.Level is >= 0 and <= (int)LogLevel.Critical ? (LogLevel)log.Level : LogLevel.Information;
-                Log.DriverLog(_logger, level, Name, log.Message.Length > 4096 ? log.Message[..4096] : log.Message);
+                string? driverName;
+                lock (_driverIds)
+                {
+                    driverName = _driverIds.GetValueOrDefault(log.DriverId);
+                }
+
+                // Under the name of the driver that wrote it (a shared host holds several).
+                Log.DriverLog(_logger, level, driverName ?? Name, log.Message.Length > 4096 ? log.Message[..4096] : log.Message);
                 return true;
             case DmaMap map:
                 return Hardware(_io.Machine?.Map(this, map.DeviceId, map.FirstPage, map.Pages, map.Access));
