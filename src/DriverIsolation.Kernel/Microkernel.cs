@@ -333,7 +333,17 @@ public sealed class Microkernel : IAsyncDisposable
             throw new InvalidOperationException($"{fault} has nothing to aim at here{(fault == "wild-dma-other-driver" ? " (no other driver has a DMA window; name one with device=...)" : "")}");
         }
 
-        driver.Host.ArmFault(driver, spec);
+        try
+        {
+            driver.Host.ArmFault(driver, spec);
+        }
+        catch (InvalidOperationException)
+        {
+            // Not armed: it leaves the plan too, or a restart would load it after all.
+            driver.FaultFired(spec.Index);
+            throw;
+        }
+
         return $"{fault} armed in {driver.Name} ({driver.Isolation.ToManifestName()}): it fires on the driver's next request";
     }
 

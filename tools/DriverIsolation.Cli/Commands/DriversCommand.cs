@@ -46,7 +46,6 @@ internal static class DriversCommand
         var parameters = new Option<string[]>("--param")
         {
             Description = "A fault parameter, name=value (device=VNic0 for wild-dma-other-driver, delayMs=3000 for slow-completion); repeatable",
-            AllowMultipleArgumentsPerToken = false,
         };
         parameters.Validators.Add(r =>
         {
