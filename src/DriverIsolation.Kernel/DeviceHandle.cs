@@ -28,7 +28,7 @@ public sealed class DeviceHandle : IAsyncDisposable
     public bool IsClosed => Volatile.Read(ref _file.State) != 0;
 
     /// <summary>Requests on this handle not completed yet.</summary>
-    public int OutstandingRequests => _file.Outstanding.Count;
+    public int OutstandingRequests => Volatile.Read(ref _file.OutstandingCount);
 
     /// <summary>Reads up to <c>buffer.Length</c> bytes at <paramref name="offset"/>; Information is the count read.</summary>
     public Task<IoResult> ReadAsync(Memory<byte> buffer, long offset = 0, CancellationToken cancellationToken = default) =>
@@ -48,7 +48,7 @@ public sealed class DeviceHandle : IAsyncDisposable
     /// <summary>Asks the drivers to cancel every request outstanding on this handle (CancelIo).</summary>
     public void CancelIo()
     {
-        foreach (var irp in _file.Outstanding.Values)
+        foreach (var irp in _io.OutstandingOf(_file))
         {
             _io.Cancel(irp);
         }

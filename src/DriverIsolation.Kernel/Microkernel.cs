@@ -380,6 +380,7 @@ public sealed class Microkernel : IAsyncDisposable
             await _integrityTimer.DisposeAsync().ConfigureAwait(false);
         }
 
+        _io.Dispose();
         _io.Machine?.Dispose();
         Metrics.Dispose();
         _stopping.Dispose();

@@ -1,4 +1,3 @@
-using System.Collections.Concurrent;
 using System.Diagnostics;
 using System.Globalization;
 using Microsoft.Extensions.Logging;
@@ -19,12 +18,9 @@ namespace DriverIsolation.Kernel;
 /// </list>
 /// No lock is held while calling into a host, so an in-kernel driver may complete inline.
 /// </summary>
-internal sealed class IoManager
+internal sealed class IoManager : IDisposable
 {
-    private readonly ConcurrentDictionary<long, KernelIrp> _irps = new();
-    private readonly ConcurrentDictionary<long, NtStatus> _finished = new();
-    private readonly ConcurrentQueue<long> _finishedOrder = new();
-    private readonly TimeProvider _time;
+    private readonly IrpTable _irps;
     private readonly KernelEventLog _events;
     private readonly ILogger _logger;
     private readonly KernelOptions _options;
@@ -35,13 +31,25 @@ internal sealed class IoManager
 
     public IoManager(TimeProvider time, KernelEventLog events, ILogger logger, KernelOptions options)
     {
-        _time = time;
         _events = events;
         _logger = logger;
         _options = options;
+        _irps = new IrpTable(options.FinishedIrpMemory);
+        _deadlines = new DeadlineQueue(time, static irp => irp.Manager!.OnDeadline(irp));
     }
 
+    private readonly DeadlineQueue _deadlines;
+
+    /// <summary>IRPs whose deadline is running (the kernel's own bookkeeping, for tests).</summary>
+    public int DeadlinesRunning => _deadlines.Count;
+
+    /// <summary>Stops the deadline timer (the kernel is going down).</summary>
+    public void Dispose() => _deadlines.Dispose();
+
     public int OutstandingCount => _irps.Count;
+
+    /// <summary>The IRPs submitted on a handle and not finished yet.</summary>
+    public List<KernelIrp> OutstandingOf(FileObject file) => _irps.Snapshot(irp => irp.File == file && !irp.IsReplay);
 
     private long _hostMessages;
 
@@ -102,14 +110,15 @@ internal sealed class IoManager
             ioControlCode, systemInput, output)
         {
             Admitted = top,
+            Manager = this,
         };
-        _irps[irp.Id] = irp;
-        file.Outstanding[irp.Id] = irp;
+        _irps.Add(irp);
+        Interlocked.Increment(ref file.OutstandingCount);
         StartTrace(irp);
-        irp.Deadline = _time.CreateTimer(static s => ((IoManagerDeadline)s!).Fire(), new IoManagerDeadline(this, irp), device.RequestTimeout, Timeout.InfiniteTimeSpan);
+        _deadlines.Add(irp, device.RequestTimeout);
         if (cancellationToken.CanBeCanceled)
         {
-            irp.CallerCancellation = cancellationToken.UnsafeRegister(static s => ((IoManagerDeadline)s!).Cancel(), new IoManagerDeadline(this, irp));
+            irp.CallerCancellation = cancellationToken.UnsafeRegister(static s => ((KernelIrp)s!).Manager!.Cancel((KernelIrp)s!), irp);
         }
 
         SendToLayer(irp, 0, cancelAfterSend: false);
@@ -149,7 +158,7 @@ internal sealed class IoManager
     /// <summary>A host completes an IRP (or an in-kernel driver does, inline).</summary>
     public void OnComplete(IHostChannel from, long irpId, int deviceId, NtStatus status, long information, ReadOnlyMemory<byte> data)
     {
-        if (!_irps.TryGetValue(irpId, out var irp))
+        if (!_irps.TryGet(irpId, out var irp))
         {
             RefuseUnknown(from, "completion", irpId);
             return;
@@ -184,6 +193,16 @@ internal sealed class IoManager
         if (upper < 0)
         {
             Finish(irp, new IoResult(status, information), data);
+
+            // The driver is done with it: the in-kernel layers' system buffer goes back to the
+            // pool. (An IRP that ended without its driver, on a deadline, keeps its buffer: the
+            // driver may still write to it.)
+            if (irp.SystemOutput is { } systemOutput)
+            {
+                irp.SystemOutput = null;
+                System.Buffers.ArrayPool<byte>.Shared.Return(systemOutput);
+            }
+
             return;
         }
 
@@ -206,7 +225,7 @@ internal sealed class IoManager
     /// <summary>A host passes an IRP to the next lower layer of its stack (IoCallDriver).</summary>
     public void OnPassDown(IHostChannel from, long irpId, int deviceId, bool wantsCompletion, long offset, int length, ReadOnlyMemory<byte> input)
     {
-        if (!_irps.TryGetValue(irpId, out var irp))
+        if (!_irps.TryGet(irpId, out var irp))
         {
             RefuseUnknown(from, "pass-down", irpId);
             return;
@@ -262,7 +281,7 @@ internal sealed class IoManager
     {
         var completed = 0;
         var parked = 0;
-        foreach (var irp in _irps.Values)
+        foreach (var irp in _irps.Snapshot())
         {
             KernelDriver? driver = null;
             lock (irp.Gate)
@@ -333,10 +352,11 @@ internal sealed class IoManager
         {
             IsReplay = true,
             Layer = layerIndex,
+            Manager = this,
         };
-        _irps[irp.Id] = irp;
+        _irps.Add(irp);
         StartTrace(irp);
-        irp.Deadline = _time.CreateTimer(static s => ((IoManagerDeadline)s!).Fire(), new IoManagerDeadline(this, irp), file.Device.RequestTimeout, Timeout.InfiniteTimeSpan);
+        _deadlines.Add(irp, file.Device.RequestTimeout);
         var layer = irp.Layers[layerIndex];
         Trace?.LayerEntered(irp, layer);
         layer.Host.Dispatch(irp, layer);
@@ -367,7 +387,7 @@ internal sealed class IoManager
 
         Log.BugCheck(_logger, reason);
         _events.Add(KernelEventKind.BugCheck, null, null, reason);
-        foreach (var irp in _irps.Values)
+        foreach (var irp in _irps.Snapshot())
         {
             _ = TryFinish(irp, IoResult.FromStatus(NtStatus.SystemCrashed));
         }
@@ -603,7 +623,7 @@ internal sealed class IoManager
             return;
         }
 
-        if (!_irps.TryGetValue(span.IrpId, out var irp))
+        if (!_irps.TryGet(span.IrpId, out var irp))
         {
             trace.RejectHostSpan();
             return;
@@ -627,11 +647,18 @@ internal sealed class IoManager
     /// <summary>The one completion to the caller; only the thread that set Completed gets here.</summary>
     private void Finish(KernelIrp irp, IoResult result, ReadOnlyMemory<byte> data)
     {
-        _irps.TryRemove(irp.Id, out _);
+        if (!_irps.Finish(irp, result.Status))
+        {
+            Interlocked.Increment(ref _duplicateDeliveries);
+        }
+
         irp.Admitted?.Release();
-        irp.File.Outstanding.TryRemove(irp.Id, out _);
-        Remember(irp.Id, result.Status);
-        irp.Deadline?.Dispose();
+        if (!irp.IsReplay)
+        {
+            Interlocked.Decrement(ref irp.File.OutstandingCount);
+        }
+
+        _deadlines.Remove(irp);
         irp.CallerCancellation.Unregister();
         if (!data.IsEmpty)
         {
@@ -649,23 +676,9 @@ internal sealed class IoManager
         irp.Completion.TrySetResult(result);
     }
 
-    private void Remember(long irpId, NtStatus status)
-    {
-        if (!_finished.TryAdd(irpId, status))
-        {
-            Interlocked.Increment(ref _duplicateDeliveries);
-        }
-
-        _finishedOrder.Enqueue(irpId);
-        while (_finishedOrder.Count > _options.FinishedIrpMemory && _finishedOrder.TryDequeue(out var old))
-        {
-            _finished.TryRemove(old, out _);
-        }
-    }
-
     private void RefuseUnknown(IHostChannel from, string what, long irpId)
     {
-        if (_finished.TryGetValue(irpId, out var status))
+        if (_irps.TryGetFinished(irpId, out var status))
         {
             if (status is NtStatus.IoTimeout or NtStatus.DriverProcessTerminated or NtStatus.SystemCrashed)
             {
@@ -688,13 +701,5 @@ internal sealed class IoManager
         Log.CompletionRefused(_logger, what, irpId, from.Name, reason);
         _events.Add(KernelEventKind.CompletionRefused, from.Name, irpId, $"{what} refused: {reason}");
         from.CountRefusal();
-    }
-
-    /// <summary>Timer and cancellation-token state: which IRP, for which manager.</summary>
-    private sealed class IoManagerDeadline(IoManager manager, KernelIrp irp)
-    {
-        public void Fire() => manager.OnDeadline(irp);
-
-        public void Cancel() => manager.Cancel(irp);
     }
 }

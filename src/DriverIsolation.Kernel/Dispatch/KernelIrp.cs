@@ -31,6 +31,9 @@ internal sealed class KernelIrp
 
     public long Id { get; }
 
+    /// <summary>The I/O manager that issued it (for its deadline and its caller's cancellation).</summary>
+    public IoManager? Manager { get; init; }
+
     /// <summary>The layer the IRP is in now, for the trace (when it was sent there, the host's
     /// PID, the driver); null while no trace is recorded.</summary>
     public (long Since, int Pid, string Driver)? TraceLayer { get; set; }
@@ -68,6 +71,10 @@ internal sealed class KernelIrp
     public ReadOnlyMemory<byte> Input { get; set; }
 
     public Memory<byte> CallerOutput { get; }
+
+    /// <summary>The output buffer the in-kernel layers share (rented from the array pool), once
+    /// one of them has it; returned when a driver completes the IRP.</summary>
+    public byte[]? SystemOutput { get; set; }
 
     public long OriginalOffset { get; }
 
@@ -107,7 +114,16 @@ internal sealed class KernelIrp
     /// <summary>Waiting in a restarting driver's queue. Guarded by <see cref="Gate"/>.</summary>
     public bool Parked { get; set; }
 
-    public ITimer? Deadline { get; set; }
+    /// <summary>When the deadline passes (a <see cref="TimeProvider"/> timestamp); kept by the
+    /// <see cref="DeadlineQueue"/>, as are the list links below.</summary>
+    internal long DeadlineAt;
+
+    internal KernelIrp? DeadlineNext;
+
+    internal KernelIrp? DeadlinePrevious;
+
+    /// <summary>The deadline list the IRP is in; null once it left it.</summary>
+    internal object? DeadlineBucket;
 
     public CancellationTokenRegistration CallerCancellation { get; set; }
 

@@ -1,3 +1,4 @@
+using System.Buffers;
 using System.Runtime.InteropServices;
 using DriverIsolation.DriverHost;
 using Microsoft.Extensions.Logging;
@@ -50,15 +51,34 @@ internal sealed class InKernelHostChannel : IHostChannel, IKernelLink
             }),
             (Self: this, DeviceId: deviceId, Vector: vector), preferLocal: false);
 
+    /// <summary>Calls the layer's dispatch routine on this thread. The output buffer is the IRP's
+    /// system buffer, one for every in-kernel layer of the stack (as with buffered I/O), taken
+    /// from a pool and zeroed, and given back when the driver completes the IRP.</summary>
     public void Dispatch(KernelIrp irp, DeviceLayer layer)
     {
-        var output = irp.OutputLength > 0 ? new byte[irp.OutputLength] : Memory<byte>.Empty;
-        Guard(layer.Driver.Name, $"dispatch of {irp.MajorFunction}", () =>
+        var output = Memory<byte>.Empty;
+        if (irp.OutputLength > 0)
+        {
+            if (irp.SystemOutput is null)
+            {
+                irp.SystemOutput = ArrayPool<byte>.Shared.Rent(irp.OutputLength);
+                irp.SystemOutput.AsSpan(0, irp.OutputLength).Clear();
+            }
+
+            output = irp.SystemOutput.AsMemory(0, irp.OutputLength);
+        }
+
+        try
         {
             _runtime.Dispatch(irp.Id, layer.DeviceId, irp.MajorFunction, irp.MinorFunction, irp.File.Id, irp.Offset, irp.Length,
                 irp.IoControlCode, MemoryMarshal.AsMemory(irp.Input), output);
-            return (NtStatus.Success, null);
-        });
+        }
+#pragma warning disable CA1031 // Any exception from in-kernel driver code is a bug check, whatever its type.
+        catch (Exception ex)
+#pragma warning restore CA1031
+        {
+            Faulted(layer.Driver.Name, $"dispatch of {irp.MajorFunction}", ex);
+        }
     }
 
     public void ArmFault(KernelDriver driver, Protocol.FaultSpec fault)
@@ -69,19 +89,33 @@ internal sealed class InKernelHostChannel : IHostChannel, IKernelLink
         }
     }
 
-    public void Cancel(long irpId, DeviceLayer layer) =>
-        Guard(layer.Driver.Name, "cancel routine", () =>
+    public void Cancel(long irpId, DeviceLayer layer)
+    {
+        try
         {
             _runtime.Cancel(irpId, layer.DeviceId);
-            return (NtStatus.Success, null);
-        });
+        }
+#pragma warning disable CA1031 // Any exception from in-kernel driver code is a bug check, whatever its type.
+        catch (Exception ex)
+#pragma warning restore CA1031
+        {
+            Faulted(layer.Driver.Name, "cancel routine", ex);
+        }
+    }
 
-    public void LowerCompleted(KernelIrp irp, DeviceLayer layer, NtStatus status, long information, ReadOnlyMemory<byte> data) =>
-        Guard(layer.Driver.Name, "completion routine", () =>
+    public void LowerCompleted(KernelIrp irp, DeviceLayer layer, NtStatus status, long information, ReadOnlyMemory<byte> data)
+    {
+        try
         {
             _runtime.LowerCompleted(irp.Id, layer.DeviceId, status, information, data.Span);
-            return (NtStatus.Success, null);
-        });
+        }
+#pragma warning disable CA1031 // Any exception from in-kernel driver code is a bug check, whatever its type.
+        catch (Exception ex)
+#pragma warning restore CA1031
+        {
+            Faulted(layer.Driver.Name, "completion routine", ex);
+        }
+    }
 
     /// <summary>In-kernel drivers are the kernel: there is nothing to kill for misbehaving.</summary>
     public void CountRefusal()
@@ -152,8 +186,11 @@ internal sealed class InKernelHostChannel : IHostChannel, IKernelLink
         catch (Exception ex)
 #pragma warning restore CA1031
         {
-            _io.BugCheck($"{driver} faulted in its {what}: {ex.GetType().Name}: {ex.Message}");
+            Faulted(driver, what, ex);
             return (NtStatus.SystemCrashed, ex.Message);
         }
     }
+
+    private void Faulted(string driver, string what, Exception ex) =>
+        _io.BugCheck($"{driver} faulted in its {what}: {ex.GetType().Name}: {ex.Message}");
 }

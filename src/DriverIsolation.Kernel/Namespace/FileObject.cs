@@ -1,9 +1,7 @@
-using System.Collections.Concurrent;
-
 namespace DriverIsolation.Kernel;
 
-/// <summary>An open handle to a device. Remembers its outstanding IRPs so that closing the handle
-/// can cancel them, as the I/O manager does on Cleanup.</summary>
+/// <summary>An open handle to a device. Counts its outstanding IRPs (the I/O manager finds them,
+/// to cancel them, as it does on Cleanup).</summary>
 internal sealed class FileObject(long id, KernelDevice device, string openedAs)
 {
     public long Id { get; } = id;
@@ -12,7 +10,8 @@ internal sealed class FileObject(long id, KernelDevice device, string openedAs)
 
     public string OpenedAs { get; } = openedAs;
 
-    public ConcurrentDictionary<long, KernelIrp> Outstanding { get; } = new();
+    /// <summary>IRPs submitted on the handle and not finished yet.</summary>
+    public int OutstandingCount;
 
     public int State; // 0 open, 1 closing
 }
