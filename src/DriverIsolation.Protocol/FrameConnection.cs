@@ -21,6 +21,7 @@ public sealed class FrameConnection : IAsyncDisposable
     private readonly PipeReader _input;
     private readonly Pipe _output = new(new PipeOptions(pauseWriterThreshold: 0, resumeWriterThreshold: 0, useSynchronizationContext: false));
     private readonly MessagePackSerializerOptions _readOptions;
+    private readonly BorrowingOptions? _borrowing;
     private readonly int _maxFrameSize;
     private readonly Lock _sendGate = new();
     private readonly ArrayBufferWriter<byte> _scratch = new(256);
@@ -49,12 +50,21 @@ public sealed class FrameConnection : IAsyncDisposable
     /// <param name="untrustedPeer">True on the kernel side: every read uses
     /// <see cref="FrameCodec.UntrustedOptions"/>.</param>
     /// <param name="maxFrameSize">Hard limit on a frame body, both directions.</param>
-    public FrameConnection(Stream stream, bool untrustedPeer, int maxFrameSize = ProtocolConstants.DefaultMaxFrameSize)
+    /// <param name="borrowPayloads">True: the byte payloads of a message read are slices of a
+    /// buffer of the connection's, valid until the next <see cref="ReadAsync"/> (no array per
+    /// message); the reader copies what it keeps.</param>
+    public FrameConnection(Stream stream, bool untrustedPeer, int maxFrameSize = ProtocolConstants.DefaultMaxFrameSize, bool borrowPayloads = false)
     {
         _stream = stream;
         _maxFrameSize = maxFrameSize;
         _untrustedPeer = untrustedPeer;
         _readOptions = untrustedPeer ? FrameCodec.UntrustedOptions : FrameCodec.TrustedOptions;
+        if (borrowPayloads)
+        {
+            _borrowing = new BorrowingOptions(_readOptions);
+            _readOptions = _borrowing;
+        }
+
         _input = PipeReader.Create(stream, new StreamPipeReaderOptions(bufferSize: 64 * 1024, minimumReadSize: 4096, leaveOpen: true));
         _sendLoop = DoSendAsync();
     }
@@ -69,6 +79,7 @@ public sealed class FrameConnection : IAsyncDisposable
     [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder<>))]
     public async ValueTask<Message?> ReadAsync(CancellationToken cancellationToken = default)
     {
+        _borrowing?.Reset();
         while (true)
         {
             if (_receiveRing is not null)

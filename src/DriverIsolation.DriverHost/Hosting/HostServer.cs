@@ -1,3 +1,4 @@
+using System.Buffers;
 using System.Collections.Concurrent;
 using System.Diagnostics;
 using System.Runtime.InteropServices;
@@ -114,9 +115,19 @@ public sealed class HostServer : IKernelLink
 
     private void OnDispatch(Dispatch d)
     {
-        var output = d.OutputLength > 0 ? new byte[d.OutputLength] : Memory<byte>.Empty;
+        // The output buffer comes from the pool, zeroed (a driver must not see an earlier
+        // request's bytes), and goes back once the driver completed the IRP and the reply is sent.
+        byte[]? rented = null;
+        var output = Memory<byte>.Empty;
+        if (d.OutputLength > 0)
+        {
+            rented = ArrayPool<byte>.Shared.Rent(d.OutputLength);
+            output = rented.AsMemory(0, d.OutputLength);
+            output.Span.Clear();
+        }
+
         var irp = _runtime.Accept(d.IrpId, d.DeviceId, d.MajorFunction, d.MinorFunction, d.FileId, d.Offset, d.Length,
-            d.IoControlCode, MemoryMarshal.AsMemory(d.Input), output);
+            d.IoControlCode, MemoryMarshal.AsMemory(d.Input), output, rented);
         if (irp is null)
         {
             return;

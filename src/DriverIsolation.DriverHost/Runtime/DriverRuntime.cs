@@ -19,7 +19,10 @@ public sealed class DriverRuntime : IDeviceStackPort
     private readonly Func<int, string, ILogger> _loggerFor;
     private readonly ConcurrentDictionary<int, LoadedDriver> _drivers = new();
     private readonly ConcurrentDictionary<int, DeviceObject> _devices = new();
-    private readonly ConcurrentDictionary<(long IrpId, int DeviceId), Irp> _irps = new();
+    // The IRPs drivers here hold, per layer: a plain dictionary under a lock, whose entries are
+    // reused (a concurrent dictionary allocates a node for every IRP).
+    private readonly Dictionary<(long IrpId, int DeviceId), Irp> _irps = [];
+    private readonly Lock _irpsGate = new();
 
     /// <param name="link">Completions, pass-downs and logs go here.</param>
     /// <param name="loggerFor">Makes the logger a driver sees, from its id and name.</param>
@@ -51,7 +54,16 @@ public sealed class DriverRuntime : IDeviceStackPort
     public string? DriverNameOf(int deviceId) => _devices.TryGetValue(deviceId, out var device) ? device.Driver.Name : null;
 
     /// <summary>IRPs (per layer) that drivers here hold right now.</summary>
-    public int OutstandingIrps => _irps.Count;
+    public int OutstandingIrps
+    {
+        get
+        {
+            lock (_irpsGate)
+            {
+                return _irps.Count;
+            }
+        }
+    }
 
     /// <summary>Loads a driver assembly into its own load context and runs DriverEntry.
     /// Loader errors come back as a status; an exception thrown by DriverEntry propagates.</summary>
@@ -189,7 +201,14 @@ public sealed class DriverRuntime : IDeviceStackPort
     /// with InvalidDeviceRequest, if the device is not here.
     /// </summary>
     public Irp? Accept(long irpId, int deviceId, MajorFunction majorFunction, byte minorFunction, long fileId,
-        long offset, int length, uint ioControlCode, Memory<byte> input, Memory<byte> output)
+        long offset, int length, uint ioControlCode, Memory<byte> input, Memory<byte> output) =>
+        Accept(irpId, deviceId, majorFunction, minorFunction, fileId, offset, length, ioControlCode, input, output, null);
+
+    /// <summary><see cref="Accept(long, int, MajorFunction, byte, long, long, int, uint, Memory{byte}, Memory{byte})"/>
+    /// with an output buffer rented from the shared array pool: it goes back to the pool once the
+    /// driver has completed the IRP (or passed it down for good) and the completion is sent.</summary>
+    public Irp? Accept(long irpId, int deviceId, MajorFunction majorFunction, byte minorFunction, long fileId,
+        long offset, int length, uint ioControlCode, Memory<byte> input, Memory<byte> output, byte[]? rentedOutput)
     {
         if (!_devices.TryGetValue(deviceId, out var device))
         {
@@ -197,8 +216,15 @@ public sealed class DriverRuntime : IDeviceStackPort
             return null;
         }
 
-        var irp = new Irp(this, device, irpId, majorFunction, minorFunction, fileId, offset, length, ioControlCode, input, output);
-        _irps[(irpId, deviceId)] = irp;
+        var irp = new Irp(this, device, irpId, majorFunction, minorFunction, fileId, offset, length, ioControlCode, input, output)
+        {
+            RentedOutput = rentedOutput,
+        };
+        lock (_irpsGate)
+        {
+            _irps[(irpId, deviceId)] = irp;
+        }
+
         return irp;
     }
 
@@ -219,18 +245,25 @@ public sealed class DriverRuntime : IDeviceStackPort
     /// <summary>Asks the driver to cancel an IRP it holds (runs its cancel routine, if any).</summary>
     public void Cancel(long irpId, int deviceId)
     {
-        if (_irps.TryGetValue((irpId, deviceId), out var irp))
+        Irp? irp;
+        lock (_irpsGate)
         {
-            irp.RequestCancel();
+            _irps.TryGetValue((irpId, deviceId), out irp);
         }
+
+        irp?.RequestCancel();
     }
 
     /// <summary>The lower layer completed an IRP this layer passed down with a completion routine.</summary>
     public void LowerCompleted(long irpId, int deviceId, NtStatus status, long information, ReadOnlySpan<byte> data)
     {
-        if (!_irps.TryGetValue((irpId, deviceId), out var irp))
+        Irp? irp;
+        lock (_irpsGate)
         {
-            return;
+            if (!_irps.TryGetValue((irpId, deviceId), out irp))
+            {
+                return;
+            }
         }
 
         var output = irp.OutputBuffer.Span;
@@ -270,7 +303,11 @@ public sealed class DriverRuntime : IDeviceStackPort
 
     void IDeviceStackPort.Complete(Irp irp, NtStatus status, long information)
     {
-        _irps.TryRemove((irp.Id, irp.Device.Id), out _);
+        lock (_irpsGate)
+        {
+            _irps.Remove((irp.Id, irp.Device.Id));
+        }
+
         var data = ReadOnlyMemory<byte>.Empty;
         if (irp.MajorFunction.ReturnsData() && information > 0)
         {
@@ -278,16 +315,34 @@ public sealed class DriverRuntime : IDeviceStackPort
         }
 
         _link.Complete(irp.Id, irp.Device.Id, status, information, data);
+        ReturnOutput(irp);
     }
 
     void IDeviceStackPort.PassDown(DeviceObject device, Irp irp, bool wantsCompletion)
     {
         if (!wantsCompletion)
         {
-            _irps.TryRemove((irp.Id, device.Id), out _);
+            lock (_irpsGate)
+            {
+                _irps.Remove((irp.Id, device.Id));
+            }
         }
 
         _link.PassDown(irp.Id, device.Id, wantsCompletion, irp.Offset, irp.Length, irp.InputBuffer);
+        if (!wantsCompletion)
+        {
+            ReturnOutput(irp);
+        }
+    }
+
+    /// <summary>The link has sent (copied) what it needed: a rented output buffer goes back to
+    /// the pool. Once only: a driver that completes twice does not return it twice.</summary>
+    private static void ReturnOutput(Irp irp)
+    {
+        if (Interlocked.Exchange(ref irp.RentedOutput, null) is { } rented)
+        {
+            System.Buffers.ArrayPool<byte>.Shared.Return(rented);
+        }
     }
 
     /// <summary>What a major function without a routine does: filters pass it down, open and

@@ -43,7 +43,9 @@ internal sealed class HostLauncher(KernelOptions options, IoManager io, KernelEv
             }
 
             await connected.ConfigureAwait(false);
-            var connection = new FrameConnection(server, untrustedPeer: true, options.MaxFrameSize);
+            // The kernel handles each host message before it reads the next and copies the bytes it
+            // keeps: payloads are borrowed from the connection, not an array per message.
+            var connection = new FrameConnection(server, untrustedPeer: true, options.MaxFrameSize, borrowPayloads: true);
             var peerPid = PeerCredentials.TryGetProcessId(server);
             Message? hello;
             try
