@@ -3,11 +3,13 @@ using System.IO.Pipes;
 using DriverIsolation.DriverHost;
 using DriverIsolation.Protocol;
 
-// drvhost --pipe <name> --parent-pid <pid> [--name <host name>]
+// drvhost --pipe <name> --parent-pid <pid> [--name <host name>] [--dispatch inline|pool] [--stall-ms <ms>]
 // The one-time token arrives on standard input (hex, one line), never on the command line.
 string? pipeName = null;
 string hostName = "drvhost";
 var parentPid = -1;
+var dispatch = HostDispatch.Inline;
+TimeSpan? stall = null;
 var echo = args.Contains("--echo");
 args = [.. args.Where(a => a != "--echo")];
 for (var i = 0; i + 1 < args.Length; i += 2)
@@ -17,15 +19,17 @@ for (var i = 0; i + 1 < args.Length; i += 2)
         case "--pipe": pipeName = args[i + 1]; break;
         case "--parent-pid": parentPid = int.Parse(args[i + 1], CultureInfo.InvariantCulture); break;
         case "--name": hostName = args[i + 1]; break;
+        case "--dispatch" when Enum.TryParse<HostDispatch>(args[i + 1], ignoreCase: true, out var mode): dispatch = mode; break;
+        case "--stall-ms" when int.TryParse(args[i + 1], CultureInfo.InvariantCulture, out var ms) && ms > 0: stall = TimeSpan.FromMilliseconds(ms); break;
         default:
-            await Console.Error.WriteLineAsync($"drvhost: unknown option {args[i]}");
+            await Console.Error.WriteLineAsync($"drvhost: unknown option or bad value: {args[i]} {args[i + 1]}");
             return ExitCodes.Usage;
     }
 }
 
 if (pipeName is null || parentPid <= 0)
 {
-    await Console.Error.WriteLineAsync("usage: drvhost --pipe <name> --parent-pid <pid> [--name <host name>] [--echo]  (token on stdin)");
+    await Console.Error.WriteLineAsync("usage: drvhost --pipe <name> --parent-pid <pid> [--name <host name>] [--dispatch inline|pool] [--stall-ms <ms>] [--echo]  (token on stdin)");
     return ExitCodes.Usage;
 }
 
@@ -71,7 +75,7 @@ catch (Exception ex) when (ex is TimeoutException or IOException or Unauthorized
 }
 
 var connection = new FrameConnection(pipe, untrustedPeer: false);
-var server = new HostServer(connection, hostName);
+var server = new HostServer(connection, hostName, dispatch: dispatch, inlineStall: stall);
 var serving = server.RunAsync(token, stop.Token);
 var first = await Task.WhenAny(serving, parentGone);
 if (first == parentGone)

@@ -12,6 +12,15 @@ public sealed class KernelOptions
     /// needs ~50 ms on an idle machine, far more on a loaded one).</summary>
     public TimeSpan HostStartTimeout { get; set; } = TimeSpan.FromSeconds(30);
 
+    /// <summary>Where every host runs its drivers' routines: inline on the thread that reads the
+    /// pipe (default; a routine that holds it past <see cref="InlineStall"/> gets it to itself and
+    /// a new thread reads on), or on the thread pool (a thread hop per request).</summary>
+    public DriverHost.HostDispatch HostDispatch { get; set; } = DriverHost.HostDispatch.Inline;
+
+    /// <summary>With inline dispatch: how long one driver routine may keep its host's pipe unread.
+    /// Default 20 ms.</summary>
+    public TimeSpan InlineStall { get; set; } = DriverIsolation.DriverHost.HostServer.DefaultInlineStall;
+
     /// <summary>The transport of a driver whose manifest names none. Default the named pipe.</summary>
     public Transport Transport { get; set; } = Transport.Pipe;
 
@@ -20,7 +29,7 @@ public sealed class KernelOptions
     public long RingCapacityBytes { get; set; } = 4 << 20;
 
     /// <summary>How long a reader of an empty ring spins before it sleeps on the pipe (ring
-    /// transport; both sides). Default 20 µs: longer buys latency with a whole CPU.</summary>
+    /// transport; both sides). Default 100 µs: longer buys latency with a whole CPU.</summary>
     public TimeSpan RingSpin { get; set; } = TimeSpan.FromMicroseconds(100);
 
     /// <summary>Where the ring files are created (deleted again once both sides mapped them).

@@ -9,9 +9,13 @@ namespace DriverIsolation.DriverHost;
 
 /// <summary>
 /// The host's side of the pipe: handshake, then <c>receive → dispatch → reply</c> until the kernel
-/// says Shutdown or goes away. Driver routines run on the thread pool so a slow driver does not
-/// hold up the pipe, the heartbeat or the other drivers of a shared host. Runs over any
-/// <see cref="FrameConnection"/>, so tests can drive a host without a process.
+/// says Shutdown or goes away. Driver routines (dispatch, cancel, completion, interrupt) run
+/// inline on the thread that reads the pipe, which saves a thread hop per request; a routine that
+/// holds that thread longer than the stall time (20 ms) gets it to itself, and a new reader takes
+/// over the pipe, so a slow driver holds up the pipe, the heartbeat and the other drivers of a
+/// shared host for no longer than that. <see cref="HostDispatch.Pool"/> runs every routine on the
+/// thread pool instead. Runs over any <see cref="FrameConnection"/>, so tests can drive a host
+/// without a process.
 /// </summary>
 public sealed class HostServer : IKernelLink
 {
@@ -27,12 +31,39 @@ public sealed class HostServer : IKernelLink
     private readonly string _hostName;
     private readonly DriverRuntime _runtime;
 
-    public HostServer(FrameConnection connection, string hostName, LogLevel forwardLogLevel = LogLevel.Information)
+    private readonly HostDispatch _dispatch;
+    private readonly TimeProvider _time;
+    private readonly long _stallTicks;
+    private readonly TimeSpan _stall;
+    private readonly Lock _readerGate = new();
+    private readonly TaskCompletionSource<int> _exit = new(TaskCreationOptions.RunContinuationsAsynchronously);
+    private int _readerGeneration;
+    private long _inlineSince;
+    private long _handoffs;
+    private CancellationToken _stopping;
+
+    /// <param name="dispatch">Where drivers' routines run (see <see cref="HostDispatch"/>).</param>
+    /// <param name="inlineStall">With inline dispatch: how long one routine may keep the pipe
+    /// unread before another thread takes over reading it.</param>
+    /// <param name="time">The clock that times a stalled routine (tests use a fake one).</param>
+    public HostServer(FrameConnection connection, string hostName, LogLevel forwardLogLevel = LogLevel.Information,
+        HostDispatch dispatch = HostDispatch.Inline, TimeSpan? inlineStall = null, TimeProvider? time = null)
     {
         _connection = connection;
         _hostName = hostName;
         _runtime = new DriverRuntime(this, (id, _) => new ForwardingLogger(this, id, forwardLogLevel));
+        _dispatch = dispatch;
+        _time = time ?? TimeProvider.System;
+        _stall = inlineStall is { } stall && stall > TimeSpan.Zero ? stall : DefaultInlineStall;
+        _stallTicks = (long)(_stall.TotalSeconds * _time.TimestampFrequency);
     }
+
+    /// <summary>How long an inline routine may hold the pipe by default.</summary>
+    public static readonly TimeSpan DefaultInlineStall = TimeSpan.FromMilliseconds(20);
+
+    /// <summary>How many times a routine ran so long inline that another thread took over reading
+    /// the pipe.</summary>
+    public long ReaderHandoffs => Interlocked.Read(ref _handoffs);
 
     /// <summary>Runs the host until shutdown or loss of the kernel; returns the exit code.</summary>
     public async Task<int> RunAsync(byte[] token, CancellationToken cancellationToken = default)
@@ -52,34 +83,98 @@ public sealed class HostServer : IKernelLink
                 return ExitCodes.ProtocolError;
         }
 
+        _stopping = cancellationToken;
+        ITimer? stallWatch = null;
+        if (_dispatch == HostDispatch.Inline)
+        {
+            // Looks twice per stall period for a routine that has held the reader too long.
+            var period = _stall / 2;
+            stallWatch = _time.CreateTimer(static s => ((HostServer)s!).CheckStall(), this, period, period);
+        }
+
+        try
+        {
+            StartReader(0);
+            return await _exit.Task.ConfigureAwait(false);
+        }
+        finally
+        {
+            stallWatch?.Dispose();
+        }
+    }
+
+    private void StartReader(int generation) =>
+        _ = ReadLoopAsync(generation).ContinueWith(
+            static (t, s) =>
+            {
+                if (t.Exception?.InnerException is { } error)
+                {
+                    ((HostServer)s!)._exit.TrySetException(error);
+                }
+                else if (t.IsCanceled)
+                {
+                    ((HostServer)s!)._exit.TrySetCanceled();
+                }
+            },
+            this, CancellationToken.None, TaskContinuationOptions.ExecuteSynchronously, TaskScheduler.Default);
+
+    /// <summary>One reader of the pipe. It runs routines inline; if one of them holds it past the
+    /// stall time, <see cref="CheckStall"/> starts the next reader, and this one ends when the
+    /// routine returns. Exactly one reader reads at any time.</summary>
+    private async Task ReadLoopAsync(int generation)
+    {
+        if (generation > 0)
+        {
+            await Task.Yield();
+        }
+
         while (true)
         {
-            var message = await _connection.ReadAsync(cancellationToken).ConfigureAwait(false);
+            var message = await _connection.ReadAsync(_stopping).ConfigureAwait(false);
             switch (message)
             {
                 case null:
-                    return ExitCodes.KernelGone;
+                    _exit.TrySetResult(ExitCodes.KernelGone);
+                    return;
                 case Dispatch d:
-                    OnDispatch(d);
+                    if (!OnDispatch(d, generation))
+                    {
+                        return;
+                    }
+
                     break;
                 case Cancel c:
-                    _runtime.Cancel(c.IrpId, c.DeviceId);
+                    // A cancel routine runs on the reader either way: it must not wait behind the routine
+                    // it cancels.
+                    if (!RunRoutine(static s => s.Runtime.Cancel(s.Message.IrpId, s.Message.DeviceId), (Runtime: _runtime, Message: c), generation, alwaysInline: true))
+                    {
+                        return;
+                    }
+
                     break;
                 case LowerCompleted { TraceParent: not null } lc:
                     var lowerStay = BeginStay(lc.IrpId, lc.DeviceId, "completion routine", lc.TraceParent);
-                    ThreadPool.UnsafeQueueUserWorkItem(
-                        static s =>
-                        {
-                            s.Stay.RoutineStart = Stopwatch.GetTimestamp();
-                            s.Runtime.LowerCompleted(s.Message.IrpId, s.Message.DeviceId, s.Message.Status, s.Message.Information, s.Message.Data.Span);
-                            s.Stay.RoutineEnded();
-                        },
-                        (Runtime: _runtime, Message: lc, Stay: lowerStay), preferLocal: false);
+                    if (!RunRoutine(
+                            static s =>
+                            {
+                                s.Stay.RoutineStart = Stopwatch.GetTimestamp();
+                                s.Runtime.LowerCompleted(s.Message.IrpId, s.Message.DeviceId, s.Message.Status, s.Message.Information, s.Message.Data.Span);
+                                s.Stay.RoutineEnded();
+                            },
+                            (Runtime: _runtime, Message: lc, Stay: lowerStay), generation))
+                    {
+                        return;
+                    }
+
                     break;
                 case LowerCompleted lc:
-                    ThreadPool.UnsafeQueueUserWorkItem(
-                        static s => s.Runtime.LowerCompleted(s.Message.IrpId, s.Message.DeviceId, s.Message.Status, s.Message.Information, s.Message.Data.Span),
-                        (Runtime: _runtime, Message: lc), preferLocal: false);
+                    if (!RunRoutine(
+                            static s => s.Runtime.LowerCompleted(s.Message.IrpId, s.Message.DeviceId, s.Message.Status, s.Message.Information, s.Message.Data.Span),
+                            (Runtime: _runtime, Message: lc), generation))
+                    {
+                        return;
+                    }
+
                     break;
                 case Ping ping:
                     _connection.Send(new Pong(ping.Sequence, Environment.WorkingSet));
@@ -93,8 +188,11 @@ public sealed class HostServer : IKernelLink
                     _connection.Send(new DeviceAdded(add.DeviceId, added.Status, added.Detail));
                     break;
                 case Interrupt interrupt:
-                    ThreadPool.UnsafeQueueUserWorkItem(
-                        static s => s.Runtime.Interrupt(s.Message.DeviceId, s.Message.Vector), (Runtime: _runtime, Message: interrupt), preferLocal: false);
+                    if (!RunRoutine(static s => s.Runtime.Interrupt(s.Message.DeviceId, s.Message.Vector), (Runtime: _runtime, Message: interrupt), generation))
+                    {
+                        return;
+                    }
+
                     break;
                 case ArmFault arm:
                     if (_runtime.ArmFault(arm.DriverId, arm.Fault) is { } notArmed)
@@ -105,15 +203,78 @@ public sealed class HostServer : IKernelLink
                     break;
                 case Shutdown:
                     _runtime.UnloadAll();
-                    return ExitCodes.Shutdown;
+                    _exit.TrySetResult(ExitCodes.Shutdown);
+                    return;
                 default:
                     await Console.Error.WriteLineAsync($"drvhost {_hostName}: unexpected {message.GetType().Name} from the kernel").ConfigureAwait(false);
-                    return ExitCodes.ProtocolError;
+                    _exit.TrySetResult(ExitCodes.ProtocolError);
+                    return;
             }
         }
     }
 
-    private void OnDispatch(Dispatch d)
+    /// <summary>Runs a driver routine: inline on the reader (then true if this reader still
+    /// reads when it returns), or on the thread pool (always true).</summary>
+    private bool RunRoutine<TState>(Action<TState> routine, TState state, int generation, bool alwaysInline = false)
+    {
+        if (_dispatch == HostDispatch.Pool && !alwaysInline)
+        {
+            ThreadPool.UnsafeQueueUserWorkItem(routine, state, preferLocal: false);
+            return true;
+        }
+
+        Volatile.Write(ref _inlineSince, _time.GetTimestamp());
+        try
+        {
+            routine(state);
+        }
+#pragma warning disable CA1031 // Rethrown as unhandled, below.
+        catch (Exception ex)
+#pragma warning restore CA1031
+        {
+            CrashAsUnhandled(ex);
+        }
+
+        lock (_readerGate)
+        {
+            _inlineSince = 0;
+            return _readerGeneration == generation;
+        }
+    }
+
+    /// <summary>The stall watch: a routine has held the reader past the stall time, so another
+    /// thread takes over the pipe (the routine goes on, as it would on the pool).</summary>
+    private void CheckStall()
+    {
+        int next;
+        lock (_readerGate)
+        {
+            var since = Volatile.Read(ref _inlineSince);
+            if (since == 0 || _time.GetTimestamp() - since < _stallTicks || _exit.Task.IsCompleted)
+            {
+                return;
+            }
+
+            _inlineSince = 0;
+            next = ++_readerGeneration;
+            Interlocked.Increment(ref _handoffs);
+        }
+
+        StartReader(next);
+    }
+
+    /// <summary>A driver's exception is what it would be on a pool thread: unhandled, and the
+    /// end of this host (the kernel sees it exit, aborted).</summary>
+    [System.Diagnostics.CodeAnalysis.DoesNotReturn]
+    private static void CrashAsUnhandled(Exception ex)
+    {
+        var thread = new Thread(() => System.Runtime.ExceptionServices.ExceptionDispatchInfo.Throw(ex));
+        thread.Start();
+        thread.Join();
+        throw new InvalidOperationException("unreachable: the host ends with an unhandled exception", ex);
+    }
+
+    private bool OnDispatch(Dispatch d, int generation)
     {
         // The output buffer comes from the pool, zeroed (a driver must not see an earlier
         // request's bytes), and goes back once the driver completed the IRP and the reply is sent.
@@ -130,24 +291,23 @@ public sealed class HostServer : IKernelLink
             d.IoControlCode, MemoryMarshal.AsMemory(d.Input), output, rented);
         if (irp is null)
         {
-            return;
+            return true;
         }
 
         if (d.TraceParent is null)
         {
-            ThreadPool.UnsafeQueueUserWorkItem(static irp => DriverRuntime.Invoke(irp), irp, preferLocal: false);
-            return;
+            return RunRoutine(static irp => DriverRuntime.Invoke(irp), irp, generation);
         }
 
         var stay = BeginStay(d.IrpId, d.DeviceId, d.MajorFunction.ToString(), d.TraceParent);
-        ThreadPool.UnsafeQueueUserWorkItem(
+        return RunRoutine(
             static s =>
             {
                 s.Stay.RoutineStart = Stopwatch.GetTimestamp();
                 DriverRuntime.Invoke(s.Irp);
                 s.Stay.RoutineEnded();
             },
-            (Irp: irp, Stay: stay), preferLocal: false);
+            (Irp: irp, Stay: stay), generation);
     }
 
     /// <summary>A traced IRP arrived at a layer here: its stay is timed from now (and is an

@@ -181,7 +181,9 @@ internal sealed class HostLauncher(KernelOptions options, IoManager io, KernelEv
         }
 
         var start = DriverHostExecutable.StartInfo(options.HostPath,
-            ["--pipe", pipeName, "--parent-pid", Environment.ProcessId.ToString(CultureInfo.InvariantCulture), "--name", hostName]);
+            ["--pipe", pipeName, "--parent-pid", Environment.ProcessId.ToString(CultureInfo.InvariantCulture), "--name", hostName,
+                "--dispatch", options.HostDispatch == DriverHost.HostDispatch.Pool ? "pool" : "inline",
+                "--stall-ms", ((int)Math.Max(1, options.InlineStall.TotalMilliseconds)).ToString(CultureInfo.InvariantCulture)]);
         return Process.Start(start) ?? throw new HostStartException(hostName, "Process.Start returned nothing");
     }
 
