@@ -47,7 +47,19 @@ public sealed class Microkernel : IAsyncDisposable
         _io.Metrics = Metrics;
         Events.Raised += Metrics.EventRaised;
         _launcher = new HostLauncher(_options, _io, Events, _loggerFactory, time);
-        _pool = new WarmPool(_launcher, _options.WarmPoolSize, OnHostExited, _stopping.Token);
+        _pool = new WarmPool(_launcher, _options.WarmPoolSize, OnHostExited, _stopping.Token, DriversToPrepare);
+    }
+
+    /// <summary>What a warm host loads ahead of time: every driver that would restart in it (one
+    /// outside the kernel, restarted by its policy, not quarantined).</summary>
+    private List<PrepareDriver> DriversToPrepare()
+    {
+        lock (_gate)
+        {
+            return [.. _drivers
+                .Where(d => d.Isolation != IsolationModel.InKernel && d.Manifest.Recovery.Restart && d.State != DriverState.Quarantined)
+                .Select(d => new PrepareDriver(d.Name, ManifestLoader.ResolveAssemblyPath(d.Manifest), d.Manifest.Type))];
+        }
     }
 
     /// <summary>The kernel's metrics (meter <c>DriverIsolation.Kernel</c>): IRPs completed by
@@ -717,6 +729,7 @@ public sealed class Microkernel : IAsyncDisposable
         driver.AttachHost(host);
         driver.Isolation = IsolationModel.Process;
         var (status, detail) = await host.LoadDriverAsync(driver, ManifestLoader.ResolveAssemblyPath(driver.Manifest), cancellationToken).ConfigureAwait(false);
+        var prepared = status.IsSuccess() && detail == DriverLoadedAhead;
         if (!status.IsSuccess())
         {
             host.Kill("driver failed to load on restart");
@@ -784,9 +797,12 @@ public sealed class Microkernel : IAsyncDisposable
         var recovery = _time.GetElapsedTime(driver.DownTimestamp);
         Log.DriverRestarted(_logger, driver.Name, host.Name, host.ProcessId, recovery.TotalMilliseconds, parked.Length, handles);
         Events.Add(KernelEventKind.DriverRestarted, driver.Name, null,
-            $"PID {host.ProcessId}{(escalated ? ", moved out of its shared host" : "")}; recovery {recovery.TotalMilliseconds:F1} ms; {parked.Length} parked IRPs re-issued; {handles} handles re-opened");
+            $"PID {host.ProcessId}{(escalated ? ", moved out of its shared host" : "")}{(prepared ? ", loaded ahead in a warm host" : "")}; recovery {recovery.TotalMilliseconds:F1} ms; {parked.Length} parked IRPs re-issued; {handles} handles re-opened");
         _io.ReleaseParked(parked);
     }
+
+    /// <summary>What a host says on loading a driver it had prepared ahead of time.</summary>
+    internal const string DriverLoadedAhead = DriverHost.DriverRuntime.LoadedAhead;
 
     internal void QuarantineDriver(KernelDriver driver, string reason)
     {

@@ -32,6 +32,7 @@ namespace DriverIsolation.Protocol;
 [Union(23, typeof(RingDoorbell))]
 [Union(24, typeof(HostSpan))]
 [Union(25, typeof(ArmFault))]
+[Union(26, typeof(PrepareDriver))]
 public abstract record Message;
 
 /// <summary>K→H, on the pipe: from the next message on, the kernel sends on the shared-memory
@@ -83,6 +84,16 @@ public sealed record LoadDriver(
     [property: Key(4)] Dictionary<string, string> Parameters,
     [property: Key(5)] FaultSpec[]? Faults = null,
     [property: Key(6)] bool Injectable = false) : Message;
+
+/// <summary>K→H, to a warm host waiting in the pool: load a driver's assembly ahead of time and
+/// compile its code, without running any of it, so that a restart of that driver in this host
+/// skips the loading. A later <see cref="LoadDriver"/> of the same name, assembly and type uses
+/// it; the host drops the others it prepared.</summary>
+[MessagePackObject]
+public sealed record PrepareDriver(
+    [property: Key(0)] string Name,
+    [property: Key(1)] string AssemblyPath,
+    [property: Key(2)] string? TypeName) : Message;
 
 /// <summary>K→H: arm a fault in a running driver loaded <see cref="LoadDriver.Injectable"/>
 /// (<c>drviso inject</c>). A "requests" trigger counts from now.</summary>

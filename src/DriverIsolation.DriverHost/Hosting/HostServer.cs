@@ -194,6 +194,13 @@ public sealed class HostServer : IKernelLink
                     }
 
                     break;
+                case PrepareDriver prepare:
+                    if (_runtime.PrepareDriver(prepare.Name, prepare.AssemblyPath, prepare.TypeName) is { } notPrepared)
+                    {
+                        await Console.Error.WriteLineAsync($"drvhost {_hostName}: {notPrepared}").ConfigureAwait(false);
+                    }
+
+                    break;
                 case ArmFault arm:
                     if (_runtime.ArmFault(arm.DriverId, arm.Fault) is { } notArmed)
                     {

@@ -65,6 +65,64 @@ public sealed class DriverRuntime : IDeviceStackPort
         }
     }
 
+    // Drivers a warm host loaded ahead of time (PrepareDriver), by name.
+    private readonly Dictionary<string, PreparedDriver> _prepared = new(StringComparer.Ordinal);
+
+    private sealed record PreparedDriver(string AssemblyPath, string? TypeName, DriverLoadContext Context, Type DriverType);
+
+    /// <summary>The detail of a successful load that used what was prepared ahead of time.</summary>
+    public const string LoadedAhead = "loaded ahead of time";
+
+    /// <summary>Drivers loaded ahead of time and not used yet.</summary>
+    public int PreparedDrivers => _prepared.Count;
+
+    /// <summary>How many drivers were loaded from what was prepared ahead of time.</summary>
+    public int LoadsFromPrepared { get; private set; }
+
+    /// <summary>Loads a driver's assembly into its own load context and compiles its methods,
+    /// running none of its code (no DriverEntry, no constructor), so that a
+    /// <see cref="LoadDriver(int, string, string, string?, IReadOnlyDictionary{string, string}, IReadOnlyList{Protocol.FaultSpec}?, bool)"/>
+    /// of it later is quick. Returns why not, or null.</summary>
+    public string? PrepareDriver(string name, string assemblyPath, string? typeName)
+    {
+        if (_prepared.ContainsKey(name) || !File.Exists(assemblyPath))
+        {
+            return _prepared.ContainsKey(name) ? $"{name} is prepared already" : $"driver assembly not found: {assemblyPath}";
+        }
+
+        var context = new DriverLoadContext(name, assemblyPath);
+        try
+        {
+            var assembly = context.LoadFromAssemblyPath(Path.GetFullPath(assemblyPath));
+            var driverType = FindDriverType(assembly, typeName);
+            foreach (var type in assembly.GetTypes())
+            {
+                if (type.ContainsGenericParameters)
+                {
+                    continue;
+                }
+
+                foreach (var method in type.GetMethods(BindingFlags.DeclaredOnly | BindingFlags.Public | BindingFlags.NonPublic | BindingFlags.Instance | BindingFlags.Static))
+                {
+                    if (!method.IsAbstract && !method.ContainsGenericParameters && method.GetMethodBody() is not null)
+                    {
+                        System.Runtime.CompilerServices.RuntimeHelpers.PrepareMethod(method.MethodHandle);
+                    }
+                }
+            }
+
+            _prepared[name] = new PreparedDriver(assemblyPath, typeName, context, driverType);
+            return null;
+        }
+#pragma warning disable CA1031 // Preparing is an optimisation: whatever fails, the load will do it all (and report it).
+        catch (Exception ex)
+#pragma warning restore CA1031
+        {
+            context.Unload();
+            return $"cannot prepare {name}: {ex.Message}";
+        }
+    }
+
     /// <summary>Loads a driver assembly into its own load context and runs DriverEntry.
     /// Loader errors come back as a status; an exception thrown by DriverEntry propagates.</summary>
     public (NtStatus Status, string? Detail) LoadDriver(int driverId, string name, string assemblyPath, string? typeName,
@@ -80,17 +138,28 @@ public sealed class DriverRuntime : IDeviceStackPort
             return (NtStatus.ObjectNameNotFound, $"driver assembly not found: {assemblyPath}");
         }
 
-        var context = new DriverLoadContext(name, assemblyPath);
+        DriverLoadContext context;
         Type driverType;
-        try
+        var ahead = false;
+        if (TakePrepared(name, assemblyPath, typeName) is { } prepared)
         {
-            var assembly = context.LoadFromAssemblyPath(Path.GetFullPath(assemblyPath));
-            driverType = FindDriverType(assembly, typeName);
+            (context, driverType) = (prepared.Context, prepared.DriverType);
+            LoadsFromPrepared++;
+            ahead = true;
         }
-        catch (Exception ex) when (ex is BadImageFormatException or FileLoadException or TypeLoadException or ReflectionTypeLoadException or InvalidOperationException)
+        else
         {
-            context.Unload();
-            return (NtStatus.InvalidParameter, $"cannot load driver {name} from {assemblyPath}: {ex.Message}");
+            context = new DriverLoadContext(name, assemblyPath);
+            try
+            {
+                var assembly = context.LoadFromAssemblyPath(Path.GetFullPath(assemblyPath));
+                driverType = FindDriverType(assembly, typeName);
+            }
+            catch (Exception ex) when (ex is BadImageFormatException or FileLoadException or TypeLoadException or ReflectionTypeLoadException or InvalidOperationException)
+            {
+                context.Unload();
+                return (NtStatus.InvalidParameter, $"cannot load driver {name} from {assemblyPath}: {ex.Message}");
+            }
         }
 
         var driver = (IDriver)Activator.CreateInstance(driverType)!;
@@ -103,7 +172,27 @@ public sealed class DriverRuntime : IDeviceStackPort
         }
 
         _drivers[driverId] = new LoadedDriver(driverId, driverObject, context, shim);
-        return (NtStatus.Success, null);
+        return (NtStatus.Success, ahead ? LoadedAhead : null);
+    }
+
+    /// <summary>The prepared load of this driver, if it matches; every other prepared driver is
+    /// dropped (a host serves the driver it was taken for).</summary>
+    private PreparedDriver? TakePrepared(string name, string assemblyPath, string? typeName)
+    {
+        PreparedDriver? match = null;
+        foreach (var (preparedName, prepared) in _prepared)
+        {
+            if (match is null && preparedName == name && prepared.AssemblyPath == assemblyPath && prepared.TypeName == typeName)
+            {
+                match = prepared;
+                continue;
+            }
+
+            prepared.Context.Unload();
+        }
+
+        _prepared.Clear();
+        return match;
     }
 
     /// <summary>Registers a driver object that is already in this process (tests, and drivers

@@ -18,7 +18,7 @@ internal sealed class HostLauncher(KernelOptions options, IoManager io, KernelEv
     private readonly ILogger _logger = loggerFactory.CreateLogger("DriverIsolation.Kernel.Hosts");
 
     public async Task<ProcessHostChannel> StartAsync(string hostName, IsolationModel isolation, Action<ProcessHostChannel, string> onExited,
-        CancellationToken cancellationToken)
+        CancellationToken cancellationToken, Action<ProcessHostChannel>? ready = null)
     {
         var pipeName = $"drviso-{Environment.ProcessId}-{RandomNumberGenerator.GetHexString(16, lowercase: true)}";
         var token = RandomNumberGenerator.GetBytes(ProtocolConstants.TokenLength);
@@ -72,6 +72,9 @@ internal sealed class HostLauncher(KernelOptions options, IoManager io, KernelEv
                 loggerFactory.CreateLogger($"DriverIsolation.Host.{hostName}"), onExited);
             channel.Start(time, options);
             _ = GuardPipeAsync(pipeName, channel);
+
+            // What the caller does with a new host happens before the host is announced.
+            ready?.Invoke(channel);
             Log.HostStarted(_logger, hostName, process.Id, isolation.ToManifestName());
             events.Add(KernelEventKind.HostStarted, hostName, null, $"PID {process.Id}");
             return channel;

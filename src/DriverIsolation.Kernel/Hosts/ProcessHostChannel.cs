@@ -149,6 +149,9 @@ internal sealed class ProcessHostChannel : IHostChannel
 
     public void Ping(long sequence) => Send(new Ping(sequence));
 
+    /// <summary>A warm host loads a driver ahead of time (see <see cref="PrepareDriver"/>).</summary>
+    public void Prepare(PrepareDriver prepare) => Send(prepare);
+
     public void CountRefusal()
     {
         if (_refusalLimit?.TryTake() == false)

@@ -5,9 +5,12 @@ namespace DriverIsolation.Kernel;
 /// <summary>
 /// Idle driver hosts, already started and past the handshake, kept so that a restart does not
 /// pay for a process start (tens of milliseconds for a .NET host on an idle machine, far more on
-/// a busy one). A replacement is started in the background once the restart that took one is done.
+/// a busy one). Each is told to load the drivers it may be taken for ahead of time
+/// (<see cref="Protocol.PrepareDriver"/>), so a restart does not pay for that either. A replacement
+/// is started in the background once the restart that took one is done.
 /// </summary>
-internal sealed class WarmPool(HostLauncher launcher, int size, Action<ProcessHostChannel, string> onExited, CancellationToken stopping)
+internal sealed class WarmPool(HostLauncher launcher, int size, Action<ProcessHostChannel, string> onExited, CancellationToken stopping,
+    Func<IReadOnlyList<Protocol.PrepareDriver>>? preparations = null)
 {
     private readonly ConcurrentQueue<ProcessHostChannel> _idle = new();
     private readonly ConcurrentDictionary<Task, byte> _startsInProgress = new();
@@ -70,14 +73,17 @@ internal sealed class WarmPool(HostLauncher launcher, int size, Action<ProcessHo
     {
         try
         {
-            var host = await launcher.StartAsync($"pool-{Interlocked.Increment(ref _started)}", IsolationModel.Process, onExited, stopping).ConfigureAwait(false);
-            if (stopping.IsCancellationRequested)
+            // Ready before it is announced (a HostStarted event for pool-N means it can be taken):
+            // told what to load ahead of time, so that a restart in it skips the loading, and idle.
+            await launcher.StartAsync($"pool-{Interlocked.Increment(ref _started)}", IsolationModel.Process, onExited, stopping, host =>
             {
-                await host.DisposeAsync().ConfigureAwait(false);
-                return;
-            }
+                foreach (var prepare in preparations?.Invoke() ?? [])
+                {
+                    host.Prepare(prepare);
+                }
 
-            _idle.Enqueue(host);
+                _idle.Enqueue(host);
+            }).ConfigureAwait(false);
         }
         catch (Exception ex) when (ex is HostStartException or OperationCanceledException)
         {

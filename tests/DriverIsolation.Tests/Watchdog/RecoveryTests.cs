@@ -141,8 +141,11 @@ public sealed class RecoveryTests : IDisposable
         Assert.Equal($"PID {warmPid}", warm.Detail);
 
         kernel.KillDriverHost("Null");
-        await kernel.Events.WaitForAsync(KernelEventKind.DriverRestarted).Bounded();
+        var restarted = await kernel.Events.WaitForAsync(KernelEventKind.DriverRestarted).Bounded();
         await kernel.Events.WaitForAsync(e => e.Kind == KernelEventKind.HostStarted && e.Driver == "pool-2").Bounded();
+
+        // The warm host had loaded Null ahead of time, before it was taken.
+        Assert.StartsWith($"PID {warmPid}, loaded ahead in a warm host; recovery ", restarted.Detail, StringComparison.Ordinal);
 
         var driver = kernel.GetDrivers().Single();
         Assert.Equal(warmPid, driver.ProcessId);

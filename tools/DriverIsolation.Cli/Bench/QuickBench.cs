@@ -55,6 +55,25 @@ internal sealed class QuickBench(bool quick, Action<string> progress)
             }
         }
 
+        // The same process isolation with every routine on the host's thread pool: the cost of the
+        // thread hop inline dispatch saves.
+        progress("process, pool dispatch");
+        double poolThroughput;
+        double[] poolRtt;
+        await using (var kernel = new Microkernel(new KernelOptions { WarmPoolSize = 0, HostDispatch = DriverHost.HostDispatch.Pool }))
+        {
+            await kernel.StartAsync([EmbeddedManifests.Load("Null")], IsolationModel.Process).ConfigureAwait(false);
+            await using var nul = await kernel.OpenAsync(@"\Device\Null").ConfigureAwait(false);
+            var buffer = new byte[Payload];
+            for (var i = 0; i < _warmup; i++)
+            {
+                await nul.ReadAsync(buffer).ConfigureAwait(false);
+            }
+
+            poolRtt = await TimeEachAsync(() => nul.ReadAsync(buffer)).ConfigureAwait(false);
+            poolThroughput = await ThroughputAsync(64, () => nul.ReadAsync(new byte[Payload])).ConfigureAwait(false);
+        }
+
         // The same process isolation over the shared-memory ring transport.
         progress("process, ring transport");
         double[] ringRtt;
@@ -90,8 +109,9 @@ internal sealed class QuickBench(bool quick, Action<string> progress)
         {
             Requests = _requests,
             PayloadBytes = Payload,
-            RttP50Us = Keyed(rawRtt, rawShmRtt, ringRtt, rtt, 50),
-            RttP99Us = Keyed(rawRtt, rawShmRtt, ringRtt, rtt, 99),
+            RttP50Us = Keyed(rawRtt, rawShmRtt, ringRtt, poolRtt, rtt, 50),
+            RttP99Us = Keyed(rawRtt, rawShmRtt, ringRtt, poolRtt, rtt, 99),
+            PoolDispatchThroughputPerS = poolThroughput,
             RatioRingVsRawShm = Math.Round(Percentile(ringRtt, 50) / Percentile(rawShmRtt, 50), 2),
             RingThroughputPerS = ringThroughput,
             RawShmThroughputPerS = Math.Round(rawShmThroughput, 0),
@@ -231,8 +251,9 @@ internal sealed class QuickBench(bool quick, Action<string> progress)
         return samples.Count == 0 ? null : Math.Round(Percentile([.. samples.Order()], 50), 2);
     }
 
-    private static SortedDictionary<string, double?> Keyed(double[] raw, double[] rawShm, double[] ring, Dictionary<IsolationModel, double[]> models, double p) => new(StringComparer.Ordinal)
+    private static SortedDictionary<string, double?> Keyed(double[] raw, double[] rawShm, double[] ring, double[] pool, Dictionary<IsolationModel, double[]> models, double p) => new(StringComparer.Ordinal)
     {
+        ["process_pool_dispatch"] = Math.Round(Percentile(pool, p), 2),
         ["raw_pipe"] = Math.Round(Percentile(raw, p), 2),
         ["raw_shm"] = Math.Round(Percentile(rawShm, p), 2),
         ["in_kernel"] = Math.Round(Percentile(models[IsolationModel.InKernel], p), 3),
