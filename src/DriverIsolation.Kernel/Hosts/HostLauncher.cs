@@ -18,7 +18,7 @@ internal sealed class HostLauncher(KernelOptions options, IoManager io, KernelEv
     private readonly ILogger _logger = loggerFactory.CreateLogger("DriverIsolation.Kernel.Hosts");
 
     public async Task<ProcessHostChannel> StartAsync(string hostName, IsolationModel isolation, Action<ProcessHostChannel, string> onExited,
-        CancellationToken cancellationToken, Action<ProcessHostChannel>? ready = null)
+        CancellationToken cancellationToken, Func<ProcessHostChannel, Task>? ready = null)
     {
         var pipeName = $"drviso-{Environment.ProcessId}-{RandomNumberGenerator.GetHexString(16, lowercase: true)}";
         var token = RandomNumberGenerator.GetBytes(ProtocolConstants.TokenLength);
@@ -74,7 +74,11 @@ internal sealed class HostLauncher(KernelOptions options, IoManager io, KernelEv
             _ = GuardPipeAsync(pipeName, channel);
 
             // What the caller does with a new host happens before the host is announced.
-            ready?.Invoke(channel);
+            if (ready is not null)
+            {
+                await ready(channel).ConfigureAwait(false);
+            }
+
             Log.HostStarted(_logger, hostName, process.Id, isolation.ToManifestName());
             events.Add(KernelEventKind.HostStarted, hostName, null, $"PID {process.Id}");
             return channel;

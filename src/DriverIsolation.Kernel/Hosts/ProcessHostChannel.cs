@@ -149,8 +149,41 @@ internal sealed class ProcessHostChannel : IHostChannel
 
     public void Ping(long sequence) => Send(new Ping(sequence));
 
-    /// <summary>A warm host loads a driver ahead of time (see <see cref="PrepareDriver"/>).</summary>
-    public void Prepare(PrepareDriver prepare) => Send(prepare);
+    private readonly ConcurrentDictionary<long, TaskCompletionSource> _barriers = new();
+    private long _lastBarrier;
+
+    /// <summary>A warm host loads drivers ahead of time (see <see cref="PrepareDriver"/>). Completes
+    /// once the host has done it (a ping with a negative sequence behind the requests: the host
+    /// answers in order), or has exited, or <paramref name="timeout"/> passed.</summary>
+    public async Task PrepareAsync(IReadOnlyList<PrepareDriver> prepares, TimeSpan timeout, CancellationToken cancellationToken)
+    {
+        foreach (var prepare in prepares)
+        {
+            Send(prepare);
+        }
+
+        var sequence = -Interlocked.Increment(ref _lastBarrier);
+        var done = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        _barriers[sequence] = done;
+        if (Volatile.Read(ref _exitReported) != 0 || !Send(new Ping(sequence)))
+        {
+            _barriers.TryRemove(sequence, out _);
+            return;
+        }
+
+        try
+        {
+            await done.Task.WaitAsync(timeout, cancellationToken).ConfigureAwait(false);
+        }
+        catch (TimeoutException)
+        {
+            // Not prepared in time: a restart in this host loads the driver itself.
+        }
+        finally
+        {
+            _barriers.TryRemove(sequence, out _);
+        }
+    }
 
     public void CountRefusal()
     {
@@ -277,6 +310,13 @@ internal sealed class ProcessHostChannel : IHostChannel
             case HostSpan span:
                 _io.OnHostSpan(this, span);
                 return true;
+            case Pong { Sequence: < 0 } barrier:
+                if (_barriers.TryRemove(barrier.Sequence, out var done))
+                {
+                    done.TrySetResult();
+                }
+
+                return true;
             case Pong pong:
                 _heartbeat?.OnPong(pong.Sequence, pong.WorkingSetBytes);
                 return true;
@@ -366,6 +406,11 @@ internal sealed class ProcessHostChannel : IHostChannel
         foreach (var waiter in _pendingLoads.Values.Concat(_pendingDevices.Values))
         {
             waiter.TrySetResult((NtStatus.DriverProcessTerminated, $"host exited: {reason}"));
+        }
+
+        foreach (var barrier in _barriers.Values)
+        {
+            barrier.TrySetResult();
         }
 
         _onExited(this, reason);

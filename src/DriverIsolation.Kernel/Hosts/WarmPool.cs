@@ -75,13 +75,9 @@ internal sealed class WarmPool(HostLauncher launcher, int size, Action<ProcessHo
         {
             // Ready before it is announced (a HostStarted event for pool-N means it can be taken):
             // told what to load ahead of time, so that a restart in it skips the loading, and idle.
-            await launcher.StartAsync($"pool-{Interlocked.Increment(ref _started)}", IsolationModel.Process, onExited, stopping, host =>
+            await launcher.StartAsync($"pool-{Interlocked.Increment(ref _started)}", IsolationModel.Process, onExited, stopping, async host =>
             {
-                foreach (var prepare in preparations?.Invoke() ?? [])
-                {
-                    host.Prepare(prepare);
-                }
-
+                await host.PrepareAsync(preparations?.Invoke() ?? [], TimeSpan.FromSeconds(10), CancellationToken.None).ConfigureAwait(false);
                 _idle.Enqueue(host);
             }).ConfigureAwait(false);
         }
