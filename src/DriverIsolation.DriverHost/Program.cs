@@ -8,7 +8,7 @@ using DriverIsolation.Protocol;
 string? pipeName = null;
 string hostName = "drvhost";
 var parentPid = -1;
-var dispatch = HostDispatch.Inline;
+var dispatch = HostDispatch.Pool;
 TimeSpan? stall = null;
 var echo = args.Contains("--echo");
 args = [.. args.Where(a => a != "--echo")];

@@ -12,10 +12,11 @@ public sealed class KernelOptions
     /// needs ~50 ms on an idle machine, far more on a loaded one).</summary>
     public TimeSpan HostStartTimeout { get; set; } = TimeSpan.FromSeconds(30);
 
-    /// <summary>Where every host runs its drivers' routines: inline on the thread that reads the
-    /// pipe (default; a routine that holds it past <see cref="InlineStall"/> gets it to itself and
-    /// a new thread reads on), or on the thread pool (a thread hop per request).</summary>
-    public DriverHost.HostDispatch HostDispatch { get; set; } = DriverHost.HostDispatch.Inline;
+    /// <summary>Where every host runs its drivers' routines: on the thread pool (default: a thread
+    /// hop per request), or inline on the thread that reads the pipe (a routine that holds it past
+    /// <see cref="InlineStall"/> gets it to itself and a new thread reads on). Inline is
+    /// experimental: see docs/performance.md.</summary>
+    public DriverHost.HostDispatch HostDispatch { get; set; } = DriverHost.HostDispatch.Pool;
 
     /// <summary>With inline dispatch: how long one driver routine may keep its host's pipe unread.
     /// Default 20 ms.</summary>

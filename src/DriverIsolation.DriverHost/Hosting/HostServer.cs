@@ -9,12 +9,12 @@ namespace DriverIsolation.DriverHost;
 
 /// <summary>
 /// The host's side of the pipe: handshake, then <c>receive → dispatch → reply</c> until the kernel
-/// says Shutdown or goes away. Driver routines (dispatch, cancel, completion, interrupt) run
-/// inline on the thread that reads the pipe, which saves a thread hop per request; a routine that
-/// holds that thread longer than the stall time (20 ms) gets it to itself, and a new reader takes
-/// over the pipe, so a slow driver holds up the pipe, the heartbeat and the other drivers of a
-/// shared host for no longer than that. <see cref="HostDispatch.Pool"/> runs every routine on the
-/// thread pool instead. Runs over any <see cref="FrameConnection"/>, so tests can drive a host
+/// says Shutdown or goes away. Driver routines (dispatch, completion, interrupt) run on the
+/// thread pool so a slow driver does not hold up the pipe, the heartbeat or the other drivers of
+/// a shared host; cancel routines run on the reader. With <see cref="HostDispatch.Inline"/> they
+/// run on the thread that reads the pipe instead, which saves a thread hop per request; a routine
+/// that holds that thread longer than the stall time (20 ms) gets it to itself, and a new reader
+/// takes over the pipe. Runs over any <see cref="FrameConnection"/>, so tests can drive a host
 /// without a process.
 /// </summary>
 public sealed class HostServer : IKernelLink
@@ -47,7 +47,7 @@ public sealed class HostServer : IKernelLink
     /// unread before another thread takes over reading it.</param>
     /// <param name="time">The clock that times a stalled routine (tests use a fake one).</param>
     public HostServer(FrameConnection connection, string hostName, LogLevel forwardLogLevel = LogLevel.Information,
-        HostDispatch dispatch = HostDispatch.Inline, TimeSpan? inlineStall = null, TimeProvider? time = null)
+        HostDispatch dispatch = HostDispatch.Pool, TimeSpan? inlineStall = null, TimeProvider? time = null)
     {
         _connection = connection;
         _hostName = hostName;

@@ -22,13 +22,13 @@ public sealed class BenchCommandTests : IDisposable
         foreach (var percentile in new[] { "rtt_p50_us", "rtt_p99_us" })
         {
             var paths = root.GetProperty(percentile);
-            foreach (var measured in new[] { "raw_pipe", "raw_shm", "in_kernel", "shared_host", "process", "process_pool_dispatch", "ring" })
+            foreach (var measured in new[] { "raw_pipe", "raw_shm", "in_kernel", "shared_host", "process", "process_inline_dispatch", "ring" })
             {
                 Assert.True(paths.GetProperty(measured).GetDouble() > 0, $"{percentile}.{measured}");
             }
         }
 
-        foreach (var field in new[] { "ratio_process_vs_raw_pipe", "ratio_ring_vs_raw_shm", "in_kernel_ns", "alloc_bytes_per_irp", "raw_throughput_per_s", "pool_dispatch_throughput_per_s", "raw_shm_throughput_per_s", "recovery_p50_ms" })
+        foreach (var field in new[] { "ratio_process_vs_raw_pipe", "ratio_ring_vs_raw_shm", "in_kernel_ns", "alloc_bytes_per_irp", "raw_throughput_per_s", "inline_dispatch_throughput_per_s", "raw_shm_throughput_per_s", "recovery_p50_ms" })
         {
             Assert.True(root.GetProperty(field).GetDouble() > 0, field);
         }

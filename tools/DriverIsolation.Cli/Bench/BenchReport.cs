@@ -22,9 +22,9 @@ internal sealed record BenchReport
 
     [JsonPropertyName("throughput_per_s")] public required SortedDictionary<string, double> ThroughputPerS { get; init; }
 
-    /// <summary>The process model at depth 64 with every routine on the host's thread pool
-    /// (the default runs them inline on the pipe's reader).</summary>
-    [JsonPropertyName("pool_dispatch_throughput_per_s")] public double PoolDispatchThroughputPerS { get; init; }
+    /// <summary>The process model at depth 64 with every routine inline on the host's pipe reader
+    /// (the default runs them on the host's thread pool).</summary>
+    [JsonPropertyName("inline_dispatch_throughput_per_s")] public double InlineDispatchThroughputPerS { get; init; }
 
     [JsonPropertyName("raw_throughput_per_s")] public double RawThroughputPerS { get; init; }
 

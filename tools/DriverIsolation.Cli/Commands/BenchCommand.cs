@@ -34,7 +34,7 @@ internal static class BenchCommand
         AnsiConsole.MarkupLine(string.Create(CultureInfo.InvariantCulture,
             $"process vs raw pipe (p50): [bold]{report.RatioProcessVsRawPipe:F2}x[/]; in-kernel dispatch p50 {report.InKernelNs:F0} ns; {report.AllocBytesPerIrp:F0} B allocated per IRP (process, kernel side)"));
         AnsiConsole.MarkupLine(string.Create(CultureInfo.InvariantCulture,
-            $"throughput (process) at depth 1 / 16 / 64: {report.ThroughputPerS["1"]:F0} / {report.ThroughputPerS["16"]:F0} / {report.ThroughputPerS["64"]:F0} IRP/s (with pool dispatch in the host: {report.PoolDispatchThroughputPerS:F0}); raw pipe at 64: {report.RawThroughputPerS:F0}/s"));
+            $"throughput (process) at depth 1 / 16 / 64: {report.ThroughputPerS["1"]:F0} / {report.ThroughputPerS["16"]:F0} / {report.ThroughputPerS["64"]:F0} IRP/s (with inline dispatch in the host: {report.InlineDispatchThroughputPerS:F0}); raw pipe at 64: {report.RawThroughputPerS:F0}/s"));
         AnsiConsole.MarkupLine(string.Create(CultureInfo.InvariantCulture,
             $"ring transport: process over the ring vs raw shared memory (p50): [bold]{report.RatioRingVsRawShm:F2}x[/]; throughput at depth 1 / 16 / 64: {report.RingThroughputPerS["1"]:F0} / {report.RingThroughputPerS["16"]:F0} / {report.RingThroughputPerS["64"]:F0} IRP/s; raw shared memory at 64: {report.RawShmThroughputPerS:F0}/s"));
         AnsiConsole.MarkupLine($"recovery (kill -> first IRP served, warm pool) p50: {Format(report.RecoveryP50Ms)} ms");
