@@ -33,6 +33,7 @@ internal static class AllMessages
         new UseRing("/dev/shm/drviso-ring-1-ab", 0, 4194560, 4194304, 100),
         new RingReady(4194304),
         new RingDoorbell(0),
+        new PrepareDriver("VBlock", "/opt/drivers/VBlock.dll", "DriverIsolation.Drivers.VBlock.VBlockDriver"),
         new ArmFault(7, new FaultSpec(1000, "wild-dma-kernel", "requests", 0, false, 55, new Dictionary<string, string> { ["address"] = "0x1100" })),
         new HostSpan(42, 10, "XorFilter: Read", "00f067aa0ba902b7", 1000, 1100, 1900, 2000, "passed down"),
     ];
