@@ -18,6 +18,10 @@ public sealed class KernelOptions
     /// experimental: see docs/performance.md.</summary>
     public DriverHost.HostDispatch HostDispatch { get; set; } = DriverHost.HostDispatch.Pool;
 
+    /// <summary>True: every warm host loads, ahead of time, the drivers that may restart in it
+    /// (PrepareDriver), so a restart skips the loading. Off by default: see docs/recovery.md.</summary>
+    public bool PrepareWarmHosts { get; set; }
+
     /// <summary>With inline dispatch: how long one driver routine may keep its host's pipe unread.
     /// Default 20 ms.</summary>
     public TimeSpan InlineStall { get; set; } = DriverIsolation.DriverHost.HostServer.DefaultInlineStall;

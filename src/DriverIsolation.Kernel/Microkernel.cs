@@ -47,7 +47,7 @@ public sealed class Microkernel : IAsyncDisposable
         _io.Metrics = Metrics;
         Events.Raised += Metrics.EventRaised;
         _launcher = new HostLauncher(_options, _io, Events, _loggerFactory, time);
-        _pool = new WarmPool(_launcher, _options.WarmPoolSize, OnHostExited, _stopping.Token, DriversToPrepare);
+        _pool = new WarmPool(_launcher, _options.WarmPoolSize, OnHostExited, _stopping.Token, _options.PrepareWarmHosts ? DriversToPrepare : null);
     }
 
     /// <summary>What a warm host loads ahead of time: every driver that would restart in it (one

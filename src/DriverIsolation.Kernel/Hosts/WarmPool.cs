@@ -5,8 +5,9 @@ namespace DriverIsolation.Kernel;
 /// <summary>
 /// Idle driver hosts, already started and past the handshake, kept so that a restart does not
 /// pay for a process start (tens of milliseconds for a .NET host on an idle machine, far more on
-/// a busy one). Each is told to load the drivers it may be taken for ahead of time
-/// (<see cref="Protocol.PrepareDriver"/>), so a restart does not pay for that either. A replacement
+/// a busy one). With <see cref="KernelOptions.PrepareWarmHosts"/> each is also told to load the
+/// drivers it may be taken for ahead of time (<see cref="Protocol.PrepareDriver"/>), so a restart
+/// does not pay for that either. A replacement
 /// is started in the background once the restart that took one is done.
 /// </summary>
 internal sealed class WarmPool(HostLauncher launcher, int size, Action<ProcessHostChannel, string> onExited, CancellationToken stopping,
@@ -77,7 +78,11 @@ internal sealed class WarmPool(HostLauncher launcher, int size, Action<ProcessHo
             // told what to load ahead of time, so that a restart in it skips the loading, and idle.
             await launcher.StartAsync($"pool-{Interlocked.Increment(ref _started)}", IsolationModel.Process, onExited, stopping, async host =>
             {
-                await host.PrepareAsync(preparations?.Invoke() ?? [], TimeSpan.FromSeconds(10), CancellationToken.None).ConfigureAwait(false);
+                if (preparations is not null)
+                {
+                    await host.PrepareAsync(preparations(), TimeSpan.FromSeconds(10), CancellationToken.None).ConfigureAwait(false);
+                }
+
                 _idle.Enqueue(host);
             }).ConfigureAwait(false);
         }

@@ -134,7 +134,7 @@ public sealed class RecoveryTests : IDisposable
     [Fact]
     public async Task Restart_TakesTheWarmHostAndThePoolRefills()
     {
-        await using var kernel = new Microkernel(new KernelOptions { WarmPoolSize = 1 });
+        await using var kernel = new Microkernel(new KernelOptions { WarmPoolSize = 1, PrepareWarmHosts = true });
         await kernel.StartAsync([TestManifests.Sample("Null") with { Recovery = Fast }], IsolationModel.Process).Bounded();
         var warm = await kernel.Events.WaitForAsync(e => e.Kind == KernelEventKind.HostStarted && e.Driver == "pool-1").Bounded();
         var warmPid = Assert.Single(kernel.WarmPoolProcessIds);
