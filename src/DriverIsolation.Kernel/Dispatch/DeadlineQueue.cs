@@ -111,6 +111,11 @@ internal sealed class DeadlineQueue : IDisposable
             }
 
             var now = _time.GetTimestamp();
+
+            // A real timer may fire a little before the time it was armed for (it counts in whole
+            // milliseconds): then wait at least a millisecond rather than spin on it. A timer
+            // that fired on time re-arms exactly, whatever the clock.
+            var early = now < _armedFor;
             var next = long.MaxValue;
             foreach (var bucket in _buckets)
             {
@@ -129,9 +134,7 @@ internal sealed class DeadlineQueue : IDisposable
             _armedFor = long.MaxValue;
             if (next != long.MaxValue)
             {
-                // A real timer may fire a little early (it counts in whole milliseconds): then
-                // wait at least a millisecond rather than spin on it.
-                Arm(now, next, minimum: expired is null ? _oneMillisecond : 1);
+                Arm(now, next, minimum: early ? _oneMillisecond : 1);
             }
         }
 
