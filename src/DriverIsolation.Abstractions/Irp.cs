@@ -34,10 +34,6 @@ public sealed class Irp
     /// <summary>The device (stack layer) this IRP was dispatched to.</summary>
     public DeviceObject Device { get; }
 
-    /// <summary>The host's output buffer, when it came from the array pool (returned once the
-    /// driver is done with the IRP).</summary>
-    internal byte[]? RentedOutput;
-
     /// <summary>The kernel's identifier for this request (unique per boot).</summary>
     public long Id { get; }
 

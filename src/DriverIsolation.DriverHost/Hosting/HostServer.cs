@@ -1,4 +1,3 @@
-using System.Buffers;
 using System.Collections.Concurrent;
 using System.Diagnostics;
 using System.Runtime.InteropServices;
@@ -283,19 +282,11 @@ public sealed class HostServer : IKernelLink
 
     private bool OnDispatch(Dispatch d, int generation)
     {
-        // The output buffer comes from the pool, zeroed (a driver must not see an earlier
-        // request's bytes), and goes back once the driver completed the IRP and the reply is sent.
-        byte[]? rented = null;
-        var output = Memory<byte>.Empty;
-        if (d.OutputLength > 0)
-        {
-            rented = ArrayPool<byte>.Shared.Rent(d.OutputLength);
-            output = rented.AsMemory(0, d.OutputLength);
-            output.Span.Clear();
-        }
-
+        // A new buffer per IRP, not a pooled one: a driver that completes an IRP and goes on
+        // writing to it (a double completion) must not write into another request's buffer.
+        var output = d.OutputLength > 0 ? new byte[d.OutputLength] : Memory<byte>.Empty;
         var irp = _runtime.Accept(d.IrpId, d.DeviceId, d.MajorFunction, d.MinorFunction, d.FileId, d.Offset, d.Length,
-            d.IoControlCode, MemoryMarshal.AsMemory(d.Input), output, rented);
+            d.IoControlCode, MemoryMarshal.AsMemory(d.Input), output);
         if (irp is null)
         {
             return true;

@@ -290,14 +290,7 @@ public sealed class DriverRuntime : IDeviceStackPort
     /// with InvalidDeviceRequest, if the device is not here.
     /// </summary>
     public Irp? Accept(long irpId, int deviceId, MajorFunction majorFunction, byte minorFunction, long fileId,
-        long offset, int length, uint ioControlCode, Memory<byte> input, Memory<byte> output) =>
-        Accept(irpId, deviceId, majorFunction, minorFunction, fileId, offset, length, ioControlCode, input, output, null);
-
-    /// <summary><see cref="Accept(long, int, MajorFunction, byte, long, long, int, uint, Memory{byte}, Memory{byte})"/>
-    /// with an output buffer rented from the shared array pool: it goes back to the pool once the
-    /// driver has completed the IRP (or passed it down for good) and the completion is sent.</summary>
-    public Irp? Accept(long irpId, int deviceId, MajorFunction majorFunction, byte minorFunction, long fileId,
-        long offset, int length, uint ioControlCode, Memory<byte> input, Memory<byte> output, byte[]? rentedOutput)
+        long offset, int length, uint ioControlCode, Memory<byte> input, Memory<byte> output)
     {
         if (!_devices.TryGetValue(deviceId, out var device))
         {
@@ -305,10 +298,7 @@ public sealed class DriverRuntime : IDeviceStackPort
             return null;
         }
 
-        var irp = new Irp(this, device, irpId, majorFunction, minorFunction, fileId, offset, length, ioControlCode, input, output)
-        {
-            RentedOutput = rentedOutput,
-        };
+        var irp = new Irp(this, device, irpId, majorFunction, minorFunction, fileId, offset, length, ioControlCode, input, output);
         lock (_irpsGate)
         {
             _irps[(irpId, deviceId)] = irp;
@@ -404,7 +394,6 @@ public sealed class DriverRuntime : IDeviceStackPort
         }
 
         _link.Complete(irp.Id, irp.Device.Id, status, information, data);
-        ReturnOutput(irp);
     }
 
     void IDeviceStackPort.PassDown(DeviceObject device, Irp irp, bool wantsCompletion)
@@ -418,20 +407,6 @@ public sealed class DriverRuntime : IDeviceStackPort
         }
 
         _link.PassDown(irp.Id, device.Id, wantsCompletion, irp.Offset, irp.Length, irp.InputBuffer);
-        if (!wantsCompletion)
-        {
-            ReturnOutput(irp);
-        }
-    }
-
-    /// <summary>The link has sent (copied) what it needed: a rented output buffer goes back to
-    /// the pool. Once only: a driver that completes twice does not return it twice.</summary>
-    private static void ReturnOutput(Irp irp)
-    {
-        if (Interlocked.Exchange(ref irp.RentedOutput, null) is { } rented)
-        {
-            System.Buffers.ArrayPool<byte>.Shared.Return(rented);
-        }
     }
 
     /// <summary>What a major function without a routine does: filters pass it down, open and
