@@ -1,4 +1,5 @@
 using System.Buffers.Binary;
+using System.Runtime.CompilerServices;
 
 namespace DriverIsolation.Hardware;
 
@@ -51,6 +52,10 @@ public static class BlockDeviceSpec
         (entry[0], BinaryPrimitives.ReadUInt16LittleEndian(entry[2..]), BinaryPrimitives.ReadUInt64LittleEndian(entry[8..]),
             BinaryPrimitives.ReadUInt32LittleEndian(entry[16..]), BinaryPrimitives.ReadUInt64LittleEndian(entry[24..]));
 
+    /// <summary>Where a completion entry's phase byte sits. A device writes it last, after the rest of
+    /// the entry is in memory, and a driver reads it first: an entry whose phase is new is whole.</summary>
+    public const int CompletionPhaseOffset = 6;
+
     /// <summary>Writes a completion: command id, status, the device's submission-queue head, phase.</summary>
     public static void WriteCompletion(Span<byte> entry, ushort commandId, ushort status, ushort submissionHead, bool phase)
     {
@@ -58,10 +63,16 @@ public static class BlockDeviceSpec
         BinaryPrimitives.WriteUInt16LittleEndian(entry, commandId);
         BinaryPrimitives.WriteUInt16LittleEndian(entry[2..], status);
         BinaryPrimitives.WriteUInt16LittleEndian(entry[4..], submissionHead);
-        entry[6] = phase ? (byte)1 : (byte)0;
+        entry[CompletionPhaseOffset] = phase ? (byte)1 : (byte)0;
     }
 
-    public static (ushort CommandId, ushort Status, ushort SubmissionHead, bool Phase) ReadCompletion(ReadOnlySpan<byte> entry) =>
-        (BinaryPrimitives.ReadUInt16LittleEndian(entry), BinaryPrimitives.ReadUInt16LittleEndian(entry[2..]),
-            BinaryPrimitives.ReadUInt16LittleEndian(entry[4..]), (entry[6] & 1) != 0);
+    /// <summary>Reads a completion the device may be writing at the same moment: the phase first
+    /// (an acquire), then the rest. Read the other way round, an old entry's command id could pass
+    /// for the new entry's, and complete the wrong command.</summary>
+    public static (ushort CommandId, ushort Status, ushort SubmissionHead, bool Phase) ReadCompletion(ReadOnlySpan<byte> entry)
+    {
+        var phase = (Volatile.Read(ref Unsafe.AsRef(in entry[CompletionPhaseOffset])) & 1) != 0;
+        return (BinaryPrimitives.ReadUInt16LittleEndian(entry), BinaryPrimitives.ReadUInt16LittleEndian(entry[2..]),
+            BinaryPrimitives.ReadUInt16LittleEndian(entry[4..]), phase);
+    }
 }

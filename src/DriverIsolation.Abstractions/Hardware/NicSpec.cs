@@ -1,4 +1,5 @@
 using System.Buffers.Binary;
+using System.Runtime.CompilerServices;
 
 namespace DriverIsolation.Hardware;
 
@@ -30,6 +31,10 @@ public static class NicSpec
 
     public const byte FlagDone = 1;
 
+    /// <summary>Where a descriptor's flags sit. A device writes them last, after the rest of the
+    /// descriptor, and a driver reads them first: a descriptor marked done is whole.</summary>
+    public const int FlagsOffset = 10;
+
     public const byte StatusSuccess = 0;
     public const byte StatusDmaError = 1;
     public const byte StatusTooLong = 2;
@@ -41,10 +46,15 @@ public static class NicSpec
         entry[..DescriptorSize].Clear();
         BinaryPrimitives.WriteUInt64LittleEndian(entry, address);
         BinaryPrimitives.WriteUInt16LittleEndian(entry[8..], length);
-        entry[10] = flags;
+        entry[FlagsOffset] = flags;
         entry[11] = status;
     }
 
-    public static (ulong Address, ushort Length, byte Flags, byte Status) ReadDescriptor(ReadOnlySpan<byte> entry) =>
-        (BinaryPrimitives.ReadUInt64LittleEndian(entry), BinaryPrimitives.ReadUInt16LittleEndian(entry[8..]), entry[10], entry[11]);
+    /// <summary>Reads a descriptor the device may be writing at the same moment: the flags first (an
+    /// acquire), then the rest, so a descriptor seen done never shows its old length.</summary>
+    public static (ulong Address, ushort Length, byte Flags, byte Status) ReadDescriptor(ReadOnlySpan<byte> entry)
+    {
+        var flags = Volatile.Read(ref Unsafe.AsRef(in entry[FlagsOffset]));
+        return (BinaryPrimitives.ReadUInt64LittleEndian(entry), BinaryPrimitives.ReadUInt16LittleEndian(entry[8..]), flags, entry[11]);
+    }
 }

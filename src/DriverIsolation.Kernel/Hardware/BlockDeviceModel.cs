@@ -140,7 +140,7 @@ public sealed class BlockDeviceModel : DeviceModel
                 var (opcode, id, sector, sectors, address) = BlockDeviceSpec.ReadCommand(entry);
                 var status = Execute(opcode, sector, sectors, address);
                 BlockDeviceSpec.WriteCompletion(completion, id, status, (ushort)_sqHead, _phase);
-                if (!Write(_cqBase + ((ulong)_cqTail * BlockDeviceSpec.CompletionSize), completion))
+                if (!WritePublishingLast(_cqBase + ((ulong)_cqTail * BlockDeviceSpec.CompletionSize), completion, BlockDeviceSpec.CompletionPhaseOffset))
                 {
                     _halted = true;
                     break;

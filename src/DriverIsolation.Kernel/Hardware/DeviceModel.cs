@@ -48,6 +48,14 @@ public abstract class DeviceModel(string name, RequesterId requester, DmaEngine 
 
     protected bool Write(ulong address, ReadOnlySpan<byte> source) => Count(dma.TryWrite(requester, address, source));
 
+    /// <summary>Writes a queue entry whose byte at <paramref name="lastOffset"/> tells the driver it
+    /// is new (a phase bit, a done flag): every other byte first, that one last, as a device posts
+    /// its writes in order. A driver polling the entry never sees it marked new but half written.</summary>
+    protected bool WritePublishingLast(ulong address, ReadOnlySpan<byte> entry, int lastOffset) =>
+        Write(address, entry[..lastOffset])
+        && (lastOffset + 1 == entry.Length || Write(address + (ulong)lastOffset + 1, entry[(lastOffset + 1)..]))
+        && Write(address + (ulong)lastOffset, entry.Slice(lastOffset, 1));
+
     private bool Count(bool ok)
     {
         if (!ok)

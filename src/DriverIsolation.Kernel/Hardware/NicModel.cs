@@ -193,7 +193,7 @@ public sealed class NicModel : DeviceModel
                 }
 
                 NicSpec.WriteDescriptor(entry, address, length, NicSpec.FlagDone, status);
-                if (!Write(at, entry))
+                if (!WritePublishingLast(at, entry, NicSpec.FlagsOffset))
                 {
                     _enabled = false;
                     break;
@@ -236,7 +236,7 @@ public sealed class NicModel : DeviceModel
                 var status = frame.Length > capacity ? NicSpec.StatusTooLong
                     : Write(address, frame) ? NicSpec.StatusSuccess : NicSpec.StatusDmaError;
                 NicSpec.WriteDescriptor(entry, address, (ushort)frame.Length, NicSpec.FlagDone, status);
-                if (!Write(at, entry))
+                if (!WritePublishingLast(at, entry, NicSpec.FlagsOffset))
                 {
                     _enabled = false;
                     break;
