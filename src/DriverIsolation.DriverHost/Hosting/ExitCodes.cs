@@ -10,6 +10,9 @@ public static class ExitCodes
     public const int ProtocolError = 5;
     public const int ConnectFailed = 6;
 
+    /// <summary>What a host killed with SIGKILL exits with (128 + 9).</summary>
+    public const int Killed = 137;
+
     public static string Describe(int code) => code switch
     {
         Shutdown => "shut down when asked",
@@ -19,7 +22,7 @@ public static class ExitCodes
         ProtocolError => "protocol error",
         ConnectFailed => "could not connect to the kernel",
         134 => "aborted (unhandled exception or fail-fast)",
-        137 => "killed (SIGKILL)",
+        Killed => "killed (SIGKILL)",
         139 => "segmentation fault",
         _ when code > 128 => $"terminated by signal {code - 128}",
         _ => $"exit code {code}",

@@ -10,7 +10,8 @@ namespace DriverIsolation.Kernel;
 /// A drvhost process and its pipe, seen from the kernel. One receive loop reads the host's frames
 /// (every byte untrusted) and hands them to the I/O manager; anything that is not a valid message
 /// in its place is a protocol violation and kills the host. Exit is noticed both from the pipe and
-/// from the process, and reported once, with the reason.
+/// from the process, and reported once, with the reason; a host the kernel kills is reported gone
+/// at the SIGKILL, without waiting for the OS to tear it down.
 /// </summary>
 internal sealed class ProcessHostChannel : IHostChannel
 {
@@ -23,6 +24,7 @@ internal sealed class ProcessHostChannel : IHostChannel
     private readonly ConcurrentDictionary<int, TaskCompletionSource<(NtStatus, string?)>> _pendingLoads = new();
     private readonly ConcurrentDictionary<int, TaskCompletionSource<(NtStatus, string?)>> _pendingDevices = new();
     private readonly TaskCompletionSource<string> _exited = new(TaskCreationOptions.RunContinuationsAsynchronously);
+    private readonly TaskCompletionSource _reported = new(TaskCreationOptions.RunContinuationsAsynchronously);
     private volatile string? _killReason;
     private int _exitReported;
     private int _exitProcessed;
@@ -60,10 +62,11 @@ internal sealed class ProcessHostChannel : IHostChannel
 
     public bool IsAlive => Volatile.Read(ref _exitReported) == 0;
 
-    /// <summary>Completes with the exit reason once the host is gone and its IRPs are completed.</summary>
     /// <summary>The drivers the kernel asked this host to load: the only ones it may speak for.</summary>
     private readonly Dictionary<int, string> _driverIds = [];
 
+    /// <summary>Completes with the exit reason once the process has exited and its IRPs are
+    /// completed (a host the kernel killed is reported gone earlier, at the SIGKILL).</summary>
     public Task<string> Exited => _exited.Task;
 
     /// <summary>Starts the receive loop and the process-exit watch (after the handshake).</summary>
@@ -199,9 +202,14 @@ internal sealed class ProcessHostChannel : IHostChannel
 
         // SIGKILL first, then drop the pipe: the host must be gone before anything else happens.
         // (drvhost starts no processes of its own, so there is no tree to walk.)
+        var killed = false;
         try
         {
-            _process.Kill();
+            if (!_process.HasExited)
+            {
+                _process.Kill();
+                killed = true;
+            }
         }
         catch (InvalidOperationException)
         {
@@ -209,6 +217,16 @@ internal sealed class ProcessHostChannel : IHostChannel
         }
 
         _connection.Abort(reason);
+
+        // The host is dead from here on: SIGKILL cannot be caught, and a thread of it still on a
+        // CPU is interrupted to die at once. The OS takes a while longer to tear the process down
+        // (its address space goes first, then its pipe and its exit status: 10-20 ms for a .NET
+        // process on these machines), and recovery need not wait for that. The real exit, when it
+        // comes, completes Exited.
+        if (killed)
+        {
+            _ = Task.Run(() => ReportExit($"{_killReason} ({ExitCodes.Describe(ExitCodes.Killed)})"));
+        }
     }
 
     /// <summary>Asks the host to unload its drivers and exit; kills it if it does not within
@@ -393,16 +411,25 @@ internal sealed class ProcessHostChannel : IHostChannel
     private async Task WatchProcessAsync()
     {
         await _process.WaitForExitAsync().ConfigureAwait(false);
-        _heartbeat?.Dispose();
         _connection.Abort("host process exited");
         var reason = _killReason is { } killed
             ? $"{killed} ({ExitCodes.Describe(_process.ExitCode)})"
             : ExitCodes.Describe(_process.ExitCode);
+        ReportExit(reason);
+        await _reported.Task.ConfigureAwait(false);
+        _exited.TrySetResult(reason);
+    }
+
+    /// <summary>The host is gone: fail what waits on it, and let the kernel sweep its IRPs and
+    /// recover its drivers. Once, whether the kernel killed it or saw it exit.</summary>
+    private void ReportExit(string reason)
+    {
         if (Interlocked.Exchange(ref _exitReported, 1) != 0)
         {
             return;
         }
 
+        _heartbeat?.Dispose();
         foreach (var waiter in _pendingLoads.Values.Concat(_pendingDevices.Values))
         {
             waiter.TrySetResult((NtStatus.DriverProcessTerminated, $"host exited: {reason}"));
@@ -413,9 +440,15 @@ internal sealed class ProcessHostChannel : IHostChannel
             barrier.TrySetResult();
         }
 
-        _onExited(this, reason);
-        Volatile.Write(ref _exitProcessed, 1);
-        _exited.TrySetResult(reason);
+        try
+        {
+            _onExited(this, reason);
+        }
+        finally
+        {
+            Volatile.Write(ref _exitProcessed, 1);
+            _reported.TrySetResult();
+        }
     }
 
     /// <summary>A request to the host that waits for its answer. Registered before the exit

@@ -1,0 +1,79 @@
+using System.Diagnostics;
+using DriverIsolation.Kernel;
+using Microsoft.Extensions.Logging.Abstractions;
+
+namespace DriverIsolation.Tests;
+
+/// <summary>
+/// A host the kernel kills is reported gone at the SIGKILL (recovery does not wait the 10-20 ms the
+/// OS takes to tear a .NET process down), once, with the kill's reason; the channel's Exited still
+/// waits for the real exit, so nothing that awaits it outlives an unreaped process.
+/// </summary>
+[Collection("processes")]
+public sealed class KilledHostTests : IDisposable
+{
+    private readonly KernelOptions _options = new() { WarmPoolSize = 0 };
+    private readonly KernelEventLog _events = new(TimeProvider.System);
+    private readonly IoManager _io;
+
+    public KilledHostTests() => _io = new IoManager(TimeProvider.System, _events, NullLogger.Instance, _options);
+
+    public void Dispose() => _io.Dispose();
+
+    [Fact]
+    public async Task KilledHost_ReportedOnceWithTheKillsReason_ExitedAfterTheProcessIsReaped()
+    {
+        var launcher = new HostLauncher(_options, _io, _events, NullLoggerFactory.Instance, TimeProvider.System);
+        var reports = new List<string>();
+        var reported = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        var host = await launcher.StartAsync("victim", IsolationModel.Process, (_, reason) =>
+        {
+            lock (reports)
+            {
+                reports.Add(reason);
+            }
+
+            reported.TrySetResult();
+        }, CancellationToken.None).Bounded();
+        await using var cleanup = host;
+        var pid = host.ProcessId;
+        Assert.True(host.IsAlive);
+
+        host.Kill("killed by the test");
+        await reported.Task.Bounded();
+        Assert.False(host.IsAlive);
+        var exitReason = await host.Exited.Bounded();
+
+        // Exited came after the process was reaped, and the real exit did not report again.
+        Assert.Throws<ArgumentException>(() => Process.GetProcessById(pid));
+        Assert.Equal("killed by the test (killed (SIGKILL))", exitReason);
+        lock (reports)
+        {
+            Assert.Equal(["killed by the test (killed (SIGKILL))"], reports);
+        }
+    }
+
+    [Fact]
+    public async Task HostThatExitsByItself_ReportedOnceWithItsExitCode()
+    {
+        var launcher = new HostLauncher(_options, _io, _events, NullLoggerFactory.Instance, TimeProvider.System);
+        var reports = new List<string>();
+        var host = await launcher.StartAsync("quitter", IsolationModel.Process, (_, reason) =>
+        {
+            lock (reports)
+            {
+                reports.Add(reason);
+            }
+        }, CancellationToken.None).Bounded();
+        await using var cleanup = host;
+
+        // Asked to shut down, the host exits by itself (code 0): reported at its exit, not before.
+        await host.StopAsync(TimeSpan.FromSeconds(30)).Bounded();
+
+        Assert.Equal("stopped by the kernel (shut down when asked)", await host.Exited.Bounded());
+        lock (reports)
+        {
+            Assert.Equal(["stopped by the kernel (shut down when asked)"], reports);
+        }
+    }
+}
