@@ -3,9 +3,11 @@
 # DMA through the IOMMU) and against `nbdkit memory` (a 16 MiB RAM disk in C, the baseline),
 # one after the other in one session, and prints both IOPS and their ratio.
 # Usage: bench/nbd/compare.sh [seconds per run, default 20] [iommu off|strict|lazy, default strict] [transport pipe|ring, default ring]
+# Each run first warms up for RAMP seconds (default 5), not counted.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 export RUNTIME="${1:-20}"
+export RAMP="${RAMP:-5}"
 iommu="${2:-strict}"
 transport="${3:-ring}"
 bash scripts/install-test-tools.sh
@@ -28,10 +30,10 @@ until nbdinfo --size "nbd://127.0.0.1:${port_nbdkit}" >/dev/null 2>&1; do sleep 
 NBD_URI="nbd://127.0.0.1:${port_nbdkit}" fio --output-format=json bench/nbd/randrw.fio >"$out/nbdkit.json"
 nbdkit=$(iops <"$out/nbdkit.json")
 
-python3 - "$drviso" "$nbdkit" "$iommu" "$RUNTIME" "$transport" <<'PY'
+python3 - "$drviso" "$nbdkit" "$iommu" "$RUNTIME" "$transport" "$RAMP" <<'PY'
 import sys
-drviso, nbdkit, iommu, runtime, transport = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5]
-print(f"fio randrw 4k iodepth 8, {runtime} s each")
+drviso, nbdkit, iommu, runtime, transport, ramp = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5], sys.argv[6]
+print(f"fio randrw 4k iodepth 8, {runtime} s each after {ramp} s of warm-up")
 print(f"drviso serve (VBlock0, process isolation, IOMMU {iommu}, {transport} transport): {drviso} IOPS")
 print(f"nbdkit memory 16M:                                   {nbdkit} IOPS")
 print(f"ratio drviso / nbdkit: {drviso / nbdkit:.3f}")
