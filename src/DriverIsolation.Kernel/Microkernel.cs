@@ -21,6 +21,10 @@ public sealed class Microkernel : IAsyncDisposable
     private readonly ObjectNamespace _namespace = new();
     private readonly List<KernelDriver> _drivers = [];
     private readonly List<IHostChannel> _hosts = [];
+
+    // The exits of hosts reported gone before their process ended (killed by the kernel: reported
+    // at the SIGKILL); shutdown waits for them, so no host outlives the kernel unreaped.
+    private readonly List<Task> _dying = [];
     private readonly Lock _gate = new();
     private readonly TimeProvider _time;
     private readonly CancellationTokenSource _stopping = new();
@@ -371,17 +375,19 @@ public sealed class Microkernel : IAsyncDisposable
 
         await Task.WhenAll(supervision).ConfigureAwait(false);
         IHostChannel[] hosts;
+        Task[] dying;
         lock (_gate)
         {
             hosts = [.. _hosts];
             _hosts.Clear();
+            dying = [.. _dying];
             foreach (var driver in _drivers)
             {
                 driver.SetStopped();
             }
         }
 
-        await Task.WhenAll(hosts.Select(h => h.DisposeAsync().AsTask()).Append(_pool.DisposeAsync())).ConfigureAwait(false);
+        await Task.WhenAll(hosts.Select(h => h.DisposeAsync().AsTask()).Append(_pool.DisposeAsync()).Concat(dying)).ConfigureAwait(false);
         if (_inKernel is not null)
         {
             await _inKernel.DisposeAsync().ConfigureAwait(false);
@@ -610,6 +616,8 @@ public sealed class Microkernel : IAsyncDisposable
         lock (_gate)
         {
             _hosts.Remove(host);
+            _dying.RemoveAll(t => t.IsCompleted);
+            _dying.Add(host.Exited);
         }
 
         Events.Add(KernelEventKind.HostExited, host.Name, null,

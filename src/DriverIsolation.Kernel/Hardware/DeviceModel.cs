@@ -51,10 +51,20 @@ public abstract class DeviceModel(string name, RequesterId requester, DmaEngine 
     /// <summary>Writes a queue entry whose byte at <paramref name="lastOffset"/> tells the driver it
     /// is new (a phase bit, a done flag): every other byte first, that one last, as a device posts
     /// its writes in order. A driver polling the entry never sees it marked new but half written.</summary>
-    protected bool WritePublishingLast(ulong address, ReadOnlySpan<byte> entry, int lastOffset) =>
-        Write(address, entry[..lastOffset])
-        && (lastOffset + 1 == entry.Length || Write(address + (ulong)lastOffset + 1, entry[(lastOffset + 1)..]))
-        && Write(address + (ulong)lastOffset, entry.Slice(lastOffset, 1));
+    protected bool WritePublishingLast(ulong address, ReadOnlySpan<byte> entry, int lastOffset)
+    {
+        ArgumentOutOfRangeException.ThrowIfNegative(lastOffset);
+        ArgumentOutOfRangeException.ThrowIfGreaterThanOrEqual(lastOffset, entry.Length);
+        if (!Write(address, entry[..lastOffset])
+            || (lastOffset + 1 < entry.Length && !Write(address + (ulong)lastOffset + 1, entry[(lastOffset + 1)..])))
+        {
+            return false; // The marker is still the old one: the driver does not take the entry.
+        }
+
+        // The rest of the entry is in memory before its marker, whatever the DMA path does.
+        Interlocked.MemoryBarrier();
+        return Write(address + (ulong)lastOffset, entry.Slice(lastOffset, 1));
+    }
 
     private bool Count(bool ok)
     {

@@ -25,6 +25,7 @@ internal sealed class ProcessHostChannel : IHostChannel
     private readonly ConcurrentDictionary<int, TaskCompletionSource<(NtStatus, string?)>> _pendingDevices = new();
     private readonly TaskCompletionSource<string> _exited = new(TaskCreationOptions.RunContinuationsAsynchronously);
     private readonly TaskCompletionSource _reported = new(TaskCreationOptions.RunContinuationsAsynchronously);
+    private readonly Lock _handling = new();
     private volatile string? _killReason;
     private int _exitReported;
     private int _exitProcessed;
@@ -225,7 +226,22 @@ internal sealed class ProcessHostChannel : IHostChannel
         // comes, completes Exited.
         if (killed)
         {
-            _ = Task.Run(() => ReportExit($"{_killReason} ({ExitCodes.Describe(ExitCodes.Killed)})"));
+            _ = Task.Run(() =>
+            {
+                // A frame the receive loop was handling when the kill came is finished first; none
+                // is handled after (it checks the kill reason under the same lock).
+                lock (_handling)
+                {
+                }
+
+                // Exited by itself just before the kill: its own exit code, not SIGKILL's. (Already
+                // reported at its exit: nothing to do, and the process may be disposed by now.)
+                if (Volatile.Read(ref _exitReported) == 0)
+                {
+                    var code = _process.HasExited ? _process.ExitCode : ExitCodes.Killed;
+                    ReportExit($"{_killReason} ({ExitCodes.Describe(code)})");
+                }
+            });
         }
     }
 
@@ -262,12 +278,17 @@ internal sealed class ProcessHostChannel : IHostChannel
     {
         try
         {
-            // Nothing more is taken from a host once it is condemned, even frames already buffered.
+            // Nothing more is taken from a host once it is condemned, even frames already buffered
+            // (a kill during the read is seen before its frame is handled; the report of a killed
+            // host waits for a frame being handled, see Kill).
             while (_killReason is null && await _connection.ReadAsync().ConfigureAwait(false) is { } message)
             {
-                if (!Handle(message))
+                lock (_handling)
                 {
-                    break;
+                    if (_killReason is not null || !Handle(message))
+                    {
+                        break;
+                    }
                 }
             }
         }

@@ -12,6 +12,7 @@ namespace DriverIsolation.Tests;
 /// simulated memory: the driver must never see an entry marked new with an old lap's fields. (With
 /// the fields read before the marker, the block test saw torn entries: 3 in one run of 200,000 laps.)
 /// </summary>
+[Collection("processes")] // two threads that spin on two vCPUs: not beside the other tests
 public sealed class QueueEntryOrderTests : IDisposable
 {
     private const int Laps = 200_000;
@@ -20,6 +21,10 @@ public sealed class QueueEntryOrderTests : IDisposable
     private readonly Iommu _iommu;
     private readonly PostingDevice _device;
     private readonly long _entry;
+
+    // Set when either side fails: the other stops spinning instead of waiting for a lap that will
+    // never come, and both have stopped before the memory is unmapped.
+    private volatile bool _stop;
 
     public QueueEntryOrderTests()
     {
@@ -38,24 +43,23 @@ public sealed class QueueEntryOrderTests : IDisposable
     public async Task BlockCompletion_SeenWithANewPhaseIsAlwaysWhole()
     {
         var acknowledged = 0;
-        var device = Task.Factory.StartNew(() =>
+        var device = Side(() =>
         {
             Span<byte> completion = stackalloc byte[BlockDeviceSpec.CompletionSize];
-            for (var lap = 1; lap <= Laps; lap++)
+            for (var lap = 1; lap <= Laps && WaitFor(ref acknowledged, lap - 1); lap++)
             {
-                WaitFor(ref acknowledged, lap - 1);
                 BlockDeviceSpec.WriteCompletion(completion, (ushort)lap, (ushort)(lap * 7), (ushort)(lap * 13), phase: (lap & 1) == 1);
                 Assert.True(_device.Post((ulong)_entry, completion, BlockDeviceSpec.CompletionPhaseOffset));
             }
-        }, TaskCreationOptions.LongRunning);
+        });
 
         var torn = 0;
-        var driver = Task.Factory.StartNew(() =>
+        var driver = Side(() =>
         {
-            for (var lap = 1; lap <= Laps; lap++)
+            for (var lap = 1; lap <= Laps && !_stop; lap++)
             {
                 var spinner = default(SpinWait);
-                while (true)
+                while (!_stop)
                 {
                     var (id, status, head, phase) = BlockDeviceSpec.ReadCompletion(_memory.Span(_entry, BlockDeviceSpec.CompletionSize));
                     if (phase == ((lap & 1) == 1))
@@ -69,9 +73,10 @@ public sealed class QueueEntryOrderTests : IDisposable
 
                 Volatile.Write(ref acknowledged, lap);
             }
-        }, TaskCreationOptions.LongRunning);
+        });
 
         await Task.WhenAll(device, driver).WaitAsync(TimeSpan.FromMinutes(2));
+        Assert.Equal(Laps, acknowledged);
         Assert.Equal(0, torn);
     }
 
@@ -79,24 +84,23 @@ public sealed class QueueEntryOrderTests : IDisposable
     public async Task NicDescriptor_SeenDoneIsAlwaysWhole()
     {
         var rearmed = 0;
-        var device = Task.Factory.StartNew(() =>
+        var device = Side(() =>
         {
             Span<byte> descriptor = stackalloc byte[NicSpec.DescriptorSize];
-            for (var lap = 1; lap <= Laps; lap++)
+            for (var lap = 1; lap <= Laps && WaitFor(ref rearmed, lap - 1); lap++)
             {
-                WaitFor(ref rearmed, lap - 1);
                 NicSpec.WriteDescriptor(descriptor, (ulong)lap, FrameLength(lap), NicSpec.FlagDone, NicSpec.StatusSuccess);
                 Assert.True(_device.Post((ulong)_entry, descriptor, NicSpec.FlagsOffset));
             }
-        }, TaskCreationOptions.LongRunning);
+        });
 
         var torn = 0;
-        var driver = Task.Factory.StartNew(() =>
+        var driver = Side(() =>
         {
-            for (var lap = 1; lap <= Laps; lap++)
+            for (var lap = 1; lap <= Laps && !_stop; lap++)
             {
                 var spinner = default(SpinWait);
-                while (true)
+                while (!_stop)
                 {
                     var (address, length, flags, _) = NicSpec.ReadDescriptor(_memory.Span(_entry, NicSpec.DescriptorSize));
                     if ((flags & NicSpec.FlagDone) != 0)
@@ -112,21 +116,46 @@ public sealed class QueueEntryOrderTests : IDisposable
                 NicSpec.WriteDescriptor(_memory.Span(_entry, NicSpec.DescriptorSize), 0, NicSpec.MaxFrameBytes);
                 Volatile.Write(ref rearmed, lap);
             }
-        }, TaskCreationOptions.LongRunning);
+        });
 
         await Task.WhenAll(device, driver).WaitAsync(TimeSpan.FromMinutes(2));
+        Assert.Equal(Laps, rearmed);
         Assert.Equal(0, torn);
     }
 
     private static ushort FrameLength(int lap) => (ushort)(60 + (lap % 1400));
 
-    private static void WaitFor(ref int counter, int value)
+    /// <summary>One side on its own thread; if it fails, the other stops.</summary>
+    private Task Side(Action run) => Task.Factory.StartNew(
+        () =>
+        {
+            try
+            {
+                run();
+            }
+            catch
+            {
+                _stop = true;
+                throw;
+            }
+        },
+        CancellationToken.None, TaskCreationOptions.LongRunning, TaskScheduler.Default);
+
+    /// <summary>Spins until the counter reaches the value (true) or the other side failed (false).</summary>
+    private bool WaitFor(ref int counter, int value)
     {
         var spinner = default(SpinWait);
         while (Volatile.Read(ref counter) != value)
         {
+            if (_stop)
+            {
+                return false;
+            }
+
             spinner.SpinOnce(sleep1Threshold: -1);
         }
+
+        return true;
     }
 
     /// <summary>A device that only posts entries, the way the block device and the NIC do.</summary>

@@ -54,6 +54,34 @@ public sealed class KilledHostTests : IDisposable
     }
 
     [Fact]
+    public async Task KernelShutdownRightAfterAKill_WaitsForTheKilledHostToBeReaped()
+    {
+        int pid;
+        await using (var kernel = new Microkernel(new KernelOptions { WarmPoolSize = 0, HeartbeatPeriod = null }))
+        {
+            await kernel.StartAsync([TestManifests.Test("Hog") with { Recovery = new RecoveryPolicy { Restart = false } }], IsolationModel.Process).Bounded();
+            pid = kernel.GetDrivers().Single().ProcessId;
+
+            // 256 MiB touched: the OS takes far longer to tear this host down than the kernel takes
+            // to report it gone and to shut down.
+            await using (var hog = await kernel.OpenAsync(@"\Device\Hog").Bounded())
+            {
+                for (var i = 0; i < 4; i++)
+                {
+                    Assert.Equal(NtStatus.Success, (await hog.WriteAsync(new byte[1]).Bounded()).Status);
+                }
+            }
+
+            kernel.KillDriverHost("Hog");
+            var exited = await kernel.Events.WaitForAsync(KernelEventKind.HostExited).Bounded();
+            Assert.StartsWith($"PID {pid}: killed on request (Hog) (killed (SIGKILL))", exited.Detail, StringComparison.Ordinal);
+        }
+
+        // Reported gone at the SIGKILL, but the kernel's shutdown still waited for the real exit.
+        Assert.Throws<ArgumentException>(() => Process.GetProcessById(pid));
+    }
+
+    [Fact]
     public async Task HostThatExitsByItself_ReportedOnceWithItsExitCode()
     {
         var launcher = new HostLauncher(_options, _io, _events, NullLoggerFactory.Instance, TimeProvider.System);
