@@ -22,8 +22,8 @@ public sealed class Microkernel : IAsyncDisposable
     private readonly List<KernelDriver> _drivers = [];
     private readonly List<IHostChannel> _hosts = [];
 
-    // The exits of hosts reported gone before their process ended (killed by the kernel: reported
-    // at the SIGKILL); shutdown waits for them, so no host outlives the kernel unreaped.
+    // The exits of hosts already reported gone (a host the kernel killed is reported at the SIGKILL,
+    // before its process has ended); shutdown waits for them, so no host outlives the kernel unreaped.
     private readonly List<Task> _dying = [];
     private readonly Lock _gate = new();
     private readonly TimeProvider _time;
