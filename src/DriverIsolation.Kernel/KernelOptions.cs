@@ -18,12 +18,22 @@ public sealed class KernelOptions
     /// experimental: see docs/performance.md.</summary>
     public DriverHost.HostDispatch HostDispatch { get; set; } = DriverHost.HostDispatch.Pool;
 
+    /// <summary>True: a caller's continuation (the code after <c>await handle.ReadAsync(...)</c>)
+    /// runs on the kernel thread that read its driver's completion from the host, not on the
+    /// thread pool: one thread hop less per request (with the ring transport and inline host
+    /// dispatch, the whole round trip runs on two spinning threads). That thread reads nothing
+    /// from the host while the continuation runs; one that holds it past <see cref="InlineStall"/>
+    /// gets it to itself and a new thread reads on, so a blocking caller delays that host's other
+    /// completions by that long at most. Off by default: see docs/performance.md.</summary>
+    public bool InlineCompletions { get; set; }
+
     /// <summary>True: every warm host loads, ahead of time, the drivers that may restart in it
     /// (PrepareDriver), so a restart skips the loading. Off by default: see docs/recovery.md.</summary>
     public bool PrepareWarmHosts { get; set; }
 
-    /// <summary>With inline dispatch: how long one driver routine may keep its host's pipe unread.
-    /// Default 20 ms.</summary>
+    /// <summary>With inline dispatch: how long one driver routine may keep its host's pipe unread;
+    /// with <see cref="InlineCompletions"/>: how long one caller's continuation may keep the
+    /// kernel's reader of a host. Default 20 ms.</summary>
     public TimeSpan InlineStall { get; set; } = DriverIsolation.DriverHost.HostServer.DefaultInlineStall;
 
     /// <summary>The transport of a driver whose manifest names none. Default the named pipe.</summary>

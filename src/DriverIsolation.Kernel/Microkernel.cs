@@ -282,6 +282,19 @@ public sealed class Microkernel : IAsyncDisposable
     /// <summary>The device a name or link leads to; null if none.</summary>
     public DeviceInfo? GetDevice(string path) => _namespace.Resolve(path) is { } device ? Describe(device) : null;
 
+    /// <summary>How many times a caller's continuation held the kernel's reader of a driver's host
+    /// past the stall time (<see cref="KernelOptions.InlineCompletions"/>); 0 for a driver that is
+    /// not in a host process.</summary>
+    internal long ReaderHandoffs(string driverName)
+    {
+        lock (_gate)
+        {
+            return _drivers.FirstOrDefault(d => d.Name.Equals(driverName, StringComparison.OrdinalIgnoreCase))?.Host is ProcessHostChannel channel
+                ? channel.ReaderHandoffs
+                : 0;
+        }
+    }
+
     /// <summary>Kills the host a driver runs in, as a crash would (kill -9). In-kernel, this is a
     /// bug check.</summary>
     public void KillDriverHost(string driverName)

@@ -107,7 +107,7 @@ internal sealed class IoManager : IDisposable
         // The system buffer: drivers get a copy, never the caller's memory.
         var systemInput = input.IsEmpty ? ReadOnlyMemory<byte>.Empty : input.ToArray();
         var irp = new KernelIrp(Interlocked.Increment(ref _lastIrpId), file, majorFunction, 0, offset, length,
-            ioControlCode, systemInput, output)
+            ioControlCode, systemInput, output, _options.InlineCompletions && device.Layers[0].Host.Isolation != IsolationModel.InKernel)
         {
             Admitted = top,
             Manager = this,
@@ -673,7 +673,21 @@ internal sealed class IoManager : IDisposable
             StopActivity(activity, result.Status);
         }
 
-        irp.Completion.TrySetResult(result);
+        if (!irp.InlineContinuation)
+        {
+            irp.Completion.TrySetResult(result);
+            return;
+        }
+
+        // The caller's continuation runs on the host channel's reader that delivered the
+        // completion, once that reader has let go of its locks; finished anywhere else (a
+        // deadline, a cancellation, a dead host's sweep), its result is set on the pool, so no
+        // caller's code runs on a timer or inside the kernel's bookkeeping.
+        irp.PendingResult = result;
+        if (!InlineCompletion.TryDefer(irp))
+        {
+            ThreadPool.UnsafeQueueUserWorkItem(irp, preferLocal: false);
+        }
     }
 
     private void RefuseUnknown(IHostChannel from, string what, long irpId)

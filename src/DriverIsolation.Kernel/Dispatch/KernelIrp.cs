@@ -5,15 +5,17 @@ namespace DriverIsolation.Kernel;
 /// which layer owns it now, the layers waiting to see it again (completion routines), and the
 /// one completion the caller will get. <see cref="Gate"/> guards ownership and state changes.
 /// </summary>
-internal sealed class KernelIrp
+internal sealed class KernelIrp : IThreadPoolWorkItem
 {
     /// <summary>The driver whose in-flight slot this request holds until it finishes.</summary>
     public KernelDriver? Admitted { get; set; }
 
     public KernelIrp(long id, FileObject file, MajorFunction majorFunction, byte minorFunction, long offset, int length,
-        uint ioControlCode, ReadOnlyMemory<byte> input, Memory<byte> callerOutput)
+        uint ioControlCode, ReadOnlyMemory<byte> input, Memory<byte> callerOutput, bool inlineContinuation = false)
     {
         Id = id;
+        InlineContinuation = inlineContinuation;
+        Completion = new(inlineContinuation ? TaskCreationOptions.None : TaskCreationOptions.RunContinuationsAsynchronously);
         File = file;
         MajorFunction = majorFunction;
         MinorFunction = minorFunction;
@@ -127,5 +129,19 @@ internal sealed class KernelIrp
 
     public CancellationTokenRegistration CallerCancellation { get; set; }
 
-    public TaskCompletionSource<IoResult> Completion { get; } = new(TaskCreationOptions.RunContinuationsAsynchronously);
+    /// <summary>The caller's task. Its continuations run on the thread pool, unless
+    /// <see cref="InlineContinuation"/>: then they run on the thread that sets it.</summary>
+    public TaskCompletionSource<IoResult> Completion { get; }
+
+    /// <summary>The caller's continuation may run on a host channel's reader when the final
+    /// completion arrives there (<see cref="KernelOptions.InlineCompletions"/>); finished anywhere
+    /// else, the result is set on the thread pool (<see cref="Execute"/>).</summary>
+    public bool InlineContinuation { get; }
+
+    /// <summary>The result the pool sets (an IRP with <see cref="InlineContinuation"/> finished
+    /// off a reader).</summary>
+    internal IoResult PendingResult;
+
+    /// <summary>Sets <see cref="PendingResult"/> on the caller's task (queued to the pool).</summary>
+    void IThreadPoolWorkItem.Execute() => Completion.TrySetResult(PendingResult);
 }

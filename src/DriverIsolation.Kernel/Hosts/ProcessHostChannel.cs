@@ -78,8 +78,64 @@ internal sealed class ProcessHostChannel : IHostChannel
         _maxRefusals = options.MaxRefusalsPerSecond;
         _logLimit = new RateLimit(time, options.MaxLogLinesPerSecond, options.MaxLogLinesPerSecond);
         _refusalLimit = new RateLimit(time, options.MaxRefusalsPerSecond, options.MaxRefusalsPerSecond);
-        _ = DoReceiveAsync();
+        if (options.InlineCompletions)
+        {
+            // Looks twice per stall period for a caller's continuation that has held the reader too long.
+            _time = time;
+            _stallTicks = (long)(options.InlineStall.TotalSeconds * time.TimestampFrequency);
+            var period = options.InlineStall / 2;
+            _stallWatch = time.CreateTimer(static s => ((ProcessHostChannel)s!).CheckStall(), this, period, period);
+        }
+
+        _ = DoReceiveAsync(0);
         _ = WatchProcessAsync();
+    }
+
+    private TimeProvider _time = TimeProvider.System;
+    private ITimer? _stallWatch;
+    private long _stallTicks;
+    private readonly Lock _readerGate = new();
+    private long _inlineSince;
+    private int _readerGeneration;
+    private long _handoffs;
+
+    /// <summary>How many times a caller's continuation held this host's reader so long that
+    /// another thread took over reading (<see cref="KernelOptions.InlineCompletions"/>).</summary>
+    public long ReaderHandoffs => Interlocked.Read(ref _handoffs);
+
+    /// <summary>Completes a caller's IRP on the reader (its continuation runs here); true if this
+    /// reader still reads when it returns.</summary>
+    private bool CompleteInline(KernelIrp irp, int generation)
+    {
+        Volatile.Write(ref _inlineSince, _time.GetTimestamp());
+        irp.Completion.TrySetResult(irp.PendingResult);
+        lock (_readerGate)
+        {
+            _inlineSince = 0;
+            return _readerGeneration == generation;
+        }
+    }
+
+    /// <summary>The stall watch: a caller's continuation has held the reader past the stall time,
+    /// so another thread takes over reading the host (the continuation goes on, as it would on the
+    /// pool).</summary>
+    private void CheckStall()
+    {
+        int next;
+        lock (_readerGate)
+        {
+            var since = Volatile.Read(ref _inlineSince);
+            if (since == 0 || _time.GetTimestamp() - since < _stallTicks || _killReason is not null)
+            {
+                return;
+            }
+
+            _inlineSince = 0;
+            next = ++_readerGeneration;
+            Interlocked.Increment(ref _handoffs);
+        }
+
+        _ = DoReceiveAsync(next);
     }
 
     /// <summary>Starts heartbeats; <paramref name="onWatchdogKill"/> hears why the host was killed.</summary>
@@ -274,8 +330,18 @@ internal sealed class ProcessHostChannel : IHostChannel
 
     private bool Send(Message message) => _connection.Send(message);
 
-    private async Task DoReceiveAsync()
+    /// <summary>One reader of the host's frames. With inline completions, if a caller's
+    /// continuation holds it past the stall time, <see cref="CheckStall"/> starts the next reader
+    /// (generation + 1), and this one ends when the continuation returns: exactly one reads at any
+    /// time.</summary>
+    private async Task DoReceiveAsync(int generation)
     {
+        if (generation > 0)
+        {
+            await Task.Yield();
+        }
+
+        var handedOff = false;
         try
         {
             // Nothing more is taken from a host once it is condemned, even frames already buffered
@@ -283,12 +349,43 @@ internal sealed class ProcessHostChannel : IHostChannel
             // host waits for a frame being handled, see Kill).
             while (_killReason is null && await _connection.ReadAsync().ConfigureAwait(false) is { } message)
             {
+                var go = false;
+                KernelIrp? finished = null;
                 lock (_handling)
                 {
-                    if (_killReason is not null || !Handle(message))
+                    if (_killReason is null)
                     {
-                        break;
+                        InlineCompletion.Begin();
+                        var handled = false;
+                        try
+                        {
+                            go = Handle(message);
+                            handled = true;
+                        }
+                        finally
+                        {
+                            finished = InlineCompletion.End();
+                            if (!handled && finished is not null)
+                            {
+                                // The caller is owed its result whatever went wrong after it.
+                                ThreadPool.UnsafeQueueUserWorkItem(finished, preferLocal: false);
+                                finished = null;
+                            }
+                        }
                     }
+                }
+
+                // The caller's continuation, outside the lock (it may send, or close its handle).
+                if (finished is not null && !CompleteInline(finished, generation))
+                {
+                    // Held past the stall time: the next reader reads on, and this one is done.
+                    handedOff = true;
+                    return;
+                }
+
+                if (!go)
+                {
+                    break;
                 }
             }
         }
@@ -309,7 +406,7 @@ internal sealed class ProcessHostChannel : IHostChannel
         finally
         {
             // A host without its pipe is of no use to anyone: make sure it is gone.
-            if (!_process.HasExited)
+            if (!handedOff && !_process.HasExited)
             {
                 try
                 {
@@ -451,6 +548,7 @@ internal sealed class ProcessHostChannel : IHostChannel
         }
 
         _heartbeat?.Dispose();
+        _stallWatch?.Dispose();
         foreach (var waiter in _pendingLoads.Values.Concat(_pendingDevices.Values))
         {
             waiter.TrySetResult((NtStatus.DriverProcessTerminated, $"host exited: {reason}"));

@@ -6,7 +6,8 @@ namespace DriverIsolation.Tests;
 /// <summary>
 /// The shared-memory ring transport delivers exactly what the named pipe delivers: the same
 /// seeded workload on the null device, a RAM disk under a filter and the DMA-driven block device
-/// gives the same statuses, lengths and bytes over either; a host killed under the ring is
+/// gives the same statuses, lengths and bytes over either (and over the ring with no thread-pool
+/// hop: routines inline in the hosts, callers' continuations on the kernel's readers); a host killed under the ring is
 /// restarted on a fresh ring and the data survives.
 /// </summary>
 [Collection("processes")]
@@ -20,9 +21,14 @@ public sealed class RingTransportTests
         var pipe = await RunAsync(Transport.Pipe, isolation);
         var ring = await RunAsync(Transport.Ring, isolation);
 
+        // And with no thread-pool hop on the path: routines inline on the hosts' readers, the
+        // callers' continuations on the kernel's.
+        var runToCompletion = await RunAsync(Transport.Ring, isolation, runToCompletion: true);
+
         Assert.Equal(pipe.Count, ring.Count);
         Assert.True(pipe.Count > 600, $"{pipe.Count} results");
         Assert.Equal(pipe, ring);
+        Assert.Equal(pipe, runToCompletion);
     }
 
     [Fact]
@@ -56,9 +62,15 @@ public sealed class RingTransportTests
 
     /// <summary>Every result of a seeded mix of reads and writes (many in flight) on three
     /// devices, in a fixed order: device, index, status, information, the bytes read.</summary>
-    private static async Task<List<string>> RunAsync(Transport transport, IsolationModel isolation)
+    private static async Task<List<string>> RunAsync(Transport transport, IsolationModel isolation, bool runToCompletion = false)
     {
-        await using var kernel = new Microkernel(new KernelOptions { Transport = transport, IommuMode = IommuMode.Strict });
+        await using var kernel = new Microkernel(new KernelOptions
+        {
+            Transport = transport,
+            IommuMode = IommuMode.Strict,
+            HostDispatch = runToCompletion ? DriverHost.HostDispatch.Inline : DriverHost.HostDispatch.Pool,
+            InlineCompletions = runToCompletion,
+        });
         await kernel.StartAsync([TestManifests.Sample("Null"), TestManifests.Sample("RamDisk"), TestManifests.Sample("XorFilter"), TestManifests.Sample("VBlock")], isolation).Bounded();
         var results = new List<string>();
         foreach (var path in new[] { @"\??\NUL", @"\??\RamDisk0", @"\??\VBlock0" })

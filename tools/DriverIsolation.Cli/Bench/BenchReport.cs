@@ -32,6 +32,13 @@ internal sealed record BenchReport
 
     [JsonPropertyName("ring_throughput_per_s")] public required SortedDictionary<string, double> RingThroughputPerS { get; init; }
 
+    /// <summary>The ring transport with no thread-pool hop: routines inline on the host's reader,
+    /// callers' continuations on the kernel's (<c>ring_run_to_completion</c> in the round trips).</summary>
+    [JsonPropertyName("ratio_ring_run_to_completion_vs_raw_shm")] public double RatioRunToCompletionVsRawShm { get; init; }
+
+    /// <summary>The same at depth 64.</summary>
+    [JsonPropertyName("ring_run_to_completion_throughput_per_s")] public double RunToCompletionThroughputPerS { get; init; }
+
     [JsonPropertyName("raw_shm_throughput_per_s")] public double RawShmThroughputPerS { get; init; }
 
     [JsonPropertyName("recovery_p50_ms")] public double? RecoveryP50Ms { get; init; }

@@ -95,6 +95,28 @@ internal sealed class QuickBench(bool quick, Action<string> progress)
             }
         }
 
+        // The ring with no thread-pool hop on the path: routines inline on the host's reader,
+        // the caller's continuation on the kernel's reader (two spinning threads, as in raw_shm).
+        progress("process, ring transport, run to completion");
+        double[] runToCompletionRtt;
+        double runToCompletionThroughput;
+        await using (var kernel = new Microkernel(new KernelOptions
+        {
+            WarmPoolSize = 0, Transport = Transport.Ring, HostDispatch = DriverHost.HostDispatch.Inline, InlineCompletions = true,
+        }))
+        {
+            await kernel.StartAsync([EmbeddedManifests.Load("Null")], IsolationModel.Process).ConfigureAwait(false);
+            await using var nul = await kernel.OpenAsync(@"\Device\Null").ConfigureAwait(false);
+            var buffer = new byte[Payload];
+            for (var i = 0; i < _warmup; i++)
+            {
+                await nul.ReadAsync(buffer).ConfigureAwait(false);
+            }
+
+            runToCompletionRtt = await TimeEachAsync(() => nul.ReadAsync(buffer)).ConfigureAwait(false);
+            runToCompletionThroughput = await ThroughputAsync(64, () => nul.ReadAsync(new byte[Payload])).ConfigureAwait(false);
+        }
+
         // The raw baselines after the models: the framing code they share with them is warm by
         // now, so the comparison is not between cold and hot code.
         progress("raw pipe (drvhost --echo)");
@@ -109,8 +131,10 @@ internal sealed class QuickBench(bool quick, Action<string> progress)
         {
             Requests = _requests,
             PayloadBytes = Payload,
-            RttP50Us = Keyed(rawRtt, rawShmRtt, ringRtt, inlineRtt, rtt, 50),
-            RttP99Us = Keyed(rawRtt, rawShmRtt, ringRtt, inlineRtt, rtt, 99),
+            RttP50Us = Keyed(rawRtt, rawShmRtt, ringRtt, runToCompletionRtt, inlineRtt, rtt, 50),
+            RttP99Us = Keyed(rawRtt, rawShmRtt, ringRtt, runToCompletionRtt, inlineRtt, rtt, 99),
+            RatioRunToCompletionVsRawShm = Math.Round(Percentile(runToCompletionRtt, 50) / Percentile(rawShmRtt, 50), 2),
+            RunToCompletionThroughputPerS = runToCompletionThroughput,
             InlineDispatchThroughputPerS = inlineThroughput,
             RatioRingVsRawShm = Math.Round(Percentile(ringRtt, 50) / Percentile(rawShmRtt, 50), 2),
             RingThroughputPerS = ringThroughput,
@@ -251,8 +275,10 @@ internal sealed class QuickBench(bool quick, Action<string> progress)
         return samples.Count == 0 ? null : Math.Round(Percentile([.. samples.Order()], 50), 2);
     }
 
-    private static SortedDictionary<string, double?> Keyed(double[] raw, double[] rawShm, double[] ring, double[] inline, Dictionary<IsolationModel, double[]> models, double p) => new(StringComparer.Ordinal)
+    private static SortedDictionary<string, double?> Keyed(double[] raw, double[] rawShm, double[] ring, double[] runToCompletion, double[] inline,
+        Dictionary<IsolationModel, double[]> models, double p) => new(StringComparer.Ordinal)
     {
+        ["ring_run_to_completion"] = Math.Round(Percentile(runToCompletion, p), 2),
         ["process_inline_dispatch"] = Math.Round(Percentile(inline, p), 2),
         ["raw_pipe"] = Math.Round(Percentile(raw, p), 2),
         ["raw_shm"] = Math.Round(Percentile(rawShm, p), 2),

@@ -37,6 +37,8 @@ internal static class BenchCommand
             $"throughput (process) at depth 1 / 16 / 64: {report.ThroughputPerS["1"]:F0} / {report.ThroughputPerS["16"]:F0} / {report.ThroughputPerS["64"]:F0} IRP/s (with inline dispatch in the host: {report.InlineDispatchThroughputPerS:F0}); raw pipe at 64: {report.RawThroughputPerS:F0}/s"));
         AnsiConsole.MarkupLine(string.Create(CultureInfo.InvariantCulture,
             $"ring transport: process over the ring vs raw shared memory (p50): [bold]{report.RatioRingVsRawShm:F2}x[/]; throughput at depth 1 / 16 / 64: {report.RingThroughputPerS["1"]:F0} / {report.RingThroughputPerS["16"]:F0} / {report.RingThroughputPerS["64"]:F0} IRP/s; raw shared memory at 64: {report.RawShmThroughputPerS:F0}/s"));
+        AnsiConsole.MarkupLine(string.Create(CultureInfo.InvariantCulture,
+            $"ring, run to completion (routines on the host's reader, continuations on the kernel's) vs raw shared memory (p50): [bold]{report.RatioRunToCompletionVsRawShm:F2}x[/]; throughput at depth 64: {report.RunToCompletionThroughputPerS:F0} IRP/s"));
         AnsiConsole.MarkupLine($"recovery (kill -> first IRP served, warm pool) p50: {Format(report.RecoveryP50Ms)} ms");
         if (json is not null)
         {

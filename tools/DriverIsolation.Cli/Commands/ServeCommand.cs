@@ -48,6 +48,10 @@ internal static class ServeCommand
             Description = "How requests reach the driver hosts: pipe or ring (shared memory); default: as each manifest says, else pipe",
         };
         transport.AcceptOnlyFromAmong("pipe", "ring");
+        var runToCompletion = new Option<bool>("--run-to-completion")
+        {
+            Description = "Run drivers' routines on the hosts' reader threads and the NBD server's continuations on the kernel's (no thread-pool hop per request; see docs/performance.md)",
+        };
         var chaos = new Option<string?>("--chaos-kill-every") { Description = "Kill the hosts of the drivers on block hardware this often (e.g. 2s)" };
         var trace = new Option<FileInfo?>("--trace") { Description = "Record a Chrome / Perfetto trace of every IRP while serving; written to this file when the kernel stops" };
         var load = new Option<int>("--load") { Description = "Keep every disk and the null device busy with this many 4 KiB reads a second each (something to watch in drviso top)", DefaultValueFactory = _ => 0 };
@@ -67,7 +71,7 @@ internal static class ServeCommand
         });
         var command = new Command("serve", "Boot a kernel and keep it running, its block devices exported over NBD; manage it with drviso drivers / quarantine / inject")
         {
-            manifests, scenario, isolation, iommu, transport, nbd, chaos, trace, load, verbose,
+            manifests, scenario, isolation, iommu, transport, runToCompletion, nbd, chaos, trace, load, verbose,
         };
         command.Validators.Add(r =>
         {
@@ -79,16 +83,22 @@ internal static class ServeCommand
         command.SetAction((parse, ct) => RunAsync(parse.GetValue(manifests), parse.GetValue(scenario), parse.GetValue(isolation),
             parse.GetValue(iommu) is { } mode ? Enum.Parse<Kernel.Hardware.IommuMode>(mode, ignoreCase: true) : null, parse.GetValue(nbd)!,
             parse.GetValue(chaos) is { } every && Durations.TryParse(every, out var period) ? period : null, parse.GetValue(verbose),
-            parse.GetValue(transport) switch { "ring" => Transport.Ring, "pipe" => Transport.Pipe, _ => null }, parse.GetValue(trace), parse.GetValue(load), ct));
+            parse.GetValue(transport) switch { "ring" => Transport.Ring, "pipe" => Transport.Pipe, _ => null }, parse.GetValue(trace), parse.GetValue(load), parse.GetValue(runToCompletion), ct));
         return command;
     }
 
     private static async Task<int> RunAsync(DirectoryInfo? folder, FileInfo? scenarioFile, string? isolation, Kernel.Hardware.IommuMode? iommu, string nbdEndpoint,
-        TimeSpan? chaosEvery, bool verbose, Transport? transport, FileInfo? traceFile, int load, CancellationToken stop)
+        TimeSpan? chaosEvery, bool verbose, Transport? transport, FileInfo? traceFile, int load, bool runToCompletion, CancellationToken stop)
     {
         IReadOnlyList<DriverManifest> manifests;
         // Every driver behind a dormant fault shim: drviso inject can break any of them by hand.
         var options = new KernelOptions { FaultInjection = true };
+        if (runToCompletion)
+        {
+            options.HostDispatch = DriverHost.HostDispatch.Inline;
+            options.InlineCompletions = true;
+        }
+
         try
         {
             if (scenarioFile is not null)
