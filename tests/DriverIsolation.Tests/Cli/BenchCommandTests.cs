@@ -22,18 +22,21 @@ public sealed class BenchCommandTests : IDisposable
         foreach (var percentile in new[] { "rtt_p50_us", "rtt_p99_us" })
         {
             var paths = root.GetProperty(percentile);
-            foreach (var measured in new[] { "raw_pipe", "raw_shm", "in_kernel", "shared_host", "process", "process_inline_dispatch", "ring" })
+            foreach (var measured in new[] { "raw_pipe", "raw_shm", "in_kernel", "shared_host", "process", "process_inline_dispatch", "ring", "process_run_to_completion", "ring_run_to_completion" })
             {
                 Assert.True(paths.GetProperty(measured).GetDouble() > 0, $"{percentile}.{measured}");
             }
         }
 
-        foreach (var field in new[] { "ratio_process_vs_raw_pipe", "ratio_ring_vs_raw_shm", "in_kernel_ns", "alloc_bytes_per_irp", "raw_throughput_per_s", "inline_dispatch_throughput_per_s", "raw_shm_throughput_per_s", "recovery_p50_ms" })
+        foreach (var field in new[] { "ratio_process_vs_raw_pipe", "ratio_ring_vs_raw_shm", "in_kernel_ns", "alloc_bytes_per_irp", "raw_throughput_per_s", "inline_dispatch_throughput_per_s", "raw_shm_throughput_per_s", "recovery_p50_ms", "ratio_ring_run_to_completion_vs_raw_shm" })
         {
             Assert.True(root.GetProperty(field).GetDouble() > 0, field);
         }
 
         Assert.Equal(["1", "16", "64"], root.GetProperty("throughput_per_s").EnumerateObject().Select(p => p.Name).Order(StringComparer.Ordinal));
         Assert.Equal(["1", "16", "64"], root.GetProperty("ring_throughput_per_s").EnumerateObject().Select(p => p.Name).Order(StringComparer.Ordinal));
+        var runToCompletion = root.GetProperty("run_to_completion_throughput_per_s");
+        Assert.Equal(["pipe", "ring"], runToCompletion.EnumerateObject().Select(p => p.Name).Order(StringComparer.Ordinal));
+        Assert.All(runToCompletion.EnumerateObject(), p => Assert.True(p.Value.GetDouble() > 0, p.Name));
     }
 }

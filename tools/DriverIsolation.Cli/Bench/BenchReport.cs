@@ -33,11 +33,12 @@ internal sealed record BenchReport
     [JsonPropertyName("ring_throughput_per_s")] public required SortedDictionary<string, double> RingThroughputPerS { get; init; }
 
     /// <summary>The ring transport with no thread-pool hop: routines inline on the host's reader,
-    /// callers' continuations on the kernel's (<c>ring_run_to_completion</c> in the round trips).</summary>
+    /// callers' continuations on the kernel's (<c>ring_run_to_completion</c> in the round trips;
+    /// <c>process_run_to_completion</c> is the same over the pipe).</summary>
     [JsonPropertyName("ratio_ring_run_to_completion_vs_raw_shm")] public double RatioRunToCompletionVsRawShm { get; init; }
 
-    /// <summary>The same at depth 64.</summary>
-    [JsonPropertyName("ring_run_to_completion_throughput_per_s")] public double RunToCompletionThroughputPerS { get; init; }
+    /// <summary>With no thread-pool hop, at depth 64, keyed by transport (<c>pipe</c>, <c>ring</c>).</summary>
+    [JsonPropertyName("run_to_completion_throughput_per_s")] public required SortedDictionary<string, double> RunToCompletionThroughputPerS { get; init; }
 
     [JsonPropertyName("raw_shm_throughput_per_s")] public double RawShmThroughputPerS { get; init; }
 

@@ -38,7 +38,7 @@ internal static class BenchCommand
         AnsiConsole.MarkupLine(string.Create(CultureInfo.InvariantCulture,
             $"ring transport: process over the ring vs raw shared memory (p50): [bold]{report.RatioRingVsRawShm:F2}x[/]; throughput at depth 1 / 16 / 64: {report.RingThroughputPerS["1"]:F0} / {report.RingThroughputPerS["16"]:F0} / {report.RingThroughputPerS["64"]:F0} IRP/s; raw shared memory at 64: {report.RawShmThroughputPerS:F0}/s"));
         AnsiConsole.MarkupLine(string.Create(CultureInfo.InvariantCulture,
-            $"ring, run to completion (routines on the host's reader, continuations on the kernel's) vs raw shared memory (p50): [bold]{report.RatioRunToCompletionVsRawShm:F2}x[/]; throughput at depth 64: {report.RunToCompletionThroughputPerS:F0} IRP/s"));
+            $"run to completion (routines on the host's reader, continuations on the kernel's): ring vs raw shared memory (p50) [bold]{report.RatioRunToCompletionVsRawShm:F2}x[/]; throughput at depth 64: pipe {report.RunToCompletionThroughputPerS["pipe"]:F0} IRP/s ({report.RunToCompletionThroughputPerS["pipe"] / report.RawThroughputPerS:F2}x the raw pipe), ring {report.RunToCompletionThroughputPerS["ring"]:F0} IRP/s"));
         AnsiConsole.MarkupLine($"recovery (kill -> first IRP served, warm pool) p50: {Format(report.RecoveryP50Ms)} ms");
         if (json is not null)
         {
