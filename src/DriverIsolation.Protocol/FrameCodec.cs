@@ -159,6 +159,32 @@ public static class FrameCodec
             : throw new ProtocolException($"Refusing to send a {message.GetType().Name} of {scratch.WrittenCount} bytes: the frame limit is {maxFrameSize}.");
     }
 
+    /// <summary>Writes a message body without a message object (see <see cref="IFrameBody"/>) into
+    /// <paramref name="scratch"/> and returns it, checked against the frame limit.</summary>
+    /// <exception cref="ProtocolException">The body would exceed <paramref name="maxFrameSize"/>.</exception>
+    public static ReadOnlySpan<byte> SerializeBody<TBody>(in TBody body, int maxFrameSize, ArrayBufferWriter<byte> scratch)
+        where TBody : struct, IFrameBody
+    {
+        ArgumentNullException.ThrowIfNull(scratch);
+        scratch.ResetWrittenCount();
+        var writer = new MessagePackWriter(scratch);
+        body.Write(ref writer);
+        writer.Flush();
+        return scratch.WrittenCount <= maxFrameSize
+            ? scratch.WrittenSpan
+            : throw new ProtocolException($"Refusing to send a {body.Name} of {scratch.WrittenCount} bytes: the frame limit is {maxFrameSize}.");
+    }
+
+    /// <summary>Writes a length prefix and an encoded body to <paramref name="output"/>.</summary>
+    public static void WriteFrame(IBufferWriter<byte> output, ReadOnlySpan<byte> body)
+    {
+        ArgumentNullException.ThrowIfNull(output);
+        var span = output.GetSpan(ProtocolConstants.FrameHeaderSize + body.Length);
+        BinaryPrimitives.WriteUInt32LittleEndian(span, (uint)body.Length);
+        body.CopyTo(span[ProtocolConstants.FrameHeaderSize..]);
+        output.Advance(ProtocolConstants.FrameHeaderSize + body.Length);
+    }
+
     /// <summary>Encodes a whole frame into a new array (tests, tools).</summary>
     public static byte[] Encode(Message message, int maxFrameSize = ProtocolConstants.DefaultMaxFrameSize)
     {

@@ -208,6 +208,31 @@ public sealed class FrameConnection : IAsyncDisposable
         }
     }
 
+    /// <summary>Queues a hot message written without a message object (see <see cref="IFrameBody"/>);
+    /// otherwise as <see cref="Send(Message)"/>.</summary>
+    /// <exception cref="ProtocolException">The message exceeds the frame limit.</exception>
+    public bool Send<TBody>(in TBody body)
+        where TBody : struct, IFrameBody
+    {
+        lock (_sendGate)
+        {
+            if (_outputCompleted)
+            {
+                return false;
+            }
+
+            var encoded = FrameCodec.SerializeBody(in body, _maxFrameSize, _scratch);
+            if (_sendRing is { } ring)
+            {
+                return WriteToRing(ring, encoded);
+            }
+
+            FrameCodec.WriteFrame(_output.Writer, encoded);
+            Commit();
+            return true;
+        }
+    }
+
     /// <summary>Sends a message and waits until it has been written to the stream (or the
     /// connection ended, or <paramref name="timeout"/> passed): for a message that must be out
     /// before something drastic happens to this process. False if it was not written.</summary>

@@ -109,7 +109,7 @@ internal sealed class RawEcho : IAsyncDisposable
 
     private void Send(int payload)
     {
-        if (!_connection.Send(new Dispatch(++_nextId, 1, MajorFunction.Read, 0, 1, 0, payload, 0, ReadOnlyMemory<byte>.Empty, payload)))
+        if (!_connection.Send(new DispatchBody(++_nextId, 1, MajorFunction.Read, 0, 1, 0, payload, 0, ReadOnlyMemory<byte>.Empty, payload)))
         {
             throw new InvalidOperationException($"the echo peer's connection is closed: {_connection.CloseReason}");
         }

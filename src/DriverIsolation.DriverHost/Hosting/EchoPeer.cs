@@ -16,7 +16,7 @@ internal static class EchoPeer
         {
             if (message is Dispatch d)
             {
-                connection.Send(new Complete(d.IrpId, d.DeviceId, NtStatus.Success, d.OutputLength,
+                connection.Send(new CompleteBody(d.IrpId, d.DeviceId, NtStatus.Success, d.OutputLength,
                     d.OutputLength > 0 ? new byte[d.OutputLength] : ReadOnlyMemory<byte>.Empty));
             }
         }

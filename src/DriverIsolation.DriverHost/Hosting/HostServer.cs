@@ -359,7 +359,7 @@ public sealed class HostServer : IKernelLink
     void IKernelLink.Complete(long irpId, int deviceId, NtStatus status, long information, ReadOnlyMemory<byte> data)
     {
         EndStay(irpId, deviceId, $"completed with {status}");
-        _connection.Send(new Complete(irpId, deviceId, status, information, data));
+        _connection.Send(new CompleteBody(irpId, deviceId, status, information, data));
     }
 
     void IKernelLink.PassDown(long irpId, int deviceId, bool wantsCompletion, long offset, int length, ReadOnlyMemory<byte> input)

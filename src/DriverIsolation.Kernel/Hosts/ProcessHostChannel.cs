@@ -175,7 +175,7 @@ internal sealed class ProcessHostChannel : IHostChannel
 
     public void Dispatch(KernelIrp irp, DeviceLayer layer)
     {
-        if (!Send(new Protocol.Dispatch(irp.Id, layer.DeviceId, irp.MajorFunction, irp.MinorFunction, irp.File.Id, irp.Offset,
+        if (!_connection.Send(new DispatchBody(irp.Id, layer.DeviceId, irp.MajorFunction, irp.MinorFunction, irp.File.Id, irp.Offset,
                 irp.Length, irp.IoControlCode, irp.Input, irp.OutputLength, irp.TraceParent)))
         {
             Undeliverable(irp);

@@ -171,7 +171,7 @@ internal sealed class QuickBench(bool quick, Action<string> progress)
             long id = 0;
             async Task<IoResult> RoundTrip()
             {
-                connection.Send(new Dispatch(++id, 1, MajorFunction.Read, 0, 1, 0, Payload, 0, ReadOnlyMemory<byte>.Empty, Payload));
+                connection.Send(new DispatchBody(++id, 1, MajorFunction.Read, 0, 1, 0, Payload, 0, ReadOnlyMemory<byte>.Empty, Payload));
                 var reply = (Complete)(await connection.ReadAsync().ConfigureAwait(false))!;
                 return new IoResult(reply.Status, reply.Information);
             }
@@ -188,7 +188,7 @@ internal sealed class QuickBench(bool quick, Action<string> progress)
             var sent = 0;
             for (; sent < 64; sent++)
             {
-                connection.Send(new Dispatch(++id, 1, MajorFunction.Read, 0, 1, 0, Payload, 0, ReadOnlyMemory<byte>.Empty, Payload));
+                connection.Send(new DispatchBody(++id, 1, MajorFunction.Read, 0, 1, 0, Payload, 0, ReadOnlyMemory<byte>.Empty, Payload));
             }
 
             for (var received = 0; received < _requests; received++)
@@ -196,7 +196,7 @@ internal sealed class QuickBench(bool quick, Action<string> progress)
                 await connection.ReadAsync().ConfigureAwait(false);
                 if (sent < _requests)
                 {
-                    connection.Send(new Dispatch(++id, 1, MajorFunction.Read, 0, 1, 0, Payload, 0, ReadOnlyMemory<byte>.Empty, Payload));
+                    connection.Send(new DispatchBody(++id, 1, MajorFunction.Read, 0, 1, 0, Payload, 0, ReadOnlyMemory<byte>.Empty, Payload));
                     sent++;
                 }
             }

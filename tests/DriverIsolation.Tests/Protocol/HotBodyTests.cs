@@ -1,0 +1,86 @@
+using System.Buffers;
+using CsCheck;
+using DriverIsolation.Protocol;
+
+namespace DriverIsolation.Tests;
+
+/// <summary>
+/// The two messages every request carries are written without a message object
+/// (<see cref="DispatchBody"/>, <see cref="CompleteBody"/>). Their bytes must be exactly the
+/// serializer's for the same message record, for any field values, so a peer cannot tell them
+/// apart; and they decode back to those values.
+/// </summary>
+public sealed class HotBodyTests
+{
+    private const int Iterations = 5_000;
+
+    private static readonly Gen<long> AnyLong = Gen.OneOf(Gen.Long, Gen.Long[-300, 300], Pick(long.MinValue, long.MaxValue, 0L, 127L, 128L, 255L, 256L, 65_535L, 65_536L, uint.MaxValue));
+
+    private static readonly Gen<int> AnyInt = Gen.OneOf(Gen.Int, Gen.Int[-300, 300], Pick(int.MinValue, int.MaxValue, 0, 31, 32, 127, 128, 255, 256, 65_535, 65_536));
+
+    private static readonly Gen<byte[]> AnyBytes = Gen.OneOf(Gen.Byte.Array[0, 40], Gen.Byte.Array[250, 260], Gen.Byte.Array[65_530, 65_540]);
+
+    private static Gen<T> Pick<T>(params T[] values) => Gen.Int[0, values.Length - 1].Select(i => values[i]);
+
+    [Fact]
+    public void DispatchBody_WritesExactlyTheSerializersBytes()
+    {
+        var dispatches =
+            from irp in AnyLong
+            from device in AnyInt
+            from major in Gen.Byte
+            from minor in Gen.Byte
+            from file in AnyLong
+            from offset in AnyLong
+            from length in AnyInt
+            from ioctl in Gen.OneOf(Gen.UInt, Pick(0u, 127u, 128u, uint.MaxValue))
+            from input in AnyBytes
+            from output in AnyInt
+            from trace in Gen.OneOf(Gen.Const((string?)null), Gen.String.Select(s => (string?)s), Gen.Const((string?)"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"))
+            select (irp, device, (MajorFunction)major, minor, file, offset, length, ioctl, input, output, trace);
+
+        dispatches.Sample(d =>
+        {
+            var record = new Dispatch(d.irp, d.device, d.Item3, d.minor, d.file, d.offset, d.length, d.ioctl, d.input, d.output, d.trace);
+            var body = new DispatchBody(d.irp, d.device, d.Item3, d.minor, d.file, d.offset, d.length, d.ioctl, d.input, d.output, d.trace);
+            var expected = FrameCodec.SerializeBody(record, int.MaxValue, new ArrayBufferWriter<byte>()).ToArray();
+            var written = FrameCodec.SerializeBody(body, int.MaxValue, new ArrayBufferWriter<byte>()).ToArray();
+            Assert.Equal(expected, written);
+
+            var back = Assert.IsType<Dispatch>(FrameCodec.DecodeBody(new ReadOnlySequence<byte>(written), FrameCodec.UntrustedOptions));
+            Assert.Equal((d.irp, d.device, d.Item3, d.minor, d.file, d.offset, d.length, d.ioctl, d.output, d.trace),
+                (back.IrpId, back.DeviceId, back.MajorFunction, back.MinorFunction, back.FileId, back.Offset, back.Length, back.IoControlCode, back.OutputLength, back.TraceParent));
+            Assert.Equal(d.input, back.Input.ToArray());
+        }, iter: Iterations);
+    }
+
+    [Fact]
+    public void CompleteBody_WritesExactlyTheSerializersBytes()
+    {
+        var completes =
+            from irp in AnyLong
+            from device in AnyInt
+            from status in Gen.OneOf(Gen.UInt, Pick(0u, 0x103u, 0xC0000001u, uint.MaxValue))
+            from information in AnyLong
+            from data in AnyBytes
+            select (irp, device, (NtStatus)status, information, data);
+
+        completes.Sample(c =>
+        {
+            var record = new Complete(c.irp, c.device, c.Item3, c.information, c.data);
+            var body = new CompleteBody(c.irp, c.device, c.Item3, c.information, c.data);
+            var expected = FrameCodec.SerializeBody(record, int.MaxValue, new ArrayBufferWriter<byte>()).ToArray();
+            var written = FrameCodec.SerializeBody(body, int.MaxValue, new ArrayBufferWriter<byte>()).ToArray();
+            Assert.Equal(expected, written);
+        }, iter: Iterations);
+    }
+
+    [Fact]
+    public void ABodyOverTheFrameLimit_IsRefusedByName()
+    {
+        var body = new CompleteBody(1, 1, NtStatus.Success, 100, new byte[100]);
+
+        var refused = Assert.Throws<ProtocolException>(() => FrameCodec.SerializeBody(body, 64, new ArrayBufferWriter<byte>()).ToArray());
+        Assert.Contains("Complete", refused.Message, StringComparison.Ordinal);
+    }
+}
