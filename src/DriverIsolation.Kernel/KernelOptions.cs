@@ -23,8 +23,10 @@ public sealed class KernelOptions
     /// thread pool: one thread hop less per request (with the ring transport and inline host
     /// dispatch, the whole round trip runs on two spinning threads). That thread reads nothing
     /// from the host while the continuation runs; one that holds it past <see cref="InlineStall"/>
-    /// gets it to itself and a new thread reads on, so a blocking caller delays that host's other
-    /// completions by that long at most. Off by default: see docs/performance.md.</summary>
+    /// gets it to itself and a new thread reads on (the watch looks twice per stall time, so after
+    /// one to one and a half of it), and a blocking caller delays that host's other completions by
+    /// that long. Applies to devices whose top driver runs in a host process. Off by default: see
+    /// docs/performance.md.</summary>
     public bool InlineCompletions { get; set; }
 
     /// <summary>True: every warm host loads, ahead of time, the drivers that may restart in it

@@ -295,6 +295,18 @@ public sealed class Microkernel : IAsyncDisposable
         }
     }
 
+    /// <summary>How many callers' continuations ran on the kernel's reader of a driver's host
+    /// (<see cref="KernelOptions.InlineCompletions"/>); 0 for a driver not in a host process.</summary>
+    internal long CompletedInline(string driverName)
+    {
+        lock (_gate)
+        {
+            return _drivers.FirstOrDefault(d => d.Name.Equals(driverName, StringComparison.OrdinalIgnoreCase))?.Host is ProcessHostChannel channel
+                ? channel.CompletedInline
+                : 0;
+        }
+    }
+
     /// <summary>Kills the host a driver runs in, as a crash would (kill -9). In-kernel, this is a
     /// bug check.</summary>
     public void KillDriverHost(string driverName)

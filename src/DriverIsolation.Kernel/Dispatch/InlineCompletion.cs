@@ -14,6 +14,26 @@ internal static class InlineCompletion
     [ThreadStatic]
     private static KernelIrp? t_deferred;
 
+    [ThreadStatic]
+    private static bool t_running;
+
+    /// <summary>True on a reader while it runs a caller's continuation (for tests and diagnostics).</summary>
+    public static bool RunningOnReader => t_running;
+
+    /// <summary>Sets the caller's result on this reader: its continuation runs here, now.</summary>
+    public static void Run(KernelIrp irp)
+    {
+        t_running = true;
+        try
+        {
+            irp.Completion.TrySetResult(irp.PendingResult);
+        }
+        finally
+        {
+            t_running = false;
+        }
+    }
+
     /// <summary>This thread handles a host's frame and will complete what it defers.</summary>
     public static void Begin()
     {

@@ -35,10 +35,15 @@ internal sealed class IoManager : IDisposable
         _logger = logger;
         _options = options;
         _irps = new IrpTable(options.FinishedIrpMemory);
+        InlineCompletions = options.InlineCompletions;
         _deadlines = new DeadlineQueue(time, static irp => irp.Manager!.OnDeadline(irp));
     }
 
     private readonly DeadlineQueue _deadlines;
+
+    /// <summary><see cref="KernelOptions.InlineCompletions"/>, as it was when the kernel was made
+    /// (the host channels start their stall watches by it).</summary>
+    public bool InlineCompletions { get; }
 
     /// <summary>IRPs whose deadline is running (the kernel's own bookkeeping, for tests).</summary>
     public int DeadlinesRunning => _deadlines.Count;
@@ -107,7 +112,7 @@ internal sealed class IoManager : IDisposable
         // The system buffer: drivers get a copy, never the caller's memory.
         var systemInput = input.IsEmpty ? ReadOnlyMemory<byte>.Empty : input.ToArray();
         var irp = new KernelIrp(Interlocked.Increment(ref _lastIrpId), file, majorFunction, 0, offset, length,
-            ioControlCode, systemInput, output, _options.InlineCompletions && device.Layers[0].Host.Isolation != IsolationModel.InKernel)
+            ioControlCode, systemInput, output, InlineCompletions && device.Layers[0].Host.Isolation != IsolationModel.InKernel)
         {
             Admitted = top,
             Manager = this,

@@ -100,7 +100,8 @@ internal sealed class KernelIrp : IThreadPoolWorkItem
 
     public int OutputLength { get; }
 
-    public Lock Gate { get; } = new();
+    /// <summary>The IRP's own monitor (no lock object per IRP: one allocation less per request).</summary>
+    public object Gate => this;
 
     /// <summary>Index of the stack layer that owns the IRP now. Guarded by <see cref="Gate"/>.</summary>
     public int Layer { get; set; }

@@ -78,12 +78,14 @@ internal sealed class ProcessHostChannel : IHostChannel
         _maxRefusals = options.MaxRefusalsPerSecond;
         _logLimit = new RateLimit(time, options.MaxLogLinesPerSecond, options.MaxLogLinesPerSecond);
         _refusalLimit = new RateLimit(time, options.MaxRefusalsPerSecond, options.MaxRefusalsPerSecond);
-        if (options.InlineCompletions)
+        if (_io.InlineCompletions)
         {
-            // Looks twice per stall period for a caller's continuation that has held the reader too long.
+            // Looks twice per stall period for a caller's continuation that has held the reader
+            // too long (so it is handed off between one and one and a half stall periods).
             _time = time;
-            _stallTicks = (long)(options.InlineStall.TotalSeconds * time.TimestampFrequency);
-            var period = options.InlineStall / 2;
+            var stall = options.InlineStall > TimeSpan.Zero ? options.InlineStall : DriverHost.HostServer.DefaultInlineStall;
+            _stallTicks = (long)(stall.TotalSeconds * time.TimestampFrequency);
+            var period = TimeSpan.FromTicks(Math.Max(stall.Ticks / 2, TimeSpan.TicksPerMillisecond));
             _stallWatch = time.CreateTimer(static s => ((ProcessHostChannel)s!).CheckStall(), this, period, period);
         }
 
@@ -95,6 +97,7 @@ internal sealed class ProcessHostChannel : IHostChannel
     private ITimer? _stallWatch;
     private long _stallTicks;
     private readonly Lock _readerGate = new();
+    private bool _inlineRunning;
     private long _inlineSince;
     private int _readerGeneration;
     private long _handoffs;
@@ -107,14 +110,31 @@ internal sealed class ProcessHostChannel : IHostChannel
     /// reader still reads when it returns.</summary>
     private bool CompleteInline(KernelIrp irp, int generation)
     {
-        Volatile.Write(ref _inlineSince, _time.GetTimestamp());
-        irp.Completion.TrySetResult(irp.PendingResult);
         lock (_readerGate)
         {
-            _inlineSince = 0;
-            return _readerGeneration == generation;
+            _inlineSince = _time.GetTimestamp();
+            _inlineRunning = true;
+        }
+
+        Interlocked.Increment(ref _completedInline);
+        InlineCompletion.Run(irp);
+        lock (_readerGate)
+        {
+            // Handed off meanwhile: the running marker is the next reader's now, not this one's.
+            if (_readerGeneration != generation)
+            {
+                return false;
+            }
+
+            _inlineRunning = false;
+            return true;
         }
     }
+
+    private long _completedInline;
+
+    /// <summary>Callers' continuations run on this host's reader so far (<see cref="KernelOptions.InlineCompletions"/>).</summary>
+    public long CompletedInline => Interlocked.Read(ref _completedInline);
 
     /// <summary>The stall watch: a caller's continuation has held the reader past the stall time,
     /// so another thread takes over reading the host (the continuation goes on, as it would on the
@@ -124,18 +144,18 @@ internal sealed class ProcessHostChannel : IHostChannel
         int next;
         lock (_readerGate)
         {
-            var since = Volatile.Read(ref _inlineSince);
-            if (since == 0 || _time.GetTimestamp() - since < _stallTicks || _killReason is not null)
+            if (!_inlineRunning || _time.GetTimestamp() - _inlineSince < _stallTicks || _killReason is not null)
             {
                 return;
             }
 
-            _inlineSince = 0;
+            _inlineRunning = false;
             next = ++_readerGeneration;
             Interlocked.Increment(ref _handoffs);
         }
 
-        _ = DoReceiveAsync(next);
+        // On the pool, not on the clock's thread (nor in whatever context its caller has).
+        ThreadPool.UnsafeQueueUserWorkItem(static s => _ = s.Channel.DoReceiveAsync(s.Next), (Channel: this, Next: next), preferLocal: false);
     }
 
     /// <summary>Starts heartbeats; <paramref name="onWatchdogKill"/> hears why the host was killed.</summary>
@@ -336,11 +356,6 @@ internal sealed class ProcessHostChannel : IHostChannel
     /// time.</summary>
     private async Task DoReceiveAsync(int generation)
     {
-        if (generation > 0)
-        {
-            await Task.Yield();
-        }
-
         var handedOff = false;
         try
         {

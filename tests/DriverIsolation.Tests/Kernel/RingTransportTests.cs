@@ -92,6 +92,14 @@ public sealed class RingTransportTests
 
         Assert.Equal(0, kernel.OutstandingIrps);
         Assert.All(kernel.GetDrivers(), d => Assert.Equal(transport, d.Transport));
+
+        // Run to completion did run the callers' code on the kernel's readers (the devices' top
+        // drivers deliver the completions), and only then.
+        foreach (var top in new[] { "Null", "XorFilter", "VBlock" })
+        {
+            Assert.True(runToCompletion == kernel.CompletedInline(top) > 0, $"{top}: {kernel.CompletedInline(top)} continuations on its reader");
+        }
+
         return results;
     }
 }
