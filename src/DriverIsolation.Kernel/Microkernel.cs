@@ -761,20 +761,21 @@ public sealed class Microkernel : IAsyncDisposable
         var escalated = driver.Isolation == IsolationModel.SharedHost;
         driver.AttachHost(host);
         driver.Isolation = IsolationModel.Process;
-        // The host handles LoadDriver and AddDevice on its reader, in order, before it reads the
-        // next frame: so the load, every AddDevice and every replayed Create go out at once, and
-        // the restart waits for one round trip to the new host, not one per step. (A step that
-        // fails kills the host, and what was sent after it dies with it.)
-        var load = host.LoadDriverAsync(driver, ManifestLoader.ResolveAssemblyPath(driver.Manifest), cancellationToken);
+        var (status, detail) = await host.LoadDriverAsync(driver, ManifestLoader.ResolveAssemblyPath(driver.Manifest), cancellationToken).ConfigureAwait(false);
+        var prepared = status.IsSuccess() && detail == DriverLoadedAhead;
+        if (!status.IsSuccess())
+        {
+            host.Kill("driver failed to load on restart");
+            throw new DriverStartException($"load failed: {detail ?? status.ToString()}");
+        }
+
         var handles = 0;
         if (driver.Devices.Count == 0)
         {
-            await LoadedAsync(host, load).ConfigureAwait(false);
             await CreateDevicesAsync(driver, cancellationToken).ConfigureAwait(false);
         }
         else
         {
-            var steps = new List<(KernelDevice Device, Task<(NtStatus Status, string? Detail)> Added, List<(long File, Task<IoResult> Replayed)> Replays)>();
             foreach (var device in driver.Devices)
             {
                 var index = device.IndexOf(driver);
@@ -792,33 +793,25 @@ public sealed class Microkernel : IAsyncDisposable
                     throw new DriverStartException(ex.Message);
                 }
 
-                var added = host.AddDeviceAsync(driver, layer, device, index < device.Layers.Length - 1, parameters, binding, cancellationToken);
-                steps.Add((device, added, [.. device.OpenFiles.Values.Select(file => (file.Id, _io.ReplayCreateAsync(file, index)))]));
-            }
-
-            await LoadedAsync(host, load).ConfigureAwait(false);
-            foreach (var (device, added, replays) in steps)
-            {
-                var (addStatus, addDetail) = await added.ConfigureAwait(false);
-                if (!addStatus.IsSuccess())
+                var added = await host.AddDeviceAsync(driver, layer, device, index < device.Layers.Length - 1, parameters, binding, cancellationToken).ConfigureAwait(false);
+                if (!added.Status.IsSuccess())
                 {
                     host.Kill("AddDevice failed on restart");
-                    throw new DriverStartException($"AddDevice for {device.Name} failed: {addDetail ?? addStatus.ToString()}");
+                    throw new DriverStartException($"AddDevice for {device.Name} failed: {added.Detail ?? added.Status.ToString()}");
                 }
 
-                foreach (var (file, replayed) in replays)
+                foreach (var file in device.OpenFiles.Values)
                 {
-                    if ((await replayed.ConfigureAwait(false)).Status == NtStatus.DriverProcessTerminated)
+                    var replayed = await _io.ReplayCreateAsync(file, index).ConfigureAwait(false);
+                    if (replayed.Status == NtStatus.DriverProcessTerminated)
                     {
-                        throw new DriverStartException($"died while re-opening handle {file}");
+                        throw new DriverStartException($"died while re-opening handle {file.Id}");
                     }
 
                     handles++;
                 }
             }
         }
-
-        var prepared = load.IsCompletedSuccessfully && load.Result.Detail == DriverLoadedAhead;
 
         KernelIrp[] parked;
         lock (driver.Gate)
@@ -839,17 +832,6 @@ public sealed class Microkernel : IAsyncDisposable
         Events.Add(KernelEventKind.DriverRestarted, driver.Name, null,
             $"PID {host.ProcessId}{(escalated ? ", moved out of its shared host" : "")}{(prepared ? ", loaded ahead in a warm host" : "")}; recovery {recovery.TotalMilliseconds:F1} ms; {parked.Length} parked IRPs re-issued; {handles} handles re-opened");
         _io.ReleaseParked(parked);
-    }
-
-    /// <summary>A restart's load answered: on failure the host is killed and the restart fails.</summary>
-    private static async Task LoadedAsync(ProcessHostChannel host, Task<(NtStatus Status, string? Detail)> load)
-    {
-        var (status, detail) = await load.ConfigureAwait(false);
-        if (!status.IsSuccess())
-        {
-            host.Kill("driver failed to load on restart");
-            throw new DriverStartException($"load failed: {detail ?? status.ToString()}");
-        }
     }
 
     /// <summary>What a host says on loading a driver it had prepared ahead of time.</summary>
