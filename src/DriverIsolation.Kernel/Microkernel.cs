@@ -765,8 +765,7 @@ public sealed class Microkernel : IAsyncDisposable
         var prepared = status.IsSuccess() && detail == DriverLoadedAhead;
         if (!status.IsSuccess())
         {
-            host.Kill("driver failed to load on restart");
-            throw new DriverStartException($"load failed: {detail ?? status.ToString()}");
+            throw await AbandonAsync(host, "driver failed to load on restart", $"load failed: {detail ?? status.ToString()}").ConfigureAwait(false);
         }
 
         var handles = 0;
@@ -789,15 +788,13 @@ public sealed class Microkernel : IAsyncDisposable
                 }
                 catch (InsufficientMemoryException ex)
                 {
-                    host.Kill("no DMA window on restart");
-                    throw new DriverStartException(ex.Message);
+                    throw await AbandonAsync(host, "no DMA window on restart", ex.Message).ConfigureAwait(false);
                 }
 
                 var added = await host.AddDeviceAsync(driver, layer, device, index < device.Layers.Length - 1, parameters, binding, cancellationToken).ConfigureAwait(false);
                 if (!added.Status.IsSuccess())
                 {
-                    host.Kill("AddDevice failed on restart");
-                    throw new DriverStartException($"AddDevice for {device.Name} failed: {added.Detail ?? added.Status.ToString()}");
+                    throw await AbandonAsync(host, "AddDevice failed on restart", $"AddDevice for {device.Name} failed: {added.Detail ?? added.Status.ToString()}").ConfigureAwait(false);
                 }
 
                 foreach (var file in device.OpenFiles.Values)
@@ -805,7 +802,7 @@ public sealed class Microkernel : IAsyncDisposable
                     var replayed = await _io.ReplayCreateAsync(file, index).ConfigureAwait(false);
                     if (replayed.Status == NtStatus.DriverProcessTerminated)
                     {
-                        throw new DriverStartException($"died while re-opening handle {file.Id}");
+                        throw await AbandonAsync(host, "died during the restart", $"died while re-opening handle {file.Id}").ConfigureAwait(false);
                     }
 
                     handles++;
@@ -813,18 +810,26 @@ public sealed class Microkernel : IAsyncDisposable
             }
         }
 
-        KernelIrp[] parked;
+        KernelIrp[] parked = [];
+        var died = false;
         lock (driver.Gate)
         {
-            if (!host.IsAlive)
+            if (host.IsAlive)
             {
-                throw new DriverStartException("the new host died during the restart");
+                driver.SetRunning();
+                driver.Restarts++;
+                parked = [.. driver.Parked];
+                driver.Parked.Clear();
             }
+            else
+            {
+                died = true;
+            }
+        }
 
-            driver.SetRunning();
-            driver.Restarts++;
-            parked = [.. driver.Parked];
-            driver.Parked.Clear();
+        if (died)
+        {
+            throw await AbandonAsync(host, "died during the restart", "the new host died during the restart").ConfigureAwait(false);
         }
 
         var recovery = _time.GetElapsedTime(driver.DownTimestamp);
@@ -832,6 +837,25 @@ public sealed class Microkernel : IAsyncDisposable
         Events.Add(KernelEventKind.DriverRestarted, driver.Name, null,
             $"PID {host.ProcessId}{(escalated ? ", moved out of its shared host" : "")}{(prepared ? ", loaded ahead in a warm host" : "")}; recovery {recovery.TotalMilliseconds:F1} ms; {parked.Length} parked IRPs re-issued; {handles} handles re-opened");
         _io.ReleaseParked(parked);
+    }
+
+    /// <summary>A restart gives up on its new host: the host is killed (if it still runs), and the
+    /// restart waits until its exit has been reported. The report is made on another thread;
+    /// arriving after the next restart began, it would take the next instance for this one
+    /// (fail it, unbind its DMA windows).</summary>
+    private static async Task<DriverStartException> AbandonAsync(ProcessHostChannel host, string killReason, string failure)
+    {
+        host.Kill(killReason);
+        try
+        {
+            await host.ExitReported.WaitAsync(TimeSpan.FromSeconds(10)).ConfigureAwait(false);
+        }
+        catch (TimeoutException)
+        {
+            // A host that cannot be killed: its report finds a driver restarting elsewhere.
+        }
+
+        return new DriverStartException(failure);
     }
 
     /// <summary>What a host says on loading a driver it had prepared ahead of time.</summary>

@@ -66,6 +66,10 @@ internal sealed class ProcessHostChannel : IHostChannel
     /// <summary>The drivers the kernel asked this host to load: the only ones it may speak for.</summary>
     private readonly Dictionary<int, string> _driverIds = [];
 
+    /// <summary>Completes once the host's exit has been reported to the kernel (its IRPs swept,
+    /// its drivers told), whether at a kill or at its exit.</summary>
+    public Task ExitReported => _reported.Task;
+
     /// <summary>Completes with the exit reason once the process has exited and its IRPs are
     /// completed (a host the kernel killed is reported gone earlier, at the SIGKILL).</summary>
     public Task<string> Exited => _exited.Task;
