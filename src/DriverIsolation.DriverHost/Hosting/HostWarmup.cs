@@ -21,6 +21,10 @@ internal static class HostWarmup
             FrameCodec.DecodeBody(body, FrameCodec.TrustedOptions);
         }
 
+        // The host writes its completions without a message object: that path too.
+        var scratch = new System.Buffers.ArrayBufferWriter<byte>(256);
+        FrameCodec.WriteFrame(scratch, FrameCodec.SerializeBody(new CompleteBody(1, 1, NtStatus.Success, 16, new byte[16]), ProtocolConstants.DefaultMaxFrameSize, new System.Buffers.ArrayBufferWriter<byte>(256)));
+
         var runtime = new DriverRuntime(new NullLink(), (_, _) => NullLogger.Instance);
         var empty = new Dictionary<string, string>();
         runtime.LoadDriver(-1, "warmup", new WarmupDriver(), empty);

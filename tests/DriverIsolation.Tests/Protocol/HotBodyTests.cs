@@ -72,6 +72,16 @@ public sealed class HotBodyTests
             var expected = FrameCodec.SerializeBody(record, int.MaxValue, new ArrayBufferWriter<byte>()).ToArray();
             var written = FrameCodec.SerializeBody(body, int.MaxValue, new ArrayBufferWriter<byte>()).ToArray();
             Assert.Equal(expected, written);
+
+            // Framed as the connection frames it, it reads back as the same message.
+            var frame = new ArrayBufferWriter<byte>();
+            FrameCodec.WriteFrame(frame, written);
+            var sequence = new ReadOnlySequence<byte>(frame.WrittenMemory);
+            Assert.True(FrameCodec.TryReadFrame(ref sequence, int.MaxValue, out var framed));
+            Assert.True(sequence.IsEmpty);
+            var back = Assert.IsType<Complete>(FrameCodec.DecodeBody(framed, FrameCodec.UntrustedOptions));
+            Assert.Equal((c.irp, c.device, c.Item3, c.information), (back.IrpId, back.DeviceId, back.Status, back.Information));
+            Assert.Equal(c.data, back.Data.ToArray());
         }, iter: Iterations);
     }
 
