@@ -9,8 +9,9 @@ namespace DriverIsolation.Benchmarks;
 /// (each invocation issues <see cref="Requests"/>). The baseline is the raw named pipe with as
 /// many Dispatch frames in flight on the one connection (drvhost's echo mode); against it, the
 /// Null driver isolated in its own process over the pipe, and the same over the ring transport
-/// with its own raw baseline (the echo over the shared-memory rings). In flight through the
-/// client API means <see cref="Depth"/> callers, each awaiting its Read before the next.
+/// with its own raw baseline (the echo over the shared-memory rings), and over the pipe with no
+/// thread-pool hop (run to completion). In flight through the client API means
+/// <see cref="Depth"/> callers, each awaiting its Read before the next.
 /// </summary>
 [MemoryDiagnoser]
 [Config(typeof(PipelinedConfig))]
@@ -38,6 +39,9 @@ public class ThroughputBenchmarks
 
     [GlobalSetup(Target = nameof(ProcessRing))]
     public Task SetupProcessRing() => BootAsync(Transport.Ring);
+
+    [GlobalSetup(Target = nameof(ProcessRunToCompletion))]
+    public Task SetupProcessRunToCompletion() => BootAsync(Transport.Pipe, runToCompletion: true);
 
     [GlobalCleanup]
     public async Task Cleanup()
@@ -67,6 +71,11 @@ public class ThroughputBenchmarks
     [Benchmark(OperationsPerInvoke = Requests, Description = "IRP process (ring)")]
     public Task ProcessRing() => ReadInLanesAsync();
 
+    /// <summary>Over the pipe with no thread-pool hop: routines inline on the host's reader, the
+    /// lanes' continuations on the kernel's (<see cref="KernelOptions.InlineCompletions"/>).</summary>
+    [Benchmark(OperationsPerInvoke = Requests, Description = "IRP process (pipe, run to completion)")]
+    public Task ProcessRunToCompletion() => ReadInLanesAsync();
+
     private Task ReadInLanesAsync()
     {
         var lanes = new Task[Depth];
@@ -90,10 +99,17 @@ public class ThroughputBenchmarks
         }
     }
 
-    private async Task BootAsync(Transport transport)
+    private async Task BootAsync(Transport transport, bool runToCompletion = false)
     {
         _buffers = [.. Enumerable.Range(0, Depth).Select(_ => new byte[Payload])];
-        _kernel = await KernelUnderTest.StartAsync(new KernelOptions { WarmPoolSize = 0, Transport = transport },
+        var options = new KernelOptions
+        {
+            WarmPoolSize = 0,
+            Transport = transport,
+            HostDispatch = runToCompletion ? DriverHost.HostDispatch.Inline : DriverHost.HostDispatch.Pool,
+            InlineCompletions = runToCompletion,
+        };
+        _kernel = await KernelUnderTest.StartAsync(options,
             KernelUnderTest.Manifest("Null"), IsolationModel.Process, @"\Device\Null");
         await ReadInLanesAsync();
         if (_kernel.TransportOf("Null") != transport)
