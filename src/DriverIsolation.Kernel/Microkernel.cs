@@ -285,25 +285,17 @@ public sealed class Microkernel : IAsyncDisposable
     /// <summary>How many times a caller's continuation held the kernel's reader of a driver's host
     /// past the stall time (<see cref="KernelOptions.InlineCompletions"/>); 0 for a driver that is
     /// not in a host process.</summary>
-    internal long ReaderHandoffs(string driverName)
-    {
-        lock (_gate)
-        {
-            return _drivers.FirstOrDefault(d => d.Name.Equals(driverName, StringComparison.OrdinalIgnoreCase))?.Host is ProcessHostChannel channel
-                ? channel.ReaderHandoffs
-                : 0;
-        }
-    }
+    internal long ReaderHandoffs(string driverName) => ChannelOf(driverName)?.ReaderHandoffs ?? 0;
 
     /// <summary>How many callers' continuations ran on the kernel's reader of a driver's host
     /// (<see cref="KernelOptions.InlineCompletions"/>); 0 for a driver not in a host process.</summary>
-    internal long CompletedInline(string driverName)
+    internal long CompletedInline(string driverName) => ChannelOf(driverName)?.CompletedInline ?? 0;
+
+    private ProcessHostChannel? ChannelOf(string driverName)
     {
         lock (_gate)
         {
-            return _drivers.FirstOrDefault(d => d.Name.Equals(driverName, StringComparison.OrdinalIgnoreCase))?.Host is ProcessHostChannel channel
-                ? channel.CompletedInline
-                : 0;
+            return _drivers.FirstOrDefault(d => d.Name.Equals(driverName, StringComparison.OrdinalIgnoreCase))?.Host as ProcessHostChannel;
         }
     }
 
