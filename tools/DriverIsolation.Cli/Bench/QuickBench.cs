@@ -58,42 +58,12 @@ internal sealed class QuickBench(bool quick, Action<string> progress)
         // The same process isolation with every routine inline on the host's pipe reader: the
         // thread hop that saves (experimental; the default is the pool).
         progress("process, inline dispatch");
-        double inlineThroughput;
-        double[] inlineRtt;
-        await using (var kernel = new Microkernel(new KernelOptions { WarmPoolSize = 0, HostDispatch = DriverHost.HostDispatch.Inline }))
-        {
-            await kernel.StartAsync([EmbeddedManifests.Load("Null")], IsolationModel.Process).ConfigureAwait(false);
-            await using var nul = await kernel.OpenAsync(@"\Device\Null").ConfigureAwait(false);
-            var buffer = new byte[Payload];
-            for (var i = 0; i < _warmup; i++)
-            {
-                await nul.ReadAsync(buffer).ConfigureAwait(false);
-            }
-
-            inlineRtt = await TimeEachAsync(() => nul.ReadAsync(buffer)).ConfigureAwait(false);
-            inlineThroughput = await ThroughputAsync(64, () => nul.ReadAsync(new byte[Payload])).ConfigureAwait(false);
-        }
+        var (inlineRtt, inlineAt) = await MeasureNullAsync(new KernelOptions { WarmPoolSize = 0, HostDispatch = DriverHost.HostDispatch.Inline }, 64).ConfigureAwait(false);
+        var inlineThroughput = inlineAt["64"];
 
         // The same process isolation over the shared-memory ring transport.
         progress("process, ring transport");
-        double[] ringRtt;
-        var ringThroughput = new SortedDictionary<string, double>(StringComparer.Ordinal);
-        await using (var kernel = new Microkernel(new KernelOptions { WarmPoolSize = 0, Transport = Transport.Ring }))
-        {
-            await kernel.StartAsync([EmbeddedManifests.Load("Null")], IsolationModel.Process).ConfigureAwait(false);
-            await using var nul = await kernel.OpenAsync(@"\Device\Null").ConfigureAwait(false);
-            var buffer = new byte[Payload];
-            for (var i = 0; i < _warmup; i++)
-            {
-                await nul.ReadAsync(buffer).ConfigureAwait(false);
-            }
-
-            ringRtt = await TimeEachAsync(() => nul.ReadAsync(buffer)).ConfigureAwait(false);
-            foreach (var depth in new[] { 1, 16, 64 })
-            {
-                ringThroughput[depth.ToString(CultureInfo.InvariantCulture)] = await ThroughputAsync(depth, () => nul.ReadAsync(new byte[Payload])).ConfigureAwait(false);
-            }
-        }
+        var (ringRtt, ringThroughput) = await MeasureNullAsync(new KernelOptions { WarmPoolSize = 0, Transport = Transport.Ring }, 1, 16, 64).ConfigureAwait(false);
 
         // No thread-pool hop on the path: routines inline on the host's reader, the caller's
         // continuation on the kernel's (over the ring: two spinning threads, as in raw_shm).
@@ -103,20 +73,10 @@ internal sealed class QuickBench(bool quick, Action<string> progress)
         {
             var name = transport == Transport.Ring ? "ring" : "pipe";
             progress($"process, {name} transport, run to completion");
-            await using var kernel = new Microkernel(new KernelOptions
-            {
-                WarmPoolSize = 0, Transport = transport, HostDispatch = DriverHost.HostDispatch.Inline, InlineCompletions = true,
-            });
-            await kernel.StartAsync([EmbeddedManifests.Load("Null")], IsolationModel.Process).ConfigureAwait(false);
-            await using var nul = await kernel.OpenAsync(@"\Device\Null").ConfigureAwait(false);
-            var buffer = new byte[Payload];
-            for (var i = 0; i < _warmup; i++)
-            {
-                await nul.ReadAsync(buffer).ConfigureAwait(false);
-            }
-
-            runToCompletionRtt[transport] = await TimeEachAsync(() => nul.ReadAsync(buffer)).ConfigureAwait(false);
-            runToCompletionThroughput[name] = await ThroughputAsync(64, () => nul.ReadAsync(new byte[Payload])).ConfigureAwait(false);
+            var (rtt64, at) = await MeasureNullAsync(
+                new KernelOptions { WarmPoolSize = 0, Transport = transport, HostDispatch = DriverHost.HostDispatch.Inline, InlineCompletions = true }, 64).ConfigureAwait(false);
+            runToCompletionRtt[transport] = rtt64;
+            runToCompletionThroughput[name] = at["64"];
         }
 
         // The raw baselines after the models: the framing code they share with them is warm by
@@ -210,6 +170,29 @@ internal sealed class QuickBench(bool quick, Action<string> progress)
                 peer.Kill();
             }
         }
+    }
+
+    /// <summary>The Null driver in its own process under <paramref name="options"/>: the round
+    /// trips of one Read at a time (after a warm-up), and the throughput at each depth.</summary>
+    private async Task<(double[] Rtt, SortedDictionary<string, double> Throughput)> MeasureNullAsync(KernelOptions options, params int[] depths)
+    {
+        await using var kernel = new Microkernel(options);
+        await kernel.StartAsync([EmbeddedManifests.Load("Null")], IsolationModel.Process).ConfigureAwait(false);
+        await using var nul = await kernel.OpenAsync(@"\Device\Null").ConfigureAwait(false);
+        var buffer = new byte[Payload];
+        for (var i = 0; i < _warmup; i++)
+        {
+            await nul.ReadAsync(buffer).ConfigureAwait(false);
+        }
+
+        var rtt = await TimeEachAsync(() => nul.ReadAsync(buffer)).ConfigureAwait(false);
+        var throughput = new SortedDictionary<string, double>(StringComparer.Ordinal);
+        foreach (var depth in depths)
+        {
+            throughput[depth.ToString(CultureInfo.InvariantCulture)] = await ThroughputAsync(depth, () => nul.ReadAsync(new byte[Payload])).ConfigureAwait(false);
+        }
+
+        return (rtt, throughput);
     }
 
     private async Task<double[]> TimeEachAsync(Func<Task<IoResult>> request)
