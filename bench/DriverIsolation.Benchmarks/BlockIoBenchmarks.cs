@@ -49,15 +49,15 @@ public class BlockIoBenchmarks
     }
 
     [Benchmark(Baseline = true, Description = "VBlock 4 KiB read, IOMMU off")]
-    public Task<IoResult> IommuOff() => ReadNextAsync();
+    public ValueTask<IoResult> IommuOff() => ReadNextAsync();
 
     [Benchmark(Description = "VBlock 4 KiB read, IOMMU strict")]
-    public Task<IoResult> IommuStrict() => ReadNextAsync();
+    public ValueTask<IoResult> IommuStrict() => ReadNextAsync();
 
     [Benchmark(Description = "VBlock 4 KiB read, IOMMU lazy")]
-    public Task<IoResult> IommuLazy() => ReadNextAsync();
+    public ValueTask<IoResult> IommuLazy() => ReadNextAsync();
 
-    private Task<IoResult> ReadNextAsync()
+    private ValueTask<IoResult> ReadNextAsync()
     {
         var offset = (long)_next * BlockSize;
         _next = (_next + 1) % Blocks;

@@ -95,7 +95,7 @@ public class RecoveryBenchmarks
 
     private void ReadOrThrow()
     {
-        var result = _kernel!.Device.ReadAsync(_buffer).GetAwaiter().GetResult();
+        var result = _kernel!.Device.ReadAsync(_buffer).AsTask().GetAwaiter().GetResult();
         if (!result.IsSuccess)
         {
             throw new InvalidOperationException($"a Read before the kill failed: {result}");

@@ -67,16 +67,16 @@ public class RoundTripBenchmarks
     public Task<IoResult> InProcessCall() => NullRead(_buffer);
 
     [Benchmark(Description = "IRP in-kernel")]
-    public Task<IoResult> IrpInKernel() => _kernel!.Device.ReadAsync(_buffer);
+    public ValueTask<IoResult> IrpInKernel() => _kernel!.Device.ReadAsync(_buffer);
 
     [Benchmark(Description = "IRP shared-host")]
-    public Task<IoResult> IrpSharedHost() => _kernel!.Device.ReadAsync(_buffer);
+    public ValueTask<IoResult> IrpSharedHost() => _kernel!.Device.ReadAsync(_buffer);
 
     [Benchmark(Description = "IRP process (pipe)")]
-    public Task<IoResult> IrpProcess() => _kernel!.Device.ReadAsync(_buffer);
+    public ValueTask<IoResult> IrpProcess() => _kernel!.Device.ReadAsync(_buffer);
 
     [Benchmark(Description = "IRP process (ring)")]
-    public Task<IoResult> IrpProcessRing() => _kernel!.Device.ReadAsync(_buffer);
+    public ValueTask<IoResult> IrpProcessRing() => _kernel!.Device.ReadAsync(_buffer);
 
     // What the Null driver does with a Read, called directly: no kernel, no IRP, no boundary.
     [MethodImpl(MethodImplOptions.NoInlining)]

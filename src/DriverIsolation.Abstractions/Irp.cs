@@ -8,7 +8,7 @@ namespace DriverIsolation;
 public sealed class Irp
 {
     private readonly IDeviceStackPort _port;
-    private readonly Lock _gate = new();
+    private Lock? _gate;
     private CancelRoutine? _cancelRoutine;
     private bool _cancelRequested;
     private bool _cancelRoutineTaken;
@@ -62,10 +62,10 @@ public sealed class Irp
     public bool IsPending { get; private set; }
 
     /// <summary>True once the kernel asked to cancel the request (deadline, caller, handle close).</summary>
-    public bool IsCancelled
-    {
-        get { lock (_gate) { return _cancelRequested; } }
-    }
+    public bool IsCancelled => Volatile.Read(ref _cancelRequested);
+
+    /// <summary>Guards cancellation; made the first time a request uses it (most never do).</summary>
+    private Lock Gate => _gate ?? Interlocked.CompareExchange(ref _gate, new Lock(), null) ?? _gate;
 
     /// <summary>IoMarkIrpPending: the dispatch routine returns Pending and completes later.</summary>
     public void MarkPending() => IsPending = true;
@@ -80,7 +80,7 @@ public sealed class Irp
     public NtStatus MarkCancelable(CancelRoutine cancelRoutine)
     {
         ArgumentNullException.ThrowIfNull(cancelRoutine);
-        lock (_gate)
+        lock (Gate)
         {
             if (_cancelRequested)
             {
@@ -97,7 +97,7 @@ public sealed class Irp
     /// routine already ran or is running: it owns the completion then, not the caller.</summary>
     public NtStatus UnmarkCancelable()
     {
-        lock (_gate)
+        lock (Gate)
         {
             if (_cancelRoutineTaken)
             {
@@ -113,7 +113,7 @@ public sealed class Irp
     internal void RequestCancel()
     {
         CancelRoutine? routine;
-        lock (_gate)
+        lock (Gate)
         {
             if (_cancelRequested)
             {

@@ -292,7 +292,7 @@ public static class TrialRunner
                 try
                 {
                     // No cancellation: a request the kernel never completes must show as lost.
-                    var result = await (read ? handle.ReadAsync(buffer, offset, CancellationToken.None) : handle.WriteAsync(data, offset, CancellationToken.None))
+                    var result = await (read ? handle.ReadAsync(buffer, offset, CancellationToken.None).AsTask() : handle.WriteAsync(data, offset, CancellationToken.None).AsTask())
                         .WaitAsync(Timeout.InfiniteTimeSpan, limit).ConfigureAwait(false);
                     if (!result.IsSuccess)
                     {
@@ -378,8 +378,8 @@ public static class TrialRunner
                 var buffer = new byte[2048];
                 try
                 {
-                    var receive = other.ReadAsync(buffer, 0, CancellationToken.None);
-                    var sent = await nic.WriteAsync(frame, 0, CancellationToken.None).WaitAsync(Timeout.InfiniteTimeSpan, limit).ConfigureAwait(false);
+                    var receive = other.ReadAsync(buffer, 0, CancellationToken.None).AsTask();
+                    var sent = await nic.WriteAsync(frame, 0, CancellationToken.None).AsTask().WaitAsync(Timeout.InfiniteTimeSpan, limit).ConfigureAwait(false);
                     if (!sent.IsSuccess)
                     {
                         other.CancelIo();

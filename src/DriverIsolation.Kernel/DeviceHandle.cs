@@ -6,6 +6,10 @@ namespace DriverIsolation.Kernel;
 /// the token asks the driver to cancel the request; closing the handle cancels what is still
 /// outstanding, then sends Cleanup and Close.
 /// </summary>
+/// <remarks>
+/// A request's <see cref="ValueTask{TResult}"/> is the kernel's IRP itself, reused for another
+/// request once its result is taken: await it once (or call <c>AsTask()</c> once to share it).
+/// </remarks>
 public sealed class DeviceHandle : IAsyncDisposable
 {
     private readonly IoManager _io;
@@ -31,28 +35,22 @@ public sealed class DeviceHandle : IAsyncDisposable
     public int OutstandingRequests => Volatile.Read(ref _file.OutstandingCount);
 
     /// <summary>Reads up to <c>buffer.Length</c> bytes at <paramref name="offset"/>; Information is the count read.</summary>
-    public Task<IoResult> ReadAsync(Memory<byte> buffer, long offset = 0, CancellationToken cancellationToken = default) =>
+    public ValueTask<IoResult> ReadAsync(Memory<byte> buffer, long offset = 0, CancellationToken cancellationToken = default) =>
         Submit(MajorFunction.Read, offset, buffer.Length, 0, ReadOnlyMemory<byte>.Empty, buffer, cancellationToken);
 
     /// <summary>Writes <paramref name="data"/> at <paramref name="offset"/>; Information is the count written.</summary>
-    public Task<IoResult> WriteAsync(ReadOnlyMemory<byte> data, long offset = 0, CancellationToken cancellationToken = default) =>
+    public ValueTask<IoResult> WriteAsync(ReadOnlyMemory<byte> data, long offset = 0, CancellationToken cancellationToken = default) =>
         Submit(MajorFunction.Write, offset, data.Length, 0, data, Memory<byte>.Empty, cancellationToken);
 
     /// <summary>Sends a control request; Information is the count of output bytes.</summary>
-    public Task<IoResult> DeviceIoControlAsync(uint ioControlCode, ReadOnlyMemory<byte> input, Memory<byte> output, CancellationToken cancellationToken = default) =>
+    public ValueTask<IoResult> DeviceIoControlAsync(uint ioControlCode, ReadOnlyMemory<byte> input, Memory<byte> output, CancellationToken cancellationToken = default) =>
         Submit(MajorFunction.DeviceControl, 0, input.Length, ioControlCode, input, output, cancellationToken);
 
-    public Task<IoResult> FlushAsync(CancellationToken cancellationToken = default) =>
+    public ValueTask<IoResult> FlushAsync(CancellationToken cancellationToken = default) =>
         Submit(MajorFunction.FlushBuffers, 0, 0, 0, ReadOnlyMemory<byte>.Empty, Memory<byte>.Empty, cancellationToken);
 
     /// <summary>Asks the drivers to cancel every request outstanding on this handle (CancelIo).</summary>
-    public void CancelIo()
-    {
-        foreach (var irp in _io.OutstandingOf(_file))
-        {
-            _io.Cancel(irp);
-        }
-    }
+    public void CancelIo() => _io.CancelOutstanding(_file);
 
     /// <summary>Cancels outstanding requests, then sends Cleanup and Close. Returns Close's result.</summary>
     public async Task<IoResult> CloseAsync()
@@ -76,9 +74,9 @@ public sealed class DeviceHandle : IAsyncDisposable
         }
     }
 
-    private Task<IoResult> Submit(MajorFunction major, long offset, int length, uint ioControlCode, ReadOnlyMemory<byte> input, Memory<byte> output,
+    private ValueTask<IoResult> Submit(MajorFunction major, long offset, int length, uint ioControlCode, ReadOnlyMemory<byte> input, Memory<byte> output,
         CancellationToken cancellationToken) =>
         IsClosed
-            ? Task.FromResult(IoResult.FromStatus(NtStatus.InvalidHandle))
+            ? ValueTask.FromResult(IoResult.FromStatus(NtStatus.InvalidHandle))
             : _io.SubmitAsync(_file, major, offset, length, ioControlCode, input, output, cancellationToken);
 }

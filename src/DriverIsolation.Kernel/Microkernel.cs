@@ -291,6 +291,13 @@ public sealed class Microkernel : IAsyncDisposable
     /// (<see cref="KernelOptions.InlineCompletions"/>); 0 for a driver not in a host process.</summary>
     internal long CompletedInline(string driverName) => ChannelOf(driverName)?.CompletedInline ?? 0;
 
+    /// <summary>The bytes the runtime of a driver's host process has allocated since the host
+    /// started, as the host reports them once it has handled everything sent to it before; null
+    /// for a driver that is not in a host process, or whose host did not answer within
+    /// <paramref name="timeout"/>. For measuring what requests cost a host (<c>drviso bench</c>).</summary>
+    public Task<long?> HostAllocatedBytesAsync(string driverName, TimeSpan timeout, CancellationToken cancellationToken = default) =>
+        ChannelOf(driverName) is { } channel ? channel.AllocatedBytesAsync(timeout, cancellationToken) : Task.FromResult<long?>(null);
+
     private ProcessHostChannel? ChannelOf(string driverName)
     {
         lock (_gate)

@@ -22,6 +22,9 @@ public sealed class FrameConnection : IAsyncDisposable
     private readonly Pipe _output = new(new PipeOptions(pauseWriterThreshold: 0, resumeWriterThreshold: 0, useSynchronizationContext: false));
     private readonly MessagePackSerializerOptions _readOptions;
     private readonly BorrowingOptions? _borrowing;
+
+    /// <summary>Where a borrowing connection reads every completion (see <see cref="ReceivedComplete"/>).</summary>
+    private readonly ReceivedComplete? _received;
     private readonly int _maxFrameSize;
     private readonly Lock _sendGate = new();
     private readonly ArrayBufferWriter<byte> _scratch = new(256);
@@ -63,6 +66,7 @@ public sealed class FrameConnection : IAsyncDisposable
         {
             _borrowing = new BorrowingOptions(_readOptions);
             _readOptions = _borrowing;
+            _received = new ReceivedComplete();
         }
 
         _input = PipeReader.Create(stream, new StreamPipeReaderOptions(bufferSize: 64 * 1024, minimumReadSize: 4096, leaveOpen: true));
@@ -130,6 +134,12 @@ public sealed class FrameConnection : IAsyncDisposable
         }
     }
 
+    /// <summary>One frame's message. A connection that borrows payloads reads a completion into
+    /// its one <see cref="ReceivedComplete"/>; any other frame, or a completion in any other form,
+    /// goes through the serializer and its checks.</summary>
+    private Message Decode(ReadOnlySequence<byte> body) =>
+        _received is not null && _received.TryRead(body, _borrowing!) ? _received : FrameCodec.DecodeBody(body, _readOptions);
+
     /// <summary>Reads the next frame from the pipe (see <see cref="ReadAsync"/>).</summary>
     [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder<>))]
     private async ValueTask<Message?> ReadPipeAsync(CancellationToken cancellationToken)
@@ -152,7 +162,7 @@ public sealed class FrameConnection : IAsyncDisposable
             {
                 if (FrameCodec.TryReadFrame(ref buffer, _maxFrameSize, out var body))
                 {
-                    var message = FrameCodec.DecodeBody(body, _readOptions);
+                    var message = Decode(body);
                     _input.AdvanceTo(buffer.Start);
                     return message;
                 }
@@ -444,7 +454,7 @@ public sealed class FrameConnection : IAsyncDisposable
             Message message;
             try
             {
-                message = FrameCodec.DecodeBody(new ReadOnlySequence<byte>(_ringBuffer, 0, length), _readOptions);
+                message = Decode(new ReadOnlySequence<byte>(_ringBuffer, 0, length));
             }
             catch (ProtocolException ex)
             {

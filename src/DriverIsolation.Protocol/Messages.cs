@@ -241,11 +241,13 @@ public sealed record Cancel(
 [MessagePackObject]
 public sealed record Ping([property: Key(0)] long Sequence) : Message;
 
-/// <summary>H→K: heartbeat answer, with the host's working set.</summary>
+/// <summary>H→K: heartbeat answer, with the host's working set and the bytes its runtime has
+/// allocated since it started (for measuring what a request costs the host).</summary>
 [MessagePackObject]
 public sealed record Pong(
     [property: Key(0)] long Sequence,
-    [property: Key(1)] long WorkingSetBytes) : Message;
+    [property: Key(1)] long WorkingSetBytes,
+    [property: Key(2)] long AllocatedBytes) : Message;
 
 /// <summary>H→K: a log line from a driver or the host.</summary>
 [MessagePackObject]

@@ -134,7 +134,7 @@ while (await connection.ReadAsync() is { } message)
             connection.Send(new Complete(d.IrpId, d.DeviceId, NtStatus.Success, 0, ReadOnlyMemory<byte>.Empty));
             break;
         case Ping ping:
-            connection.Send(new Pong(ping.Sequence, Environment.WorkingSet));
+            connection.Send(new Pong(ping.Sequence, Environment.WorkingSet, GC.GetTotalAllocatedBytes()));
             break;
         case Shutdown:
             return 0;

@@ -51,7 +51,7 @@ internal sealed class FuzzGenerator(int seed, int driverId)
                 yield return new(new Complete(cancel.IrpId, cancel.DeviceId, NtStatus.Cancelled, 0, ReadOnlyMemory<byte>.Empty), null);
                 break;
             case Ping ping:
-                yield return new(new Pong(Chance(0.95) ? ping.Sequence : AnyLong(), Chance(0.95) ? 50 << 20 : AnyLong()), null);
+                yield return new(new Pong(Chance(0.95) ? ping.Sequence : AnyLong(), Chance(0.95) ? 50 << 20 : AnyLong(), AnyLong()), null);
                 break;
         }
 
@@ -123,7 +123,7 @@ internal sealed class FuzzGenerator(int seed, int driverId)
 
         if (roll < 0.65)
         {
-            return new(new Pong(AnyLong(), Chance(0.9) ? 50 << 20 : AnyLong()), null);
+            return new(new Pong(AnyLong(), Chance(0.9) ? 50 << 20 : AnyLong(), AnyLong()), null);
         }
 
         if (roll < 0.9995)

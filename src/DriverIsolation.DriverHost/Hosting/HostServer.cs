@@ -176,7 +176,7 @@ public sealed class HostServer : IKernelLink
 
                     break;
                 case Ping ping:
-                    _connection.Send(new Pong(ping.Sequence, Environment.WorkingSet));
+                    _connection.Send(new Pong(ping.Sequence, Environment.WorkingSet, GC.GetTotalAllocatedBytes(precise: true)));
                     break;
                 case LoadDriver load:
                     var loaded = _runtime.LoadDriver(load.DriverId, load.Name, load.AssemblyPath, load.TypeName, load.Parameters, load.Faults, load.Injectable);

@@ -59,7 +59,7 @@ internal static class HostWarmup
         yield return new LowerCompleted(1, 1, NtStatus.Success, 16, data);
         yield return new Cancel(1, 1);
         yield return new Ping(1);
-        yield return new Pong(1, 1);
+        yield return new Pong(1, 1, 1);
         yield return new Log(1, 2, "warmup");
         yield return new PrepareDriver("warmup", "warmup.dll", null);
         yield return new Shutdown("warmup");

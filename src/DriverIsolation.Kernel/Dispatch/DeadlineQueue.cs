@@ -75,18 +75,21 @@ internal sealed class DeadlineQueue : IDisposable
         }
     }
 
-    /// <summary>The IRP finished: its deadline no longer matters.</summary>
-    public void Remove(KernelIrp irp)
+    /// <summary>The IRP finished: its deadline no longer matters. False if the deadline fired
+    /// (its callback may be running on the IRP now).</summary>
+    public bool Remove(KernelIrp irp)
     {
-        if (irp.DeadlineBucket is null)
+        if (Volatile.Read(ref irp.DeadlineBucket) is null)
         {
-            return;
+            return !irp.DeadlineFired;
         }
 
         lock (_gate)
         {
             ((Bucket?)irp.DeadlineBucket)?.Unlink(irp);
         }
+
+        return !irp.DeadlineFired;
     }
 
     public void Dispose()
@@ -121,6 +124,7 @@ internal sealed class DeadlineQueue : IDisposable
             {
                 while (bucket.Head is { } head && head.DeadlineAt <= now)
                 {
+                    head.DeadlineFired = true;
                     bucket.Unlink(head);
                     (expired ??= []).Add(head);
                 }
@@ -229,7 +233,7 @@ internal sealed class DeadlineQueue : IDisposable
             }
 
             irp.DeadlineNext = irp.DeadlinePrevious = null;
-            irp.DeadlineBucket = null;
+            Volatile.Write(ref irp.DeadlineBucket, null);
             Count--;
         }
     }

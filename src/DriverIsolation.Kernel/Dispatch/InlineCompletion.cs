@@ -26,7 +26,7 @@ internal static class InlineCompletion
         t_running = true;
         try
         {
-            irp.Completion.TrySetResult(irp.PendingResult);
+            irp.SetResult(irp.PendingResult);
         }
         finally
         {

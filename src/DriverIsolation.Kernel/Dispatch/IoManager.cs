@@ -53,8 +53,31 @@ internal sealed class IoManager : IDisposable
 
     public int OutstandingCount => _irps.Count;
 
-    /// <summary>The IRPs submitted on a handle and not finished yet.</summary>
-    public List<KernelIrp> OutstandingOf(FileObject file) => _irps.Snapshot(irp => irp.File == file && !irp.IsReplay);
+    private int _snapshots;
+
+    /// <summary>Something walks a snapshot of the outstanding IRPs now: an IRP it holds may
+    /// finish meanwhile, so no finished IRP is reused until it is done.</summary>
+    public bool SnapshotsRunning => Volatile.Read(ref _snapshots) != 0;
+
+    /// <summary>The outstanding IRPs, for <paramref name="each"/>; no IRP is reused meanwhile.</summary>
+    private void ForEachOutstanding(Func<KernelIrp, bool>? where, Action<KernelIrp> each)
+    {
+        Interlocked.Increment(ref _snapshots);
+        try
+        {
+            foreach (var irp in _irps.Snapshot(where))
+            {
+                each(irp);
+            }
+        }
+        finally
+        {
+            Interlocked.Decrement(ref _snapshots);
+        }
+    }
+
+    /// <summary>Asks the drivers to cancel every request outstanding on a handle (CancelIo).</summary>
+    public void CancelOutstanding(FileObject file) => ForEachOutstanding(irp => irp.File == file && !irp.IsReplay, Cancel);
 
     private long _hostMessages;
 
@@ -84,39 +107,37 @@ internal sealed class IoManager : IDisposable
 
     /// <summary>Creates an IRP, arms its deadline and caller cancellation, and sends it to the top
     /// of the device stack. The task completes exactly once.</summary>
-    public Task<IoResult> SubmitAsync(FileObject file, MajorFunction majorFunction, long offset, int length, uint ioControlCode,
+    public ValueTask<IoResult> SubmitAsync(FileObject file, MajorFunction majorFunction, long offset, int length, uint ioControlCode,
         ReadOnlyMemory<byte> input, Memory<byte> output, CancellationToken cancellationToken)
     {
         if (_bugCheck is not null)
         {
-            return Task.FromResult(IoResult.FromStatus(NtStatus.SystemCrashed));
+            return ValueTask.FromResult(IoResult.FromStatus(NtStatus.SystemCrashed));
         }
 
         if (input.Length > _options.MaxTransferSize || output.Length > _options.MaxTransferSize)
         {
-            return Task.FromResult(IoResult.FromStatus(NtStatus.InvalidParameter));
+            return ValueTask.FromResult(IoResult.FromStatus(NtStatus.InvalidParameter));
         }
 
         var device = file.Device;
         if (device.Layers.Length == 0)
         {
-            return Task.FromResult(IoResult.FromStatus(NtStatus.DeviceNotReady));
+            return ValueTask.FromResult(IoResult.FromStatus(NtStatus.DeviceNotReady));
         }
 
         var top = device.Layers[0].Driver;
         if (!top.TryAdmit(_options.MaxIrpsInFlightPerDriver))
         {
-            return Task.FromResult(IoResult.FromStatus(NtStatus.InsufficientResources));
+            return ValueTask.FromResult(IoResult.FromStatus(NtStatus.InsufficientResources));
         }
 
         // The system buffer: drivers get a copy, never the caller's memory.
         var systemInput = input.IsEmpty ? ReadOnlyMemory<byte>.Empty : input.ToArray();
-        var irp = new KernelIrp(Interlocked.Increment(ref _lastIrpId), file, majorFunction, 0, offset, length,
-            ioControlCode, systemInput, output, InlineCompletions && device.Layers[0].Host.Isolation != IsolationModel.InKernel)
-        {
-            Admitted = top,
-            Manager = this,
-        };
+        var irp = KernelIrp.Rent(Interlocked.Increment(ref _lastIrpId), file, majorFunction, 0, offset, length,
+            ioControlCode, systemInput, output, this, InlineCompletions && device.Layers[0].Host.Isolation != IsolationModel.InKernel);
+        irp.Admitted = top;
+        var task = irp.Task;
         _irps.Add(irp);
         Interlocked.Increment(ref file.OutstandingCount);
         StartTrace(irp);
@@ -126,8 +147,10 @@ internal sealed class IoManager : IDisposable
             irp.CallerCancellation = cancellationToken.UnsafeRegister(static s => ((KernelIrp)s!).Manager!.Cancel((KernelIrp)s!), irp);
         }
 
+        // The IRP may be finished, taken by its caller and reused before this returns: the task
+        // was taken before it went anywhere.
         SendToLayer(irp, 0, cancelAfterSend: false);
-        return irp.Completion.Task;
+        return task;
     }
 
     /// <summary>Asks the layer that holds the IRP to cancel it. The driver decides (its cancel
@@ -171,10 +194,13 @@ internal sealed class IoManager : IDisposable
 
         string? refusal;
         var upper = -1;
+        var reused = false;
         lock (irp.Gate)
         {
-            refusal = CheckOwner(irp, from, deviceId) ?? CheckCompletion(irp, status, information, data);
-            if (refusal is null)
+            // Found by its id, then finished and reused for another request before the gate.
+            reused = irp.Id != irpId;
+            refusal = reused ? null : CheckOwner(irp, from, deviceId) ?? CheckCompletion(irp, status, information, data);
+            if (!reused && refusal is null)
             {
                 if (irp.CompletionLayers is { Count: > 0 } waiting)
                 {
@@ -188,6 +214,12 @@ internal sealed class IoManager : IDisposable
             }
         }
 
+        if (reused)
+        {
+            RefuseUnknown(from, "completion", irpId);
+            return;
+        }
+
         if (refusal is not null)
         {
             Refuse(from, "completion", irpId, refusal);
@@ -197,17 +229,7 @@ internal sealed class IoManager : IDisposable
         Trace?.LayerLeft(irp, $"completed with {status}");
         if (upper < 0)
         {
-            Finish(irp, new IoResult(status, information), data);
-
-            // The driver is done with it: the in-kernel layers' system buffer goes back to the
-            // pool. (An IRP that ended without its driver, on a deadline, keeps its buffer: the
-            // driver may still write to it.)
-            if (irp.SystemOutput is { } systemOutput)
-            {
-                irp.SystemOutput = null;
-                System.Buffers.ArrayPool<byte>.Shared.Return(systemOutput);
-            }
-
+            Finish(irp, new IoResult(status, information), data, driverCompleted: true);
             return;
         }
 
@@ -239,10 +261,12 @@ internal sealed class IoManager : IDisposable
         string? refusal;
         var lower = -1;
         var cancel = false;
+        var reused = false;
         lock (irp.Gate)
         {
-            refusal = CheckOwner(irp, from, deviceId);
-            if (refusal is null && irp.Layer + 1 >= irp.Layers.Length)
+            reused = irp.Id != irpId;
+            refusal = reused ? null : CheckOwner(irp, from, deviceId);
+            if (refusal is null && !reused && irp.Layer + 1 >= irp.Layers.Length)
             {
                 refusal = $"{irp.Device.Name} has no layer below {deviceId}";
             }
@@ -251,7 +275,7 @@ internal sealed class IoManager : IDisposable
                 refusal = $"bad parameters (length {length}, input {input.Length} bytes)";
             }
 
-            if (refusal is null)
+            if (!reused && refusal is null)
             {
                 if (wantsCompletion)
                 {
@@ -265,6 +289,12 @@ internal sealed class IoManager : IDisposable
                 irp.Input = input.IsEmpty ? ReadOnlyMemory<byte>.Empty : input.ToArray();
                 cancel = irp.CancelRequested;
             }
+        }
+
+        if (reused)
+        {
+            RefuseUnknown(from, "pass-down", irpId);
+            return;
         }
 
         if (refusal is not null)
@@ -286,7 +316,7 @@ internal sealed class IoManager : IDisposable
     {
         var completed = 0;
         var parked = 0;
-        foreach (var irp in _irps.Snapshot())
+        ForEachOutstanding(null, irp =>
         {
             KernelDriver? driver = null;
             lock (irp.Gate)
@@ -299,7 +329,7 @@ internal sealed class IoManager : IDisposable
 
             if (driver is null)
             {
-                continue;
+                return;
             }
 
             if (TryPark(irp, driver))
@@ -310,7 +340,7 @@ internal sealed class IoManager : IDisposable
             {
                 completed++;
             }
-        }
+        });
 
         return (completed, parked);
     }
@@ -350,22 +380,20 @@ internal sealed class IoManager : IDisposable
 
     /// <summary>Re-opens a file object on a restarted layer: a Create sent to that layer only, so
     /// the new instance builds the per-handle state the old one had (as shadow drivers replay).</summary>
-    public Task<IoResult> ReplayCreateAsync(FileObject file, int layerIndex)
+    public ValueTask<IoResult> ReplayCreateAsync(FileObject file, int layerIndex)
     {
-        var irp = new KernelIrp(Interlocked.Increment(ref _lastIrpId), file, MajorFunction.Create, 0, 0, 0, 0,
-            ReadOnlyMemory<byte>.Empty, Memory<byte>.Empty)
-        {
-            IsReplay = true,
-            Layer = layerIndex,
-            Manager = this,
-        };
+        var irp = KernelIrp.Rent(Interlocked.Increment(ref _lastIrpId), file, MajorFunction.Create, 0, 0, 0, 0,
+            ReadOnlyMemory<byte>.Empty, Memory<byte>.Empty, this);
+        irp.IsReplay = true;
+        irp.Layer = layerIndex;
+        var task = irp.Task;
         _irps.Add(irp);
         StartTrace(irp);
         _deadlines.Add(irp, file.Device.RequestTimeout);
         var layer = irp.Layers[layerIndex];
         Trace?.LayerEntered(irp, layer);
         layer.Host.Dispatch(irp, layer);
-        return irp.Completion.Task;
+        return task;
     }
 
     /// <summary>A message for the IRP could not be sent (its host is gone): complete it now
@@ -392,10 +420,7 @@ internal sealed class IoManager : IDisposable
 
         Log.BugCheck(_logger, reason);
         _events.Add(KernelEventKind.BugCheck, null, null, reason);
-        foreach (var irp in _irps.Snapshot())
-        {
-            _ = TryFinish(irp, IoResult.FromStatus(NtStatus.SystemCrashed));
-        }
+        ForEachOutstanding(null, irp => TryFinish(irp, IoResult.FromStatus(NtStatus.SystemCrashed)));
     }
 
     private void SendToLayer(KernelIrp irp, int index, bool cancelAfterSend)
@@ -549,6 +574,7 @@ internal sealed class IoManager : IDisposable
                 }
 
                 irp.Parked = true;
+                irp.WasParked = true;
                 irp.ResetToTop();
             }
 
@@ -637,6 +663,12 @@ internal sealed class IoManager : IDisposable
         bool owner;
         lock (irp.Gate)
         {
+            if (irp.Id != span.IrpId)
+            {
+                trace.RejectHostSpan();
+                return;
+            }
+
             owner = CheckOwner(irp, from, span.DeviceId) is null;
         }
 
@@ -649,8 +681,10 @@ internal sealed class IoManager : IDisposable
     /// <summary>Where completions are counted and timed (null: nowhere).</summary>
     public KernelMetrics? Metrics { get; set; }
 
-    /// <summary>The one completion to the caller; only the thread that set Completed gets here.</summary>
-    private void Finish(KernelIrp irp, IoResult result, ReadOnlyMemory<byte> data)
+    /// <summary>The one completion to the caller; only the thread that set Completed gets here.
+    /// Nothing touches the IRP once its result is set: its caller may take it and the IRP be
+    /// reused at once.</summary>
+    private void Finish(KernelIrp irp, IoResult result, ReadOnlyMemory<byte> data, bool driverCompleted = false)
     {
         if (!_irps.Finish(irp, result.Status))
         {
@@ -663,11 +697,21 @@ internal sealed class IoManager : IDisposable
             Interlocked.Decrement(ref irp.File.OutstandingCount);
         }
 
-        _deadlines.Remove(irp);
-        irp.CallerCancellation.Unregister();
+        var deadlineQuiet = _deadlines.Remove(irp);
+        var cancellation = irp.CallerCancellation;
+        var cancellationQuiet = !cancellation.Token.CanBeCanceled || cancellation.Unregister();
         if (!data.IsEmpty)
         {
             data.Span[..Math.Min(data.Length, irp.CallerOutput.Length)].CopyTo(irp.CallerOutput.Span);
+        }
+
+        // The driver is done with it: the in-kernel layers' system buffer goes back to the pool.
+        // (An IRP that ended without its driver, on a deadline, keeps its buffer: the driver may
+        // still write to it.)
+        if (driverCompleted && irp.SystemOutput is { } systemOutput)
+        {
+            irp.SystemOutput = null;
+            System.Buffers.ArrayPool<byte>.Shared.Return(systemOutput);
         }
 
         irp.Device.Statistics.Record(result.Status);
@@ -678,9 +722,12 @@ internal sealed class IoManager : IDisposable
             StopActivity(activity, result.Status);
         }
 
+        // Reused once its caller has the result, unless its deadline's callback or its caller's
+        // cancellation may still be running on it, or a trace holds it.
+        irp.MayBeReused(deadlineQuiet && cancellationQuiet && Trace is null);
         if (!irp.InlineContinuation)
         {
-            irp.Completion.TrySetResult(result);
+            irp.SetResult(result);
             return;
         }
 

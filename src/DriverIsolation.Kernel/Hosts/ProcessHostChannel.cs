@@ -246,22 +246,45 @@ internal sealed class ProcessHostChannel : IHostChannel
             Send(prepare);
         }
 
+        await BarrierAsync(timeout, cancellationToken).ConfigureAwait(false);
+    }
+
+    private long _allocatedBytes = -1;
+
+    /// <summary>The bytes the host's runtime has allocated since it started, as it reports them
+    /// now (after everything sent to it before); null if it did not answer in time or is gone.
+    /// Hosts report what they say: this is for measuring, never for trusting.</summary>
+    public async Task<long?> AllocatedBytesAsync(TimeSpan timeout, CancellationToken cancellationToken)
+    {
+        Volatile.Write(ref _allocatedBytes, -1);
+        return await BarrierAsync(timeout, cancellationToken).ConfigureAwait(false) && Volatile.Read(ref _allocatedBytes) is >= 0 and var bytes
+            ? bytes
+            : null;
+    }
+
+    /// <summary>A ping with a negative sequence: the host answers in order, so its pong says it
+    /// has handled everything sent before. True once it came; false if the host exited first, or
+    /// <paramref name="timeout"/> passed.</summary>
+    private async Task<bool> BarrierAsync(TimeSpan timeout, CancellationToken cancellationToken)
+    {
         var sequence = -Interlocked.Increment(ref _lastBarrier);
         var done = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
         _barriers[sequence] = done;
         if (Volatile.Read(ref _exitReported) != 0 || !Send(new Ping(sequence)))
         {
             _barriers.TryRemove(sequence, out _);
-            return;
+            return false;
         }
 
         try
         {
             await done.Task.WaitAsync(timeout, cancellationToken).ConfigureAwait(false);
+            return true;
         }
         catch (TimeoutException)
         {
             // Not prepared in time: a restart in this host loads the driver itself.
+            return false;
         }
         finally
         {
@@ -444,6 +467,9 @@ internal sealed class ProcessHostChannel : IHostChannel
         _io.CountHostMessage();
         switch (message)
         {
+            case ReceivedComplete c:
+                _io.OnComplete(this, c.IrpId, c.DeviceId, c.Status, c.Information, c.Data);
+                return true;
             case Protocol.Complete c:
                 _io.OnComplete(this, c.IrpId, c.DeviceId, c.Status, c.Information, c.Data);
                 return true;
@@ -466,6 +492,7 @@ internal sealed class ProcessHostChannel : IHostChannel
                 _io.OnHostSpan(this, span);
                 return true;
             case Pong { Sequence: < 0 } barrier:
+                Volatile.Write(ref _allocatedBytes, barrier.AllocatedBytes);
                 if (_barriers.TryRemove(barrier.Sequence, out var done))
                 {
                     done.TrySetResult();

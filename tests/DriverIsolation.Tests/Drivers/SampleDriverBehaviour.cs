@@ -308,8 +308,8 @@ public abstract class SampleDriverBehaviour(KernelFixture fixture)
         await using var nul = await Kernel.OpenAsync(@"\Device\Null").Bounded();
 
         var tasks = Enumerable.Range(0, 200).Select(i => i % 2 == 0
-            ? disk.WriteAsync(new byte[512], offset: i * 512L)
-            : nul.ReadAsync(new byte[64])).ToList();
+            ? disk.WriteAsync(new byte[512], offset: i * 512L).AsTask()
+            : nul.ReadAsync(new byte[64]).AsTask()).ToList();
         var results = await Task.WhenAll(tasks).Bounded();
 
         Assert.All(results, r => Assert.Equal(NtStatus.Success, r.Status));

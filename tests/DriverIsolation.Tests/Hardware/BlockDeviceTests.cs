@@ -51,12 +51,12 @@ public sealed class BlockDeviceTests
                     var data = new byte[length];
                     random.NextBytes(data);
                     data.CopyTo(model, offset);
-                    batch.Add(Run(false, offset, data, disk.WriteAsync(data, offset)));
+                    batch.Add(Run(false, offset, data, disk.WriteAsync(data, offset).AsTask()));
                 }
                 else
                 {
                     var buffer = new byte[length];
-                    batch.Add(Run(true, offset, buffer, disk.ReadAsync(buffer, offset)));
+                    batch.Add(Run(true, offset, buffer, disk.ReadAsync(buffer, offset).AsTask()));
                 }
             }
 
@@ -111,7 +111,7 @@ public sealed class BlockDeviceTests
         var firstDomain = kernel.Machine!.Iommu.DomainOf(kernel.Machine.Device(@"\Device\VBlock0")!.Requester);
         var blocks = Enumerable.Range(0, 64).Select(b => { var d = new byte[8192]; new Random(b).NextBytes(d); return d; }).ToList();
 
-        var writes = blocks.Select((d, b) => disk.WriteAsync(d, (long)b * 8192)).ToList();
+        var writes = blocks.Select((d, b) => disk.WriteAsync(d, (long)b * 8192).AsTask()).ToList();
         kernel.KillDriverHost("VBlock");
         var results = await Task.WhenAll(writes).Bounded();
         await kernel.Events.WaitForAsync(KernelEventKind.DriverRestarted).Bounded();

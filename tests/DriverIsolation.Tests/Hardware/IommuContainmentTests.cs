@@ -170,7 +170,7 @@ public sealed class IommuContainmentTests
     {
         var input = new byte[8];
         BinaryPrimitives.WriteUInt64LittleEndian(input, address);
-        return wild.DeviceIoControlAsync(WildBlockDriver.DmaTo, input, Memory<byte>.Empty);
+        return wild.DeviceIoControlAsync(WildBlockDriver.DmaTo, input, Memory<byte>.Empty).AsTask();
     }
 
     private static async Task<byte[]> ReadBack(Kernel.DeviceHandle disk, int length)

@@ -37,8 +37,8 @@ public sealed class NicTests
             var sends = new List<Task<IoResult>>();
             for (var i = batch; i < batch + 100; i++)
             {
-                sends.Add(nic0.WriteAsync(Frame(0, i)));
-                sends.Add(nic1.WriteAsync(Frame(1, i)));
+                sends.Add(nic0.WriteAsync(Frame(0, i)).AsTask());
+                sends.Add(nic1.WriteAsync(Frame(1, i)).AsTask());
             }
 
             Assert.All(await Task.WhenAll(sends).Bounded(), r => Assert.Equal(NtStatus.Success, r.Status));

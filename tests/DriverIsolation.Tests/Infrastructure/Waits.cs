@@ -8,4 +8,7 @@ internal static class Waits
     public static Task<T> Bounded<T>(this Task<T> task) => task.WaitAsync(Default);
 
     public static Task Bounded(this Task task) => task.WaitAsync(Default);
+
+    /// <summary>A request's result (the kernel's IRP, taken once).</summary>
+    public static Task<T> Bounded<T>(this ValueTask<T> task) => task.AsTask().WaitAsync(Default);
 }

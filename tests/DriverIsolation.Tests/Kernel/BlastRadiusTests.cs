@@ -87,7 +87,7 @@ public sealed class BlastRadiusTests
         await using var kernel = new Microkernel();
         await kernel.StartAsync([NoRestart(TestManifests.Sample("Echo"))], IsolationModel.Process).Bounded();
         await using var echo = await kernel.OpenAsync(@"\Device\Echo").Bounded();
-        var reads = Enumerable.Range(0, 10).Select(_ => echo.ReadAsync(new byte[4])).ToList();
+        var reads = Enumerable.Range(0, 10).Select(_ => echo.ReadAsync(new byte[4]).AsTask()).ToList();
         Assert.Equal(10, echo.OutstandingRequests);
 
         kernel.KillDriverHost("Echo");

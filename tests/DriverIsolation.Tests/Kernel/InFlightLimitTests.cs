@@ -19,8 +19,8 @@ public sealed class InFlightLimitTests
 
         // Echo's reads wait for a write: three of them fill Echo's slots.
         using var cancelFirst = new CancellationTokenSource();
-        var first = echo.ReadAsync(new byte[16], cancellationToken: cancelFirst.Token);
-        var waiting = new[] { first, echo.ReadAsync(new byte[16]), echo.ReadAsync(new byte[16]) };
+        var first = echo.ReadAsync(new byte[16], cancellationToken: cancelFirst.Token).AsTask();
+        var waiting = new[] { first, echo.ReadAsync(new byte[16]).AsTask(), echo.ReadAsync(new byte[16]).AsTask() };
         Assert.Equal(3, kernel.OutstandingIrps); // slots are taken when a request is submitted
 
         Assert.Equal(IoResult.FromStatus(NtStatus.InsufficientResources), await other.WriteAsync("refused"u8.ToArray()).Bounded());

@@ -45,7 +45,7 @@ public sealed class InlineCompletionTests
         // serves everything after it.
         release.Set();
         Assert.Equal(Read512, await first.Bounded());
-        var rest = await Task.WhenAll(Enumerable.Range(0, 32).Select(_ => nul.ReadAsync(new byte[512]))).Bounded();
+        var rest = await Task.WhenAll(Enumerable.Range(0, 32).Select(_ => nul.ReadAsync(new byte[512]).AsTask())).Bounded();
         Assert.All(rest, r => Assert.Equal(Read512, r));
         Assert.Equal(1, kernel.ReaderHandoffs("Null"));
         Assert.True(kernel.CompletedInline("Null") >= 34, $"{kernel.CompletedInline("Null")} continuations ran on the reader");
@@ -93,7 +93,7 @@ public sealed class InlineCompletionTests
         await Task.Yield();
 
         var advancing = new Advancing(Environment.CurrentManagedThreadId);
-        var read = hang.ReadAsync(new byte[16]);
+        var read = hang.ReadAsync(new byte[16]).AsTask();
         var observed = read.ContinueWith(
             t => (t.Result, OnTheClock: advancing.Now && Environment.CurrentManagedThreadId == advancing.Thread),
             CancellationToken.None, TaskContinuationOptions.ExecuteSynchronously, TaskScheduler.Default);

@@ -11,7 +11,7 @@ public sealed class IrpBookkeepingTests
     private static readonly FileObject File = new(1, new KernelDevice(@"\Device\Test", DeviceType.Null, TimeSpan.FromSeconds(30)), @"\Device\Test");
 
     private static KernelIrp Irp(long id) =>
-        new(id, File, MajorFunction.Read, 0, 0, 0, 0, ReadOnlyMemory<byte>.Empty, Memory<byte>.Empty);
+        KernelIrp.Rent(id, File, MajorFunction.Read, 0, 0, 0, 0, ReadOnlyMemory<byte>.Empty, Memory<byte>.Empty, manager: null);
 
     [Fact]
     public void Deadlines_ExpireExactlyAtTheirTime_PerTimeout_AndNotOnceRemoved()

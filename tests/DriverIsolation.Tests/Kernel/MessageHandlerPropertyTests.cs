@@ -38,7 +38,7 @@ public sealed class MessageHandlerPropertyTests
         Assert.Equal(new IoResult(NtStatus.Success, data.Length), await disk.WriteAsync(data, 8192).Bounded());
         await using var echo = await kernel.OpenAsync(@"\??\Echo").Bounded();
         var buffers = Enumerable.Range(0, 3).Select(_ => new byte[32]).ToArray();
-        var pending = buffers.Select(b => echo.ReadAsync(b)).ToArray();
+        var pending = buffers.Select(b => echo.ReadAsync(b).AsTask()).ToArray();
         var stranger = new StrangerChannel();
         var io = kernel.Io;
         var machine = kernel.Machine!;

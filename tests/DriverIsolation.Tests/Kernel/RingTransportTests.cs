@@ -41,8 +41,8 @@ public sealed class RingTransportTests
         await using var disk = await kernel.OpenAsync(@"\??\VBlock0").Bounded();
         var blocks = Enumerable.Range(0, 64).Select(b => Enumerable.Repeat((byte)(b + 1), 4096).ToArray()).ToList();
 
-        var before = await Task.WhenAll(blocks.Take(32).Select((data, b) => disk.WriteAsync(data, b * 4096L))).Bounded();
-        var during = blocks.Skip(32).Select((data, b) => disk.WriteAsync(data, (b + 32) * 4096L)).ToList();
+        var before = await Task.WhenAll(blocks.Take(32).Select((data, b) => disk.WriteAsync(data, b * 4096L).AsTask())).Bounded();
+        var during = blocks.Skip(32).Select((data, b) => disk.WriteAsync(data, (b + 32) * 4096L).AsTask()).ToList();
         kernel.KillDriverHost("VBlock");
         var written = before.Concat(await Task.WhenAll(during).Bounded());
         await kernel.Events.WaitForAsync(KernelEventKind.DriverRestarted).Bounded();
@@ -82,9 +82,9 @@ public sealed class RingTransportTests
                 // Eight requests in flight at a time: writes of seeded data, then reads of the same blocks.
                 var blocks = Enumerable.Range(0, 8).Select(_ => random.Next(0, 256)).Distinct().ToList();
                 var data = blocks.Select(_ => { var d = new byte[4096]; random.NextBytes(d); return d; }).ToList();
-                var written = await Task.WhenAll(blocks.Select((b, i) => device.WriteAsync(data[i], b * 4096L))).Bounded();
+                var written = await Task.WhenAll(blocks.Select((b, i) => device.WriteAsync(data[i], b * 4096L).AsTask())).Bounded();
                 var buffers = blocks.Select(_ => new byte[4096]).ToList();
-                var read = await Task.WhenAll(blocks.Select((b, i) => device.ReadAsync(buffers[i], b * 4096L))).Bounded();
+                var read = await Task.WhenAll(blocks.Select((b, i) => device.ReadAsync(buffers[i], b * 4096L).AsTask())).Bounded();
                 results.AddRange(written.Select((r, i) => $"{path} w{round}.{i} {r.Status} {r.Information}"));
                 results.AddRange(read.Select((r, i) => $"{path} r{round}.{i} {r.Status} {r.Information} {Convert.ToHexString(System.Security.Cryptography.SHA256.HashData(buffers[i]))}"));
             }

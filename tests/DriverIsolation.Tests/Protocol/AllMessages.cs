@@ -22,7 +22,7 @@ internal static class AllMessages
         new LowerCompleted(42, 10, NtStatus.Success, 3, new byte[] { 6, 6, 6 }, "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"),
         new Cancel(42, 10),
         new Ping(long.MaxValue),
-        new Pong(17, 123_456_789),
+        new Pong(17, 123_456_789, 987_654_321),
         new Log(7, 4, "driver said something"),
         new Shutdown("kernel shutdown"),
         new DmaMap(11, 3, 2, DmaAccess.Write),

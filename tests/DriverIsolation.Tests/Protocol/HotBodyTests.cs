@@ -85,6 +85,89 @@ public sealed class HotBodyTests
         }, iter: Iterations);
     }
 
+    /// <summary>The kernel reads a host's completions into one <see cref="ReceivedComplete"/> per
+    /// connection. For any frame (a well-formed completion, or one with bytes flipped, cut or
+    /// added), it must get what the serializer gives: the same fields, the same other message, or
+    /// the same refusal.</summary>
+    [Fact]
+    public void ReceivedComplete_ReadsEveryFrameAsTheSerializerDoes()
+    {
+        var frames =
+            from irp in AnyLong
+            from device in AnyInt
+            from status in Gen.OneOf(Gen.UInt, Pick(0u, 0x103u, 0xC0000001u, uint.MaxValue))
+            from information in AnyLong
+            from data in Gen.OneOf(Gen.Byte.Array[0, 40], Gen.Byte.Array[250, 260])
+            from change in Gen.Int[0, 5]
+            from at in Gen.Int[0, 1_000]
+            from value in Gen.Byte
+            select (Body: FrameCodec.SerializeBody(new CompleteBody(irp, device, (NtStatus)status, information, data), int.MaxValue, new ArrayBufferWriter<byte>()).ToArray(),
+                Change: change, At: at, Value: value);
+
+        var hot = 0;
+        frames.Sample(f =>
+        {
+            var body = f.Body;
+            var at = f.At % body.Length;
+            body = f.Change switch
+            {
+                0 or 1 => body,                                              // as written
+                2 => [.. body[..at], f.Value, .. body[(at + 1)..]],          // one byte changed
+                3 => body[..at],                                             // cut short
+                4 => [.. body, f.Value],                                     // a byte too many
+                _ => [.. body[..at], f.Value, .. body[at..]],                // a byte slipped in
+            };
+
+            var expected = Read(body, borrow: false);
+            var actual = Read(body, borrow: true);
+            switch (expected)
+            {
+                case Complete c:
+                    var r = Assert.IsType<ReceivedComplete>(actual);
+                    Assert.Equal((c.IrpId, c.DeviceId, c.Status, c.Information), (r.IrpId, r.DeviceId, r.Status, r.Information));
+                    Assert.Equal(c.Data.ToArray(), r.Data.ToArray());
+                    hot++;
+                    break;
+                case string refusal:
+                    Assert.Equal(refusal, actual);
+                    break;
+                default:
+                    Assert.Equal(expected, actual);
+                    break;
+            }
+        }, iter: 3_000, threads: 1);
+
+        // Most frames are well-formed completions: the hot reader was exercised, not bypassed.
+        Assert.True(hot > 1_000, $"only {hot} completions read");
+    }
+
+    /// <summary>One frame through a real connection: its message, or its refusal's text.</summary>
+    private static object? Read(byte[] body, bool borrow)
+    {
+        var frame = new ArrayBufferWriter<byte>();
+        FrameCodec.WriteFrame(frame, body);
+        var connection = new FrameConnection(new MemoryStream(frame.WrittenMemory.ToArray(), writable: false), untrustedPeer: true, borrowPayloads: borrow);
+        try
+        {
+            var message = connection.ReadAsync().AsTask().GetAwaiter().GetResult();
+            return message switch
+            {
+                ReceivedComplete r => r,
+                Complete c => c,
+                null => "closed",
+                _ => message,
+            };
+        }
+        catch (ProtocolException ex)
+        {
+            return ex.Message;
+        }
+        finally
+        {
+            connection.DisposeAsync().AsTask().GetAwaiter().GetResult();
+        }
+    }
+
     [Fact]
     public void ABodyOverTheFrameLimit_IsRefusedByName()
     {

@@ -138,8 +138,8 @@ public sealed class ShmRingTests : IDisposable
         // The host reads UseRing on the pipe, maps the rings, answers, and reads Ping 1 from its ring.
         Assert.Equal(new Ping(1), await host.ReadAsync().AsTask().Bounded());
         Assert.True(host.UsesRing);
-        Assert.True(host.Send(new Pong(1, 42)));
-        Assert.Equal(new Pong(1, 42), await kernel.ReadAsync().AsTask().Bounded());
+        Assert.True(host.Send(new Pong(1, 42, 43)));
+        Assert.Equal(new Pong(1, 42, 43), await kernel.ReadAsync().AsTask().Bounded());
 
         // Bursts of 100, the next one sent only once the reader has taken the last: in between,
         // the reader finds its ring empty and goes to sleep on the pipe, and the next burst must

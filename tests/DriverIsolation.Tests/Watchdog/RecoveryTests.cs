@@ -29,7 +29,7 @@ public sealed class RecoveryTests : IDisposable
         await using var disk = await kernel.OpenAsync(@"\??\RamDisk0").Bounded();
         var firstPid = kernel.GetDrivers().Single().ProcessId;
 
-        var writes = Enumerable.Range(0, Blocks).Select(b => disk.WriteAsync(Pattern(b, 1), (long)b * BlockSize)).ToList();
+        var writes = Enumerable.Range(0, Blocks).Select(b => disk.WriteAsync(Pattern(b, 1), (long)b * BlockSize).AsTask()).ToList();
         kernel.KillDriverHost("RamDisk");
         var written = await Task.WhenAll(writes).Bounded();
         await kernel.Events.WaitForAsync(KernelEventKind.DriverRestarted).Bounded();
@@ -160,7 +160,7 @@ public sealed class RecoveryTests : IDisposable
         await using var kernel = new Microkernel();
         await kernel.StartAsync([TestManifests.Sample("Echo") with { Recovery = Fast }], IsolationModel.Process).Bounded();
         await using var echo = await kernel.OpenAsync(@"\??\Echo").Bounded();
-        var reads = Enumerable.Range(0, 3).Select(_ => echo.ReadAsync(new byte[8])).ToList();
+        var reads = Enumerable.Range(0, 3).Select(_ => echo.ReadAsync(new byte[8]).AsTask()).ToList();
         Assert.Equal(3, echo.OutstandingRequests);
 
         kernel.KillDriverHost("Echo");

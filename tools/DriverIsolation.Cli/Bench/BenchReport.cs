@@ -18,7 +18,16 @@ internal sealed record BenchReport
 
     [JsonPropertyName("in_kernel_ns")] public double InKernelNs { get; init; }
 
+    /// <summary>Allocated per request in steady state by the kernel's process, process model
+    /// (a Read of 512 B on Null, one at a time).</summary>
     [JsonPropertyName("alloc_bytes_per_irp")] public double AllocBytesPerIrp { get; init; }
+
+    /// <summary>The same requests, allocated in the driver's host process (as it reports them);
+    /// null if the host did not answer.</summary>
+    [JsonPropertyName("alloc_bytes_per_irp_host")] public double? AllocBytesPerIrpHost { get; init; }
+
+    /// <summary>Allocated per request by the in-kernel model (the kernel's process is all there is).</summary>
+    [JsonPropertyName("alloc_bytes_per_irp_in_kernel")] public double AllocBytesPerIrpInKernel { get; init; }
 
     [JsonPropertyName("throughput_per_s")] public required SortedDictionary<string, double> ThroughputPerS { get; init; }
 

@@ -24,6 +24,8 @@ internal sealed class QuickBench(bool quick, Action<string> progress)
         var rtt = new Dictionary<IsolationModel, double[]>();
         var throughput = new SortedDictionary<string, double>(StringComparer.Ordinal);
         double allocPerIrp = 0;
+        double allocPerIrpInKernel = 0;
+        double? allocPerIrpHost = null;
         foreach (var model in new[] { IsolationModel.InKernel, IsolationModel.SharedHost, IsolationModel.Process })
         {
             progress(model.ToManifestName());
@@ -37,18 +39,30 @@ internal sealed class QuickBench(bool quick, Action<string> progress)
             }
 
             rtt[model] = await TimeEachAsync(() => nul.ReadAsync(buffer)).ConfigureAwait(false);
-            if (model != IsolationModel.Process)
+            if (model == IsolationModel.SharedHost)
             {
                 continue;
             }
 
+            // What a request allocates in steady state, kernel side (this process) and, for the
+            // process model, in the driver's host (as the host reports it, before and after).
+            var hostBefore = model == IsolationModel.Process ? await kernel.HostAllocatedBytesAsync("Null", TimeSpan.FromSeconds(10)).ConfigureAwait(false) : null;
             var before = GC.GetTotalAllocatedBytes(precise: true);
             for (var i = 0; i < _requests; i++)
             {
                 await nul.ReadAsync(buffer).ConfigureAwait(false);
             }
 
-            allocPerIrp = (GC.GetTotalAllocatedBytes(precise: true) - before) / (double)_requests;
+            var allocated = (GC.GetTotalAllocatedBytes(precise: true) - before) / (double)_requests;
+            if (model == IsolationModel.InKernel)
+            {
+                allocPerIrpInKernel = allocated;
+                continue;
+            }
+
+            allocPerIrp = allocated;
+            var hostAfter = await kernel.HostAllocatedBytesAsync("Null", TimeSpan.FromSeconds(10)).ConfigureAwait(false);
+            allocPerIrpHost = hostBefore is { } b && hostAfter is { } a ? (a - b) / (double)_requests : null;
             foreach (var depth in new[] { 1, 16, 64 })
             {
                 throughput[depth.ToString(CultureInfo.InvariantCulture)] = await ThroughputAsync(depth, () => nul.ReadAsync(new byte[Payload])).ConfigureAwait(false);
@@ -104,6 +118,8 @@ internal sealed class QuickBench(bool quick, Action<string> progress)
             RatioProcessVsRawPipe = Math.Round(processP50 / rawP50, 2),
             InKernelNs = Math.Round(Percentile(rtt[IsolationModel.InKernel], 50) * 1000, 0),
             AllocBytesPerIrp = Math.Round(allocPerIrp, 0),
+            AllocBytesPerIrpHost = allocPerIrpHost is { } host ? Math.Round(host, 0) : null,
+            AllocBytesPerIrpInKernel = Math.Round(allocPerIrpInKernel, 0),
             ThroughputPerS = throughput,
             RawThroughputPerS = Math.Round(rawThroughput, 0),
             RecoveryP50Ms = recovery,
@@ -129,7 +145,7 @@ internal sealed class QuickBench(bool quick, Action<string> progress)
             }
 
             long id = 0;
-            async Task<IoResult> RoundTrip()
+            async ValueTask<IoResult> RoundTrip()
             {
                 connection.Send(new DispatchBody(++id, 1, MajorFunction.Read, 0, 1, 0, Payload, 0, ReadOnlyMemory<byte>.Empty, Payload));
                 var reply = (Complete)(await connection.ReadAsync().ConfigureAwait(false))!;
@@ -195,7 +211,7 @@ internal sealed class QuickBench(bool quick, Action<string> progress)
         return (rtt, throughput);
     }
 
-    private async Task<double[]> TimeEachAsync(Func<Task<IoResult>> request)
+    private async Task<double[]> TimeEachAsync(Func<ValueTask<IoResult>> request)
     {
         var micros = new double[_requests];
         for (var i = 0; i < _requests; i++)
@@ -209,7 +225,7 @@ internal sealed class QuickBench(bool quick, Action<string> progress)
         return micros;
     }
 
-    private async Task<double> ThroughputAsync(int depth, Func<Task<IoResult>> request)
+    private async Task<double> ThroughputAsync(int depth, Func<ValueTask<IoResult>> request)
     {
         var clock = Stopwatch.StartNew();
         await Task.WhenAll(Enumerable.Range(0, depth).Select(async lane =>

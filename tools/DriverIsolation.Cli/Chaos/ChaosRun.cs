@@ -197,12 +197,12 @@ internal sealed class ChaosRun(Microkernel kernel, TimeSpan duration, TimeSpan k
         }
     }
 
-    private async Task<IoResult?> TrackAsync(Task<IoResult> request)
+    private async Task<IoResult?> TrackAsync(ValueTask<IoResult> request)
     {
         Interlocked.Increment(ref _issued);
         try
         {
-            var result = await request.WaitAsync(LostAfter).ConfigureAwait(false);
+            var result = await request.AsTask().WaitAsync(LostAfter).ConfigureAwait(false);
             _completed.AddOrUpdate(result.Status, 1, static (_, n) => n + 1);
             return result;
         }

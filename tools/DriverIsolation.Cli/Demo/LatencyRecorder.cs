@@ -9,7 +9,7 @@ internal sealed class LatencyRecorder
 {
     private readonly ConcurrentDictionary<string, DeviceSamples> _devices = new(StringComparer.OrdinalIgnoreCase);
 
-    public async Task<IoResult> TimeAsync(string device, Func<Task<IoResult>> request)
+    public async Task<IoResult> TimeAsync(string device, Func<ValueTask<IoResult>> request)
     {
         var start = Stopwatch.GetTimestamp();
         var result = await request().ConfigureAwait(false);

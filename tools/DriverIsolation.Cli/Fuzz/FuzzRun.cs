@@ -208,11 +208,11 @@ internal sealed class FuzzRun(long inputs, int seed, Action<string> progress)
                     var kind = random.Next(5);
                     var request = kind switch
                     {
-                        0 => handle.ReadAsync(buffer, random.Next(16) * 512L, cancel.Token),
-                        1 => handle.WriteAsync(buffer, random.Next(16) * 512L, cancel.Token),
-                        2 => handle.DeviceIoControlAsync((uint)random.Next(), buffer.AsMemory(0, size / 2), buffer.AsMemory(size / 2), cancel.Token),
-                        3 => handle.FlushAsync(cancel.Token),
-                        _ => handle.ReadAsync(buffer, 0, cancel.Token),
+                        0 => handle.ReadAsync(buffer, random.Next(16) * 512L, cancel.Token).AsTask(),
+                        1 => handle.WriteAsync(buffer, random.Next(16) * 512L, cancel.Token).AsTask(),
+                        2 => handle.DeviceIoControlAsync((uint)random.Next(), buffer.AsMemory(0, size / 2), buffer.AsMemory(size / 2), cancel.Token).AsTask(),
+                        3 => handle.FlushAsync(cancel.Token).AsTask(),
+                        _ => handle.ReadAsync(buffer, 0, cancel.Token).AsTask(),
                     };
                     if (random.Next(8) == 0)
                     {
@@ -257,9 +257,9 @@ internal sealed class FuzzRun(long inputs, int seed, Action<string> progress)
             var back = new byte[data.Length];
             try
             {
-                var write = await disk.WriteAsync(data, offset, CancellationToken.None).WaitAsync(RequestBound, CancellationToken.None).ConfigureAwait(false);
-                var read = await disk.ReadAsync(back, offset, CancellationToken.None).WaitAsync(RequestBound, CancellationToken.None).ConfigureAwait(false);
-                var zero = await nul.ReadAsync(new byte[512], 0, CancellationToken.None).WaitAsync(RequestBound, CancellationToken.None).ConfigureAwait(false);
+                var write = await disk.WriteAsync(data, offset, CancellationToken.None).AsTask().WaitAsync(RequestBound, CancellationToken.None).ConfigureAwait(false);
+                var read = await disk.ReadAsync(back, offset, CancellationToken.None).AsTask().WaitAsync(RequestBound, CancellationToken.None).ConfigureAwait(false);
+                var zero = await nul.ReadAsync(new byte[512], 0, CancellationToken.None).AsTask().WaitAsync(RequestBound, CancellationToken.None).ConfigureAwait(false);
                 if (write != new IoResult(NtStatus.Success, data.Length) || read != new IoResult(NtStatus.Success, data.Length) || !back.AsSpan().SequenceEqual(data)
                     || zero != new IoResult(NtStatus.Success, 512))
                 {
