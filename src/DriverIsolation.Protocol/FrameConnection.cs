@@ -18,6 +18,10 @@ namespace DriverIsolation.Protocol;
 public sealed class FrameConnection : IAsyncDisposable
 {
     private readonly Stream _stream;
+
+    /// <summary>What reads and writes go through: the stream, or a socket on its descriptor (see <see cref="PipeSocket"/>).</summary>
+    private readonly Stream _io;
+    private readonly System.Net.Sockets.Socket? _socket;
     private readonly PipeReader _input;
     private readonly Pipe _output = new(new PipeOptions(pauseWriterThreshold: 0, resumeWriterThreshold: 0, useSynchronizationContext: false));
     private readonly MessagePackSerializerOptions _readOptions;
@@ -59,6 +63,7 @@ public sealed class FrameConnection : IAsyncDisposable
     public FrameConnection(Stream stream, bool untrustedPeer, int maxFrameSize = ProtocolConstants.DefaultMaxFrameSize, bool borrowPayloads = false)
     {
         _stream = stream;
+        (_io, _socket) = PipeSocket.Open(stream);
         _maxFrameSize = maxFrameSize;
         _untrustedPeer = untrustedPeer;
         _readOptions = untrustedPeer ? FrameCodec.UntrustedOptions : FrameCodec.TrustedOptions;
@@ -69,7 +74,7 @@ public sealed class FrameConnection : IAsyncDisposable
             _received = new ReceivedComplete();
         }
 
-        _input = PipeReader.Create(stream, new StreamPipeReaderOptions(bufferSize: 64 * 1024, minimumReadSize: 4096, leaveOpen: true));
+        _input = PipeReader.Create(_io, new StreamPipeReaderOptions(bufferSize: 64 * 1024, minimumReadSize: 4096, leaveOpen: true));
         _sendLoop = DoSendAsync();
     }
 
@@ -606,6 +611,7 @@ public sealed class FrameConnection : IAsyncDisposable
         _input.CancelPendingRead();
         try
         {
+            PipeSocket.Close(_socket);
             _stream.Dispose();
         }
         catch (IOException)
@@ -629,6 +635,7 @@ public sealed class FrameConnection : IAsyncDisposable
 
         SetCloseReason("closed locally");
         await _input.CompleteAsync().ConfigureAwait(false);
+        PipeSocket.Close(_socket);
         await _stream.DisposeAsync().ConfigureAwait(false);
         DisposeRings();
         _aborted.Dispose();
@@ -661,12 +668,12 @@ public sealed class FrameConnection : IAsyncDisposable
                 var buffer = result.Buffer;
                 foreach (var segment in buffer)
                 {
-                    await _stream.WriteAsync(segment, _aborted.Token).ConfigureAwait(false);
+                    await _io.WriteAsync(segment, _aborted.Token).ConfigureAwait(false);
                 }
 
                 if (!buffer.IsEmpty)
                 {
-                    await _stream.FlushAsync(_aborted.Token).ConfigureAwait(false);
+                    await _io.FlushAsync(_aborted.Token).ConfigureAwait(false);
                 }
 
                 reader.AdvanceTo(buffer.End);
