@@ -89,4 +89,24 @@ public sealed class IrpBookkeepingTests
         Assert.False(table.TryGetFinished(-5, out _));
         Assert.Equal(inFlight.Count, table.Count);
     }
+
+    [Fact]
+    public async Task DeviceStatistics_CountEveryRequestByItsFinalStatus()
+    {
+        await using var kernel = new Microkernel();
+        await kernel.StartAsync([TestManifests.Sample("Echo")], IsolationModel.InKernel).Bounded();
+        await using var echo = await kernel.OpenAsync(@"\Device\Echo").Bounded();
+        Assert.Equal(new IoResult(NtStatus.Success, 5), await echo.WriteAsync("hello"u8.ToArray()).Bounded());
+        Assert.Equal(new IoResult(NtStatus.Success, 5), await echo.ReadAsync(new byte[16]).Bounded());
+        using var cancel = new CancellationTokenSource();
+        var pending = echo.ReadAsync(new byte[16], cancellationToken: cancel.Token);
+        await cancel.CancelAsync();
+        Assert.Equal(NtStatus.Cancelled, (await pending.Bounded()).Status);
+
+        // The Create, the Write and the first Read succeeded; the second Read was cancelled.
+        var counted = kernel.GetDevice(@"\Device\Echo")!.CompletedByStatus;
+        Assert.Equal(3, counted[NtStatus.Success]);
+        Assert.Equal(1, counted[NtStatus.Cancelled]);
+        Assert.Equal(2, counted.Count);
+    }
 }
