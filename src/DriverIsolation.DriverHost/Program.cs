@@ -38,7 +38,7 @@ if (echo)
     // The benchmark baseline: no handshake, no runtime (see EchoPeer).
     var echoPipe = new NamedPipeClientStream(".", pipeName, PipeDirection.InOut, PipeOptions.Asynchronous | PipeOptions.CurrentUserOnly);
     await echoPipe.ConnectAsync(30_000);
-    await using var echoConnection = new FrameConnection(echoPipe, untrustedPeer: false);
+    await using var echoConnection = new FrameConnection(echoPipe, untrustedPeer: false, reuseDispatch: true);
     return await EchoPeer.RunAsync(echoConnection);
 }
 
@@ -74,7 +74,7 @@ catch (Exception ex) when (ex is TimeoutException or IOException or Unauthorized
     return ExitCodes.ConnectFailed;
 }
 
-var connection = new FrameConnection(pipe, untrustedPeer: false);
+var connection = new FrameConnection(pipe, untrustedPeer: false, reuseDispatch: true);
 var server = new HostServer(connection, hostName, dispatch: dispatch, inlineStall: stall);
 var serving = server.RunAsync(token, stop.Token);
 var first = await Task.WhenAny(serving, parentGone);

@@ -29,6 +29,9 @@ public sealed class FrameConnection : IAsyncDisposable
 
     /// <summary>Where a borrowing connection reads every completion (see <see cref="ReceivedComplete"/>).</summary>
     private readonly ReceivedComplete? _received;
+
+    /// <summary>Where a host's connection reads every request (see <see cref="ReceivedDispatch"/>).</summary>
+    private readonly ReceivedDispatch? _dispatch;
     private readonly int _maxFrameSize;
     private readonly Lock _sendGate = new();
     private readonly ArrayBufferWriter<byte> _scratch = new(256);
@@ -59,8 +62,12 @@ public sealed class FrameConnection : IAsyncDisposable
     /// <param name="maxFrameSize">Hard limit on a frame body, both directions.</param>
     /// <param name="borrowPayloads">True: the byte payloads of a message read are slices of a
     /// buffer of the connection's, valid until the next <see cref="ReadAsync"/> (no array per
-    /// message); the reader copies what it keeps.</param>
-    public FrameConnection(Stream stream, bool untrustedPeer, int maxFrameSize = ProtocolConstants.DefaultMaxFrameSize, bool borrowPayloads = false)
+    /// message); the reader copies what it keeps. A completion is then read into one
+    /// <see cref="ReceivedComplete"/>, as valid.</param>
+    /// <param name="reuseDispatch">True: a request is read into one <see cref="ReceivedDispatch"/>,
+    /// valid until the next <see cref="ReadAsync"/> (its input is a new array all the same).</param>
+    public FrameConnection(Stream stream, bool untrustedPeer, int maxFrameSize = ProtocolConstants.DefaultMaxFrameSize, bool borrowPayloads = false,
+        bool reuseDispatch = false)
     {
         _stream = stream;
         (_io, _socket) = PipeSocket.Open(stream);
@@ -73,6 +80,8 @@ public sealed class FrameConnection : IAsyncDisposable
             _readOptions = _borrowing;
             _received = new ReceivedComplete();
         }
+
+        _dispatch = reuseDispatch ? new ReceivedDispatch() : null;
 
         _input = PipeReader.Create(_io, new StreamPipeReaderOptions(bufferSize: 64 * 1024, minimumReadSize: 4096, leaveOpen: true));
         _sendLoop = DoSendAsync();
@@ -140,10 +149,18 @@ public sealed class FrameConnection : IAsyncDisposable
     }
 
     /// <summary>One frame's message. A connection that borrows payloads reads a completion into
-    /// its one <see cref="ReceivedComplete"/>; any other frame, or a completion in any other form,
-    /// goes through the serializer and its checks.</summary>
-    private Message Decode(ReadOnlySequence<byte> body) =>
-        _received is not null && _received.TryRead(body, _borrowing!) ? _received : FrameCodec.DecodeBody(body, _readOptions);
+    /// its one <see cref="ReceivedComplete"/>, one that reuses requests a request into its one
+    /// <see cref="ReceivedDispatch"/>; any other frame, or one of those in any other form, goes
+    /// through the serializer and its checks.</summary>
+    private Message Decode(ReadOnlySequence<byte> body)
+    {
+        if (_received is not null && _received.TryRead(body, _borrowing!))
+        {
+            return _received;
+        }
+
+        return _dispatch is not null && _dispatch.TryRead(body) ? _dispatch : FrameCodec.DecodeBody(body, _readOptions);
+    }
 
     /// <summary>Reads the next frame from the pipe (see <see cref="ReadAsync"/>).</summary>
     [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder<>))]

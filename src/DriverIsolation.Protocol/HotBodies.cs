@@ -163,3 +163,141 @@ public sealed record ReceivedComplete : Message
         }
     }
 }
+
+/// <summary>
+/// A <see cref="Dispatch"/> as a host's connection reads it (one per connection, overwritten by
+/// its next read), so a host takes the kernel's requests without a message object per request.
+/// Its <see cref="Input"/> is a new array, as the serializer makes it: a driver may keep it.
+/// Never sent.
+/// </summary>
+public sealed record ReceivedDispatch : Message
+{
+    public long IrpId { get; private set; }
+
+    public int DeviceId { get; private set; }
+
+    public MajorFunction MajorFunction { get; private set; }
+
+    public byte MinorFunction { get; private set; }
+
+    public long FileId { get; private set; }
+
+    public long Offset { get; private set; }
+
+    public int Length { get; private set; }
+
+    public uint IoControlCode { get; private set; }
+
+    public ReadOnlyMemory<byte> Input { get; private set; }
+
+    public int OutputLength { get; private set; }
+
+    public string? TraceParent { get; private set; }
+
+    /// <summary>The request's fields, as a value.</summary>
+    public DispatchBody Body => new(IrpId, DeviceId, MajorFunction, MinorFunction, FileId, Offset, Length, IoControlCode, Input, OutputLength, TraceParent);
+
+    /// <summary>The fields of a <see cref="Dispatch"/> the serializer read, as a value.</summary>
+    public static DispatchBody BodyOf(Dispatch d)
+    {
+        ArgumentNullException.ThrowIfNull(d);
+        return new(d.IrpId, d.DeviceId, d.MajorFunction, d.MinorFunction, d.FileId, d.Offset, d.Length, d.IoControlCode, d.Input, d.OutputLength, d.TraceParent);
+    }
+
+    /// <summary>Reads <paramref name="body"/> into this instance if it is a well-formed
+    /// <see cref="Dispatch"/> in the form the serializer writes; false for anything else, which
+    /// the serializer then decodes (or refuses) as usual.</summary>
+    internal bool TryRead(ReadOnlySequence<byte> body)
+    {
+        var reader = new MessagePackReader(body);
+        try
+        {
+            if (reader.NextMessagePackType != MessagePackType.Array || reader.ReadArrayHeader() != 2
+                || reader.NextMessagePackType != MessagePackType.Integer || reader.ReadInt32() != DispatchBody.Kind
+                || reader.NextMessagePackType != MessagePackType.Array || reader.ReadArrayHeader() != 11)
+            {
+                return false;
+            }
+
+            if (!TryInteger(ref reader, out var irpId) || !TryInteger(ref reader, out var deviceId) || !TryInteger(ref reader, out var major)
+                || !TryInteger(ref reader, out var minor) || !TryInteger(ref reader, out var fileId) || !TryInteger(ref reader, out var offset)
+                || !TryInteger(ref reader, out var length) || !TryInteger(ref reader, out var ioControlCode))
+            {
+                return false;
+            }
+
+            ReadOnlyMemory<byte> input;
+            switch (reader.NextMessagePackType)
+            {
+                case MessagePackType.Binary:
+                    input = reader.ReadBytes()!.Value.ToArray();
+                    break;
+                case MessagePackType.Nil:
+                    reader.ReadNil();
+                    input = default;
+                    break;
+                default:
+                    return false;
+            }
+
+            if (!TryInteger(ref reader, out var outputLength))
+            {
+                return false;
+            }
+
+            string? traceParent;
+            switch (reader.NextMessagePackType)
+            {
+                case MessagePackType.String:
+                    traceParent = reader.ReadString();
+                    break;
+                case MessagePackType.Nil:
+                    reader.ReadNil();
+                    traceParent = null;
+                    break;
+                default:
+                    return false;
+            }
+
+            if (!reader.End)
+            {
+                return false;
+            }
+
+            // Each field as the serializer reads it: out of its type's range is an error there.
+            var fields = (DeviceId: checked((int)deviceId), Major: checked((byte)major), Minor: checked((byte)minor), Length: checked((int)length),
+                IoControlCode: checked((uint)ioControlCode), OutputLength: checked((int)outputLength));
+            IrpId = irpId;
+            DeviceId = fields.DeviceId;
+            MajorFunction = (MajorFunction)fields.Major;
+            MinorFunction = fields.Minor;
+            FileId = fileId;
+            Offset = offset;
+            Length = fields.Length;
+            IoControlCode = fields.IoControlCode;
+            Input = input;
+            OutputLength = fields.OutputLength;
+            TraceParent = traceParent;
+            return true;
+        }
+#pragma warning disable CA1031 // Whatever a malformed frame makes the reader throw, the serializer gets to answer it.
+        catch (Exception)
+#pragma warning restore CA1031
+        {
+            return false;
+        }
+    }
+
+    /// <summary>The next field, if it is an integer that fits a long.</summary>
+    private static bool TryInteger(ref MessagePackReader reader, out long value)
+    {
+        value = 0;
+        if (reader.NextMessagePackType != MessagePackType.Integer)
+        {
+            return false;
+        }
+
+        value = reader.ReadInt64();
+        return true;
+    }
+}

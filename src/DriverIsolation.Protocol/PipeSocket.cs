@@ -1,5 +1,6 @@
 using System.IO.Pipes;
 using System.Net.Sockets;
+using System.Runtime.InteropServices;
 
 namespace DriverIsolation.Protocol;
 
@@ -7,10 +8,11 @@ namespace DriverIsolation.Protocol;
 /// On Linux a named pipe is a Unix-domain socket. A connection does its reads and writes through
 /// a <see cref="Socket"/> on the pipe's descriptor rather than through the <see cref="PipeStream"/>:
 /// the socket's asynchronous receives and sends reuse one operation object each, where the pipe
-/// stream makes a new one for every read that has to wait (about 150 bytes per message). The pipe
-/// stream keeps the descriptor and closes it.
+/// stream makes a new one for every read that has to wait (about 150 bytes per message). The
+/// socket has a descriptor of its own (a duplicate of the pipe's), so each object closes only
+/// what it owns, and an operation in flight on the socket keeps its descriptor open.
 /// </summary>
-internal static class PipeSocket
+internal static partial class PipeSocket
 {
     /// <summary>The stream to read and write <paramref name="stream"/> through, and the socket
     /// under it if there is one (shut down and disposed before the pipe).</summary>
@@ -21,11 +23,17 @@ internal static class PipeSocket
             return (stream, null);
         }
 
-        Socket? socket = null;
+        var pipe = (PipeStream)stream;
+        var own = OperatingSystem.IsLinux() ? Fcntl((int)pipe.SafePipeHandle.DangerousGetHandle(), DupCloseOnExec, 0) : -1;
+        if (own < 0)
+        {
+            return (stream, null);
+        }
+
+        var handle = new SafeSocketHandle(own, ownsHandle: true);
         try
         {
-            var pipe = (PipeStream)stream;
-            socket = new Socket(new SafeSocketHandle(pipe.SafePipeHandle.DangerousGetHandle(), ownsHandle: false));
+            var socket = new Socket(handle);
             if (socket.AddressFamily != AddressFamily.Unix)
             {
                 socket.Dispose();
@@ -37,12 +45,20 @@ internal static class PipeSocket
         catch (Exception ex) when (ex is SocketException or IOException or InvalidOperationException or PlatformNotSupportedException or ArgumentException)
         {
             // Not a socket after all: the pipe stream does the work.
-            socket?.Dispose();
+            handle.Dispose();
             return (stream, null);
         }
     }
 
-    /// <summary>Ends the socket's use of the descriptor: a read still waiting on it returns.</summary>
+    /// <summary>F_DUPFD_CLOEXEC (Linux): a new descriptor for the same socket, not inherited by
+    /// the driver hosts this process starts.</summary>
+    private const int DupCloseOnExec = 1030;
+
+    [LibraryImport("libc", EntryPoint = "fcntl", SetLastError = true)]
+    private static partial int Fcntl(int descriptor, int command, int argument);
+
+    /// <summary>Ends the connection through the socket (a read still waiting on it returns) and
+    /// closes the socket's descriptor.</summary>
     public static void Close(Socket? socket)
     {
         if (socket is null)

@@ -44,7 +44,7 @@ internal sealed class RawEcho : IAsyncDisposable
             throw;
         }
 
-        var connection = new FrameConnection(server, untrustedPeer: true);
+        var connection = new FrameConnection(server, untrustedPeer: true, borrowPayloads: true);
         var echo = new RawEcho(server, peer, connection);
         if (ring)
         {
@@ -115,7 +115,9 @@ internal sealed class RawEcho : IAsyncDisposable
         }
     }
 
-    private async ValueTask<Complete> ReceiveAsync() =>
-        await _connection.ReadAsync().ConfigureAwait(false) as Complete
+    // Read as the kernel reads a host's completions (one reused object, the data borrowed until
+    // the next read).
+    private async ValueTask<ReceivedComplete> ReceiveAsync() =>
+        await _connection.ReadAsync().ConfigureAwait(false) as ReceivedComplete
             ?? throw new InvalidOperationException($"the echo peer did not answer with a Complete: {_connection.CloseReason}");
 }

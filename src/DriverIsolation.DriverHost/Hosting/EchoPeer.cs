@@ -14,7 +14,13 @@ internal static class EchoPeer
     {
         while (await connection.ReadAsync().ConfigureAwait(false) is { } message)
         {
-            if (message is Dispatch d)
+            DispatchBody? request = message switch
+            {
+                ReceivedDispatch received => received.Body,
+                Dispatch dispatch => ReceivedDispatch.BodyOf(dispatch),
+                _ => null,
+            };
+            if (request is { } d)
             {
                 connection.Send(new CompleteBody(d.IrpId, d.DeviceId, NtStatus.Success, d.OutputLength,
                     d.OutputLength > 0 ? new byte[d.OutputLength] : ReadOnlyMemory<byte>.Empty));

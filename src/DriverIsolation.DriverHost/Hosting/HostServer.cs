@@ -135,8 +135,15 @@ public sealed class HostServer : IKernelLink
                 case null:
                     _exit.TrySetResult(ExitCodes.KernelGone);
                     return;
+                case ReceivedDispatch d:
+                    if (!OnDispatch(d.Body, generation))
+                    {
+                        return;
+                    }
+
+                    break;
                 case Dispatch d:
-                    if (!OnDispatch(d, generation))
+                    if (!OnDispatch(ReceivedDispatch.BodyOf(d), generation))
                     {
                         return;
                     }
@@ -176,7 +183,8 @@ public sealed class HostServer : IKernelLink
 
                     break;
                 case Ping ping:
-                    _connection.Send(new Pong(ping.Sequence, Environment.WorkingSet, GC.GetTotalAllocatedBytes(precise: true)));
+                    // The exact count (it stops the runtime a moment) only for a barrier, where it is measured.
+                    _connection.Send(new Pong(ping.Sequence, Environment.WorkingSet, GC.GetTotalAllocatedBytes(precise: ping.Sequence < 0)));
                     break;
                 case LoadDriver load:
                     var loaded = _runtime.LoadDriver(load.DriverId, load.Name, load.AssemblyPath, load.TypeName, load.Parameters, load.Faults, load.Injectable);
@@ -280,7 +288,7 @@ public sealed class HostServer : IKernelLink
         throw new InvalidOperationException("unreachable: the host ends with an unhandled exception", ex);
     }
 
-    private bool OnDispatch(Dispatch d, int generation)
+    private bool OnDispatch(in DispatchBody d, int generation)
     {
         // A new buffer per IRP, not a pooled one: a driver that completes an IRP and goes on
         // writing to it (a double completion) must not write into another request's buffer.

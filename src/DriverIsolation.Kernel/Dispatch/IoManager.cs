@@ -147,8 +147,9 @@ internal sealed class IoManager : IDisposable
             irp.CallerCancellation = cancellationToken.UnsafeRegister(static s => ((KernelIrp)s!).Manager!.Cancel((KernelIrp)s!), irp);
         }
 
-        // The IRP may be finished, taken by its caller and reused before this returns: the task
-        // was taken before it went anywhere.
+        // Its deadline and cancellation are armed: from here on, finished by its driver, it may be
+        // reused (and may be before this returns: the task was taken before it went anywhere).
+        irp.MarkSetUp();
         SendToLayer(irp, 0, cancelAfterSend: false);
         return task;
     }
@@ -436,11 +437,14 @@ internal sealed class IoManager : IDisposable
             return;
         }
 
+        // An in-kernel driver may complete the IRP inside Dispatch, and its caller reuse it for
+        // another request: its id is taken first.
+        var id = irp.Id;
         Trace?.LayerEntered(irp, layer);
         layer.Host.Dispatch(irp, layer);
         if (cancelAfterSend)
         {
-            layer.Host.Cancel(irp.Id, layer);
+            layer.Host.Cancel(id, layer);
         }
     }
 
@@ -722,9 +726,11 @@ internal sealed class IoManager : IDisposable
             StopActivity(activity, result.Status);
         }
 
-        // Reused once its caller has the result, unless its deadline's callback or its caller's
-        // cancellation may still be running on it, or a trace holds it.
-        irp.MayBeReused(deadlineQuiet && cancellationQuiet && Trace is null);
+        // Reused once its caller has the result only if its driver completed it, on the one path
+        // that holds it (not a sweep, a cancellation, a deadline or a failed send, whose callers
+        // may still act on it), once it was set up, with no deadline callback or cancellation
+        // running on it and no trace holding it.
+        irp.MayBeReused(driverCompleted && deadlineQuiet && cancellationQuiet && Trace is null);
         if (!irp.InlineContinuation)
         {
             irp.SetResult(result);

@@ -61,6 +61,7 @@ internal sealed class KernelIrp : IThreadPoolWorkItem, IValueTaskSource<IoResult
             irp.DeadlineFired = false;
             irp._resultSet = 0;
             irp._reusable = false;
+            irp._setUp = false;
         }
 
         return irp;
@@ -185,6 +186,7 @@ internal sealed class KernelIrp : IThreadPoolWorkItem, IValueTaskSource<IoResult
     private ManualResetValueTaskSourceCore<IoResult> _source;
     private int _resultSet;
     private bool _reusable;
+    private bool _setUp;
 
     /// <summary>What the caller awaits: this IRP, until it takes the result.</summary>
     public ValueTask<IoResult> Task => new(this, _source.Version);
@@ -199,9 +201,15 @@ internal sealed class KernelIrp : IThreadPoolWorkItem, IValueTaskSource<IoResult
     }
 
     /// <summary>Marks the IRP for reuse once its caller has the result: called by the one thread
-    /// that finishes it, before it sets the result, with what that thread knows: the deadline
-    /// will not fire on it, no cancellation callback ran, nothing traces it.</summary>
-    public void MayBeReused(bool reusable) => _reusable = reusable && !WasParked && !IsReplay && Activity is null;
+    /// that finishes it, before it sets the result, with what that thread knows (its driver
+    /// completed it, the deadline will not fire on it, no cancellation callback ran, nothing traces
+    /// it). Never an IRP finished before its set-up was done (a host completing an id it was not
+    /// sent yet), parked once, asked to cancel, or replayed.</summary>
+    public void MayBeReused(bool reusable) =>
+        _reusable = reusable && Volatile.Read(ref _setUp) && !WasParked && !CancelRequested && !IsReplay && Activity is null;
+
+    /// <summary>The I/O manager has armed the IRP's deadline and caller cancellation.</summary>
+    public void MarkSetUp() => Volatile.Write(ref _setUp, true);
 
     /// <summary>Sets <see cref="PendingResult"/> on the caller's task (queued to the pool).</summary>
     void IThreadPoolWorkItem.Execute() => SetResult(PendingResult);

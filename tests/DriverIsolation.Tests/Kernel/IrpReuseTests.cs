@@ -66,6 +66,22 @@ public sealed class IrpReuseTests
     }
 
     [Fact]
+    public async Task AnIrpFinishedByItsHostsExit_IsNotReused()
+    {
+        await using var kernel = new Microkernel();
+        await kernel.StartAsync([TestManifests.Sample("Echo") with { Recovery = new RecoveryPolicy { Restart = false } }], IsolationModel.Process).Bounded();
+        await using var echo = await kernel.OpenAsync(@"\Device\Echo").Bounded();
+
+        // The exit sweep finishes it, not its driver: a thread that still holds it (a failed
+        // send, a completion on its way up) may act on it after the sweep.
+        var read = echo.ReadAsync(new byte[16]);
+        kernel.KillDriverHost("Echo");
+        Assert.Equal(NtStatus.DriverProcessTerminated, (await read.Bounded()).Status);
+
+        Assert.Equal(NtStatus.DriverProcessTerminated, TakeAgain(read).Status);
+    }
+
+    [Fact]
     public async Task ATracedIrp_IsNotReused()
     {
         await using var kernel = new Microkernel();
