@@ -113,6 +113,12 @@ public sealed class HotBodyTests
             var actual = Read(body, untrusted: true, borrow: true);
             switch (expected)
             {
+                // The same completion, read by the hot reader or (a form it leaves to the
+                // serializer, such as data sent as a string) by the serializer.
+                case Complete c when actual is Complete same:
+                    Assert.Equal(c with { Data = default }, same with { Data = default });
+                    Assert.Equal(c.Data.ToArray(), same.Data.ToArray());
+                    break;
                 case Complete c:
                     var r = Assert.IsType<ReceivedComplete>(actual);
                     Assert.Equal((c.IrpId, c.DeviceId, c.Status, c.Information), (r.IrpId, r.DeviceId, r.Status, r.Information));
@@ -161,6 +167,10 @@ public sealed class HotBodyTests
             var actual = Read(body, untrusted: false, reuseDispatch: true);
             switch (expected)
             {
+                case Dispatch d when actual is Dispatch same:
+                    Assert.Equal(d with { Input = default }, same with { Input = default });
+                    Assert.Equal(d.Input.ToArray(), same.Input.ToArray());
+                    break;
                 case Dispatch d:
                     var r = Assert.IsType<ReceivedDispatch>(actual);
                     Assert.Equal(ReceivedDispatch.BodyOf(d) with { Input = default }, r.Body with { Input = default });
