@@ -16,7 +16,12 @@ internal sealed record BenchReport
 
     [JsonPropertyName("ratio_process_vs_raw_pipe")] public double RatioProcessVsRawPipe { get; init; }
 
+    /// <summary>The in-kernel round trip's p50, each await timed on its own.</summary>
     [JsonPropertyName("in_kernel_ns")] public double InKernelNs { get; init; }
+
+    /// <summary>In-kernel: the mean time per request over a loop of awaited Reads, with no timer
+    /// around each one.</summary>
+    [JsonPropertyName("in_kernel_loop_ns")] public double InKernelLoopNs { get; init; }
 
     /// <summary>Allocated per request in steady state by the kernel's process, process model
     /// (a Read of 512 B on Null, one at a time).</summary>
