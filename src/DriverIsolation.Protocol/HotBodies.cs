@@ -102,55 +102,20 @@ public sealed record ReceivedComplete : Message
         var reader = new MessagePackReader(body);
         try
         {
-            if (reader.NextMessagePackType != MessagePackType.Array || reader.ReadArrayHeader() != 2
-                || reader.NextMessagePackType != MessagePackType.Integer || reader.ReadInt32() != CompleteBody.Kind
-                || reader.NextMessagePackType != MessagePackType.Array || reader.ReadArrayHeader() != 5
-                || reader.NextMessagePackType != MessagePackType.Integer)
+            if (!HotFields.TryHeader(ref reader, CompleteBody.Kind, 5)
+                || !HotFields.TryInteger(ref reader, out var irpId) || !HotFields.TryInteger(ref reader, out var deviceId)
+                || !HotFields.TryInteger(ref reader, out var status) || !HotFields.TryInteger(ref reader, out var information)
+                || !HotFields.TryBytes(ref reader, out var bytes) || !reader.End)
             {
                 return false;
             }
 
-            var irpId = reader.ReadInt64();
-            if (reader.NextMessagePackType != MessagePackType.Integer)
-            {
-                return false;
-            }
-
-            var deviceId = reader.ReadInt32();
-            if (reader.NextMessagePackType != MessagePackType.Integer)
-            {
-                return false;
-            }
-
-            var status = (NtStatus)reader.ReadUInt32();
-            if (reader.NextMessagePackType != MessagePackType.Integer)
-            {
-                return false;
-            }
-
-            var information = reader.ReadInt64();
-            ReadOnlyMemory<byte> data;
-            switch (reader.NextMessagePackType)
-            {
-                case MessagePackType.Binary:
-                    data = payloads.Borrow(reader.ReadBytes()!.Value);
-                    break;
-                case MessagePackType.Nil:
-                    reader.ReadNil();
-                    data = default;
-                    break;
-                default:
-                    return false;
-            }
-
-            if (!reader.End)
-            {
-                return false;
-            }
-
+            // Each field as the serializer reads it: out of its type's range is an error there.
+            var fields = (DeviceId: checked((int)deviceId), Status: (NtStatus)checked((uint)status));
+            var data = bytes is { } payload ? payloads.Borrow(payload) : default;
             IrpId = irpId;
-            DeviceId = deviceId;
-            Status = status;
+            DeviceId = fields.DeviceId;
+            Status = fields.Status;
             Information = information;
             Data = data;
             return true;
@@ -212,35 +177,12 @@ public sealed record ReceivedDispatch : Message
         var reader = new MessagePackReader(body);
         try
         {
-            if (reader.NextMessagePackType != MessagePackType.Array || reader.ReadArrayHeader() != 2
-                || reader.NextMessagePackType != MessagePackType.Integer || reader.ReadInt32() != DispatchBody.Kind
-                || reader.NextMessagePackType != MessagePackType.Array || reader.ReadArrayHeader() != 11)
-            {
-                return false;
-            }
-
-            if (!TryInteger(ref reader, out var irpId) || !TryInteger(ref reader, out var deviceId) || !TryInteger(ref reader, out var major)
-                || !TryInteger(ref reader, out var minor) || !TryInteger(ref reader, out var fileId) || !TryInteger(ref reader, out var offset)
-                || !TryInteger(ref reader, out var length) || !TryInteger(ref reader, out var ioControlCode))
-            {
-                return false;
-            }
-
-            ReadOnlyMemory<byte> input;
-            switch (reader.NextMessagePackType)
-            {
-                case MessagePackType.Binary:
-                    input = reader.ReadBytes()!.Value.ToArray();
-                    break;
-                case MessagePackType.Nil:
-                    reader.ReadNil();
-                    input = default;
-                    break;
-                default:
-                    return false;
-            }
-
-            if (!TryInteger(ref reader, out var outputLength))
+            if (!HotFields.TryHeader(ref reader, DispatchBody.Kind, 11)
+                || !HotFields.TryInteger(ref reader, out var irpId) || !HotFields.TryInteger(ref reader, out var deviceId)
+                || !HotFields.TryInteger(ref reader, out var major) || !HotFields.TryInteger(ref reader, out var minor)
+                || !HotFields.TryInteger(ref reader, out var fileId) || !HotFields.TryInteger(ref reader, out var offset)
+                || !HotFields.TryInteger(ref reader, out var length) || !HotFields.TryInteger(ref reader, out var ioControlCode)
+                || !HotFields.TryBytes(ref reader, out var bytes) || !HotFields.TryInteger(ref reader, out var outputLength))
             {
                 return false;
             }
@@ -267,6 +209,7 @@ public sealed record ReceivedDispatch : Message
             // Each field as the serializer reads it: out of its type's range is an error there.
             var fields = (DeviceId: checked((int)deviceId), Major: checked((byte)major), Minor: checked((byte)minor), Length: checked((int)length),
                 IoControlCode: checked((uint)ioControlCode), OutputLength: checked((int)outputLength));
+            var input = bytes is { } payload ? payload.ToArray() : default;
             IrpId = irpId;
             DeviceId = fields.DeviceId;
             MajorFunction = (MajorFunction)fields.Major;
@@ -287,9 +230,20 @@ public sealed record ReceivedDispatch : Message
             return false;
         }
     }
+}
+
+/// <summary>The fields of the hot messages as the serializer writes them; each reader declines
+/// (false) anything in another form, and leaves it to the serializer.</summary>
+internal static class HotFields
+{
+    /// <summary><c>[kind, [</c> exactly <paramref name="fields"/> fields.</summary>
+    public static bool TryHeader(ref MessagePackReader reader, int kind, int fields) =>
+        reader.NextMessagePackType == MessagePackType.Array && reader.ReadArrayHeader() == 2
+        && reader.NextMessagePackType == MessagePackType.Integer && reader.ReadInt32() == kind
+        && reader.NextMessagePackType == MessagePackType.Array && reader.ReadArrayHeader() == fields;
 
     /// <summary>The next field, if it is an integer that fits a long.</summary>
-    private static bool TryInteger(ref MessagePackReader reader, out long value)
+    public static bool TryInteger(ref MessagePackReader reader, out long value)
     {
         value = 0;
         if (reader.NextMessagePackType != MessagePackType.Integer)
@@ -299,5 +253,22 @@ public sealed record ReceivedDispatch : Message
 
         value = reader.ReadInt64();
         return true;
+    }
+
+    /// <summary>The next field, if it is bin (its bytes, still in the frame) or nil (null).</summary>
+    public static bool TryBytes(ref MessagePackReader reader, out ReadOnlySequence<byte>? bytes)
+    {
+        bytes = null;
+        switch (reader.NextMessagePackType)
+        {
+            case MessagePackType.Binary:
+                bytes = reader.ReadBytes();
+                return true;
+            case MessagePackType.Nil:
+                reader.ReadNil();
+                return true;
+            default:
+                return false;
+        }
     }
 }
