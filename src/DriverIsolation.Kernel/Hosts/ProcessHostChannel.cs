@@ -304,14 +304,19 @@ internal sealed class ProcessHostChannel : IHostChannel
     {
         _killReason ??= reason;
 
-        // SIGKILL first, then drop the pipe: the host must be gone before anything else happens.
-        // (drvhost starts no processes of its own, so there is no tree to walk.)
+        // Stopped first (frozen, SIGKILLed a moment later: see DyingProcess), then the pipe dropped:
+        // the host must not run again before anything else happens. (drvhost starts no processes
+        // of its own, so there is no tree to walk.)
         var killed = false;
         try
         {
             if (!_process.HasExited)
             {
-                _process.Kill();
+                if (!DyingProcess.Freeze(_process))
+                {
+                    _process.Kill();
+                }
+
                 killed = true;
             }
         }
@@ -322,11 +327,11 @@ internal sealed class ProcessHostChannel : IHostChannel
 
         _connection.Abort(reason);
 
-        // The host is dead from here on: SIGKILL cannot be caught, and a thread of it still on a
-        // CPU is interrupted to die at once. The OS takes a while longer to tear the process down
-        // (its address space goes first, then its pipe and its exit status: 10-20 ms for a .NET
-        // process on these machines), and recovery need not wait for that. The real exit, when it
-        // comes, completes Exited.
+        // The host is dead from here on: neither SIGSTOP nor SIGKILL can be caught, and a thread
+        // of it still on a CPU is interrupted at once. The OS takes a while longer to tear the
+        // process down once it is SIGKILLed (its address space goes first, then its pipe and its
+        // exit status: 10-20 ms for a .NET process on these machines), and recovery need not wait
+        // for that. The real exit, when it comes, completes Exited.
         if (killed)
         {
             _ = Task.Run(() =>
@@ -366,6 +371,8 @@ internal sealed class ProcessHostChannel : IHostChannel
             }
         }
 
+        // A host frozen by a kill is reaped now: nothing waits for its replacement any more.
+        DyingProcess.Reap(_process);
         await _exited.Task.ConfigureAwait(false);
     }
 

@@ -1,4 +1,5 @@
 using System.Diagnostics;
+using System.Runtime.InteropServices;
 using DriverIsolation.Kernel;
 using Microsoft.Extensions.Logging.Abstractions;
 
@@ -54,6 +55,25 @@ public sealed class KilledHostTests : IDisposable
     }
 
     [Fact]
+    public async Task KilledHost_IsStoppedAtOnce_ThenReaped()
+    {
+        var launcher = new HostLauncher(_options, _io, _events, NullLoggerFactory.Instance, TimeProvider.System);
+        var host = await launcher.StartAsync("frozen", IsolationModel.Process, (_, _) => { }, CancellationToken.None).Bounded();
+        await using var cleanup = host;
+        var pid = host.ProcessId;
+
+        host.Kill("killed by the test");
+
+        // Stopped (the OS's own record of the child, waited for and left in place), not torn down
+        // yet: its teardown waits until its replacement would be serving.
+        Assert.Equal(ChildState.StoppedBySigStop, await Task.Run(() => ChildState.WaitForStop(pid)).Bounded());
+
+        // Then SIGKILLed without anyone asking: Exited completes once the process is reaped.
+        Assert.Equal("killed by the test (killed (SIGKILL))", await host.Exited.Bounded());
+        Assert.Throws<ArgumentException>(() => Process.GetProcessById(pid));
+    }
+
+    [Fact]
     public async Task KernelShutdownRightAfterAKill_WaitsForTheKilledHostToBeReaped()
     {
         int pid;
@@ -104,4 +124,41 @@ public sealed class KilledHostTests : IDisposable
             Assert.Equal(["stopped by the kernel (shut down when asked)"], reports);
         }
     }
+}
+
+/// <summary>waitid(2) on a child of this process for a stop, leaving it waitable (WNOWAIT), so the
+/// runtime still reaps it as usual.</summary>
+internal static partial class ChildState
+{
+    public const string StoppedBySigStop = "stopped by signal 19";
+
+    private const int PidType = 1;          // P_PID
+    private const int WaitStopped = 2;      // WSTOPPED
+    private const int NoWait = 0x01000000;  // WNOWAIT
+    private const int ChildStopped = 5;     // CLD_STOPPED
+
+    /// <summary>Blocks until the child stops (or is gone); says how it stopped.</summary>
+    public static string WaitForStop(int pid)
+    {
+        var info = Marshal.AllocHGlobal(128); // siginfo_t
+        try
+        {
+            if (WaitId(PidType, pid, info, WaitStopped | NoWait) != 0)
+            {
+                return $"waitid failed: errno {Marshal.GetLastPInvokeError()}";
+            }
+
+            // siginfo_t: si_signo, si_errno, si_code, then (for SIGCHLD) si_pid, si_uid, si_status.
+            var code = Marshal.ReadInt32(info, 8);
+            var status = Marshal.ReadInt32(info, 24);
+            return code == ChildStopped ? $"stopped by signal {status}" : $"not stopped (si_code {code}, status {status})";
+        }
+        finally
+        {
+            Marshal.FreeHGlobal(info);
+        }
+    }
+
+    [LibraryImport("libc", EntryPoint = "waitid", SetLastError = true)]
+    private static partial int WaitId(int idType, int id, IntPtr info, int options);
 }
