@@ -341,7 +341,9 @@ public sealed class HostServer : IKernelLink
 
     /// <summary>The stay ends (completed or passed down): the kernel gets the host's timing of it
     /// before the message that ends it.</summary>
-    private void EndStay(long irpId, int deviceId, string outcome)
+    /// <summary>Ends a traced stay, if this request has one: completed with a status, or passed
+    /// down (null). The outcome's text is made only then, not for every completion.</summary>
+    private void EndStay(long irpId, int deviceId, NtStatus? completedWith)
     {
         if (Volatile.Read(ref _tracedStays) == 0 || !_traced.TryRemove((irpId, deviceId), out var stay))
         {
@@ -349,6 +351,7 @@ public sealed class HostServer : IKernelLink
         }
 
         Interlocked.Decrement(ref _tracedStays);
+        var outcome = completedWith is { } status ? $"completed with {status}" : "passed down";
 
         var ended = Stopwatch.GetTimestamp();
         var (routineStart, routineEnd) = stay.Routine(ended);
@@ -366,13 +369,13 @@ public sealed class HostServer : IKernelLink
 
     void IKernelLink.Complete(long irpId, int deviceId, NtStatus status, long information, ReadOnlyMemory<byte> data)
     {
-        EndStay(irpId, deviceId, $"completed with {status}");
+        EndStay(irpId, deviceId, status);
         _connection.Send(new CompleteBody(irpId, deviceId, status, information, data));
     }
 
     void IKernelLink.PassDown(long irpId, int deviceId, bool wantsCompletion, long offset, int length, ReadOnlyMemory<byte> input)
     {
-        EndStay(irpId, deviceId, "passed down");
+        EndStay(irpId, deviceId, completedWith: null);
         _connection.Send(new PassDown(irpId, deviceId, wantsCompletion, offset, length, input));
     }
 
