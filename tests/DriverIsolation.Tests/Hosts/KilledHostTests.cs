@@ -62,11 +62,14 @@ public sealed class KilledHostTests : IDisposable
         await using var cleanup = host;
         var pid = host.ProcessId;
 
+        // Waiting for the child to stop (the OS's own record of it, left in place for the runtime)
+        // from before the kill: the stop lasts 50 ms, then the process is reaped.
+        var stop = ChildState.StartWaitingForStop(pid);
+        await stop.Waiting.Bounded();
         host.Kill("killed by the test");
 
-        // Stopped (the OS's own record of the child, waited for and left in place), not torn down
-        // yet: its teardown waits until its replacement would be serving.
-        Assert.Equal(ChildState.StoppedBySigStop, await Task.Run(() => ChildState.WaitForStop(pid)).Bounded());
+        // Stopped, not torn down yet: its teardown waits until its replacement would be serving.
+        Assert.Equal(ChildState.StoppedBySigStop, await stop.Stopped.Bounded());
 
         // Then SIGKILLed without anyone asking: Exited completes once the process is reaped.
         Assert.Equal("killed by the test (killed (SIGKILL))", await host.Exited.Bounded());
@@ -137,8 +140,24 @@ internal static partial class ChildState
     private const int NoWait = 0x01000000;  // WNOWAIT
     private const int ChildStopped = 5;     // CLD_STOPPED
 
+    /// <summary>Waits on a thread of its own: <c>Waiting</c> completes just before the thread
+    /// blocks in waitid, <c>Stopped</c> with how the child stopped.</summary>
+    public static (Task Waiting, Task<string> Stopped) StartWaitingForStop(int pid)
+    {
+        var waiting = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        var stopped = new TaskCompletionSource<string>(TaskCreationOptions.RunContinuationsAsynchronously);
+        var thread = new Thread(() =>
+        {
+            waiting.SetResult();
+            stopped.SetResult(WaitForStop(pid));
+        })
+        { IsBackground = true, Name = $"waitid {pid}" };
+        thread.Start();
+        return (waiting.Task, stopped.Task);
+    }
+
     /// <summary>Blocks until the child stops (or is gone); says how it stopped.</summary>
-    public static string WaitForStop(int pid)
+    private static string WaitForStop(int pid)
     {
         var info = Marshal.AllocHGlobal(128); // siginfo_t
         try
