@@ -3,7 +3,7 @@ using System.IO.Pipes;
 using DriverIsolation.DriverHost;
 using DriverIsolation.Protocol;
 
-// drvhost --pipe <name> --parent-pid <pid> [--name <host name>] [--dispatch inline|pool] [--stall-ms <ms>]
+// drvhost --pipe <name> --parent-pid <pid> [--name <host name>] [--dispatch inline|pool] [--stall-ms <ms>] [--rehearse]
 // The one-time token arrives on standard input (hex, one line), never on the command line.
 string? pipeName = null;
 string hostName = "drvhost";
@@ -11,7 +11,8 @@ var parentPid = -1;
 var dispatch = HostDispatch.Pool;
 TimeSpan? stall = null;
 var echo = args.Contains("--echo");
-args = [.. args.Where(a => a != "--echo")];
+var rehearse = args.Contains("--rehearse");
+args = [.. args.Where(a => a is not "--echo" and not "--rehearse")];
 for (var i = 0; i + 1 < args.Length; i += 2)
 {
     switch (args[i])
@@ -29,7 +30,7 @@ for (var i = 0; i + 1 < args.Length; i += 2)
 
 if (pipeName is null || parentPid <= 0)
 {
-    await Console.Error.WriteLineAsync("usage: drvhost --pipe <name> --parent-pid <pid> [--name <host name>] [--dispatch inline|pool] [--stall-ms <ms>] [--echo]  (token on stdin)");
+    await Console.Error.WriteLineAsync("usage: drvhost --pipe <name> --parent-pid <pid> [--name <host name>] [--dispatch inline|pool] [--stall-ms <ms>] [--rehearse] [--echo]  (token on stdin)");
     return ExitCodes.Usage;
 }
 
@@ -60,6 +61,21 @@ using var telemetry = OtlpExport.FromEnvironment($"drvhost {hostName}", [HostSer
 // Compile the host's paths now, so the first real driver does not pay for it (see HostWarmup).
 HostWarmup.Run();
 
+// A warm-pool host also rehearses a restart's messages on a pipe of its own (see HostRehearsal).
+RehearsalResult? rehearsal = null;
+if (rehearse)
+{
+    try
+    {
+        rehearsal = await HostRehearsal.RunAsync(dispatch, stall, TimeSpan.FromSeconds(20));
+    }
+    catch (Exception ex) when (ex is InvalidOperationException or IOException or OperationCanceledException or ProtocolException or UnauthorizedAccessException)
+    {
+        // Only slower without it.
+        await Console.Error.WriteLineAsync($"drvhost {hostName}: the rehearsal failed: {ex.Message}");
+    }
+}
+
 using var stop = new CancellationTokenSource();
 var parentGone = ParentWatch.WaitForParentExitAsync(parentPid, TimeSpan.FromMilliseconds(250), stop.Token);
 
@@ -77,6 +93,12 @@ catch (Exception ex) when (ex is TimeoutException or IOException or Unauthorized
 var connection = new FrameConnection(pipe, untrustedPeer: false, reuseDispatch: true);
 var server = new HostServer(connection, hostName, dispatch: dispatch, inlineStall: stall);
 var serving = server.RunAsync(token, stop.Token);
+if (rehearsal is { } rehearsed)
+{
+    // After the Hello that RunAsync has sent: the kernel logs it under this host's name.
+    connection.Send(new Log(0, (int)Microsoft.Extensions.Logging.LogLevel.Debug,
+        $"rehearsed a restart before connecting: {rehearsed.Requests} requests served in {rehearsed.Elapsed.TotalMilliseconds:F0} ms"));
+}
 var first = await Task.WhenAny(serving, parentGone);
 if (first == parentGone)
 {

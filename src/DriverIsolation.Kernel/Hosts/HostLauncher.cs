@@ -18,7 +18,7 @@ internal sealed class HostLauncher(KernelOptions options, IoManager io, KernelEv
     private readonly ILogger _logger = loggerFactory.CreateLogger("DriverIsolation.Kernel.Hosts");
 
     public async Task<ProcessHostChannel> StartAsync(string hostName, IsolationModel isolation, Action<ProcessHostChannel, string> onExited,
-        CancellationToken cancellationToken, Func<ProcessHostChannel, Task>? ready = null)
+        CancellationToken cancellationToken, Func<ProcessHostChannel, Task>? ready = null, bool rehearse = false)
     {
         var pipeName = $"drviso-{Environment.ProcessId}-{RandomNumberGenerator.GetHexString(16, lowercase: true)}";
         var token = RandomNumberGenerator.GetBytes(ProtocolConstants.TokenLength);
@@ -27,7 +27,7 @@ internal sealed class HostLauncher(KernelOptions options, IoManager io, KernelEv
         Process? process = null;
         try
         {
-            process = Spawn(pipeName, hostName);
+            process = Spawn(pipeName, hostName, rehearse);
             await process.StandardInput.WriteLineAsync(Convert.ToHexString(token).AsMemory(), cancellationToken).ConfigureAwait(false);
             process.StandardInput.Close();
             PumpOutput(process, hostName);
@@ -179,7 +179,7 @@ internal sealed class HostLauncher(KernelOptions options, IoManager io, KernelEv
             : null;
     }
 
-    private Process Spawn(string pipeName, string hostName)
+    private Process Spawn(string pipeName, string hostName, bool rehearse)
     {
         var hostAssembly = DriverHostExecutable.AssemblyPath(options.HostPath);
         if (!File.Exists(hostAssembly))
@@ -190,7 +190,8 @@ internal sealed class HostLauncher(KernelOptions options, IoManager io, KernelEv
         var start = DriverHostExecutable.StartInfo(options.HostPath,
             ["--pipe", pipeName, "--parent-pid", Environment.ProcessId.ToString(CultureInfo.InvariantCulture), "--name", hostName,
                 "--dispatch", options.HostDispatch == DriverHost.HostDispatch.Pool ? "pool" : "inline",
-                "--stall-ms", ((int)Math.Max(1, options.InlineStall.TotalMilliseconds)).ToString(CultureInfo.InvariantCulture)]);
+                "--stall-ms", ((int)Math.Max(1, options.InlineStall.TotalMilliseconds)).ToString(CultureInfo.InvariantCulture),
+                .. rehearse ? ["--rehearse"] : Array.Empty<string>()]);
         return Process.Start(start) ?? throw new HostStartException(hostName, "Process.Start returned nothing");
     }
 

@@ -75,7 +75,8 @@ internal sealed class WarmPool(HostLauncher launcher, int size, Action<ProcessHo
         try
         {
             // Ready before it is announced (a HostStarted event for pool-N means it can be taken):
-            // told what to load ahead of time, so that a restart in it skips the loading, and idle.
+            // rehearsed before it connected (HostRehearsal: a restart's path compiled), told what to
+            // load ahead of time, so that a restart in it skips the loading, and idle.
             await launcher.StartAsync($"pool-{Interlocked.Increment(ref _started)}", IsolationModel.Process, onExited, stopping, async host =>
             {
                 if (preparations is not null)
@@ -84,7 +85,7 @@ internal sealed class WarmPool(HostLauncher launcher, int size, Action<ProcessHo
                 }
 
                 _idle.Enqueue(host);
-            }).ConfigureAwait(false);
+            }, rehearse: true).ConfigureAwait(false);
         }
         catch (Exception ex) when (ex is HostStartException or OperationCanceledException)
         {
