@@ -9,7 +9,8 @@ namespace DriverIsolation.Benchmarks;
 /// Recovery of a crashed driver: the Null driver's host is killed (as kill -9 would) and a Read
 /// issued right after is timed until the restarted instance served it (the manifest retries
 /// idempotent in-flight requests). The baseline restarts into an idle host from the warm pool;
-/// the other starts a new drvhost process. One kill per iteration; before each, the setup waits
+/// another into a pooled host that loaded the driver ahead of time
+/// (<see cref="KernelOptions.PrepareWarmHosts"/>); the last starts a new drvhost process. One kill per iteration; before each, the setup waits
 /// until the driver runs, the pool is full again and the instance has lived past its quiet
 /// period (so the restart is immediate, not backed off).
 /// </summary>
@@ -25,6 +26,9 @@ public class RecoveryBenchmarks
 
     [GlobalSetup(Target = nameof(WarmPool))]
     public Task SetupWarmPool() => BootAsync(poolSize: 1);
+
+    [GlobalSetup(Target = nameof(WarmPoolPrepared))]
+    public Task SetupWarmPoolPrepared() => BootAsync(poolSize: 1, prepare: true);
 
     [GlobalSetup(Target = nameof(ColdStart))]
     public Task SetupColdStart() => BootAsync(poolSize: 0);
@@ -68,6 +72,9 @@ public class RecoveryBenchmarks
     [Benchmark(Baseline = true, Description = "kill -> first IRP served, warm pool")]
     public Task<IoResult> WarmPool() => KillAndReadAsync();
 
+    [Benchmark(Description = "kill -> first IRP served, warm pool, driver loaded ahead")]
+    public Task<IoResult> WarmPoolPrepared() => KillAndReadAsync();
+
     [Benchmark(Description = "kill -> first IRP served, no warm pool")]
     public Task<IoResult> ColdStart() => KillAndReadAsync();
 
@@ -102,13 +109,13 @@ public class RecoveryBenchmarks
         }
     }
 
-    private async Task BootAsync(int poolSize)
+    private async Task BootAsync(int poolSize, bool prepare = false)
     {
         _poolSize = poolSize;
         var manifest = KernelUnderTest.Manifest("Null") with
         {
             Recovery = new RecoveryPolicy { InFlight = InFlightPolicy.Retry, QuietPeriod = QuietPeriod, MaxFailures = 1_000 },
         };
-        _kernel = await KernelUnderTest.StartAsync(new KernelOptions { WarmPoolSize = poolSize }, manifest, IsolationModel.Process, @"\Device\Null");
+        _kernel = await KernelUnderTest.StartAsync(new KernelOptions { WarmPoolSize = poolSize, PrepareWarmHosts = prepare }, manifest, IsolationModel.Process, @"\Device\Null");
     }
 }

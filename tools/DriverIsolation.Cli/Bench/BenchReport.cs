@@ -57,4 +57,8 @@ internal sealed record BenchReport
     [JsonPropertyName("raw_shm_throughput_per_s")] public double RawShmThroughputPerS { get; init; }
 
     [JsonPropertyName("recovery_p50_ms")] public double? RecoveryP50Ms { get; init; }
+
+    /// <summary>The same, with <c>KernelOptions.PrepareWarmHosts</c>: the warm host had loaded the
+    /// driver's assembly and compiled its methods before the kill.</summary>
+    [JsonPropertyName("recovery_prepared_p50_ms")] public double? RecoveryPreparedP50Ms { get; init; }
 }

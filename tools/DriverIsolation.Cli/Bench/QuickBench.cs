@@ -103,7 +103,9 @@ internal sealed class QuickBench(bool quick, Action<string> progress)
         progress("raw shared memory (drvhost --echo over the ring)");
         var (rawShmRtt, rawShmThroughput) = await RawEchoAsync(ring: true).ConfigureAwait(false);
         progress("recovery");
-        var recovery = await RecoveryAsync().ConfigureAwait(false);
+        var recovery = await RecoveryAsync(prepared: false).ConfigureAwait(false);
+        progress("recovery, driver loaded ahead in the warm host");
+        var recoveryPrepared = await RecoveryAsync(prepared: true).ConfigureAwait(false);
         var processP50 = Percentile(rtt[IsolationModel.Process], 50);
         var rawP50 = Percentile(rawRtt, 50);
         return new BenchReport
@@ -127,6 +129,7 @@ internal sealed class QuickBench(bool quick, Action<string> progress)
             ThroughputPerS = throughput,
             RawThroughputPerS = Math.Round(rawThroughput, 0),
             RecoveryP50Ms = recovery,
+            RecoveryPreparedP50Ms = recoveryPrepared,
         };
     }
 
@@ -253,11 +256,12 @@ internal sealed class QuickBench(bool quick, Action<string> progress)
         return Math.Round(_requests / clock.Elapsed.TotalSeconds, 0);
     }
 
-    /// <summary>Kill the Null driver's host with a warm host ready; time until a Read that was
-    /// issued right after the kill is served by the new instance.</summary>
-    private async Task<double?> RecoveryAsync()
+    /// <summary>Kill the Null driver's host with a warm host ready (one that loaded the driver
+    /// ahead of time if <paramref name="prepared"/>); time until a Read that was issued right
+    /// after the kill is served by the new instance.</summary>
+    private async Task<double?> RecoveryAsync(bool prepared)
     {
-        await using var kernel = new Microkernel(new KernelOptions { WarmPoolSize = 1 });
+        await using var kernel = new Microkernel(new KernelOptions { WarmPoolSize = 1, PrepareWarmHosts = prepared });
         var manifest = EmbeddedManifests.Load("Null") with
         {
             Recovery = new RecoveryPolicy { InFlight = InFlightPolicy.Retry, QuietPeriod = TimeSpan.FromMilliseconds(50), MaxFailures = 1_000 },
@@ -266,7 +270,7 @@ internal sealed class QuickBench(bool quick, Action<string> progress)
         await using var nul = await kernel.OpenAsync(@"\Device\Null").ConfigureAwait(false);
         var buffer = new byte[Payload];
         var samples = new List<double>();
-        for (var i = 0; i < (quick ? 5 : 15); i++)
+        for (var i = 0; i < (quick ? 5 : 11); i++)
         {
             var settle = Stopwatch.StartNew();
             while (kernel.WarmPoolProcessIds.Count == 0 && settle.Elapsed < TimeSpan.FromSeconds(30))
