@@ -16,7 +16,7 @@ namespace DriverIsolation.DriverHost;
 /// <para>
 /// <see cref="HostWarmup"/> runs every message through the serializer and a driver through the
 /// runtime, but not the server, its pipe or its dispatch: that was most of what a restarted host
-/// still compiled (75 methods, 12 ms of CPU between the load and the replayed Create). What is
+/// still compiled (76 methods, 12 ms of CPU between the load and the replayed Create). What is
 /// left is the driver's own code, which only its load can compile (or
 /// <see cref="Protocol.PrepareDriver"/>, ahead of time).
 /// </para>

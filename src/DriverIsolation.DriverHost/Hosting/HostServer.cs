@@ -339,10 +339,9 @@ public sealed class HostServer : IKernelLink
         return stay;
     }
 
-    /// <summary>The stay ends (completed or passed down): the kernel gets the host's timing of it
-    /// before the message that ends it.</summary>
-    /// <summary>Ends a traced stay, if this request has one: completed with a status, or passed
-    /// down (null). The outcome's text is made only then, not for every completion.</summary>
+    /// <summary>The stay ends, if this request has a traced one: completed with a status, or passed
+    /// down (null). The kernel gets the host's timing of it before the message that ends it. The
+    /// outcome's text is made only then, not for every completion.</summary>
     private void EndStay(long irpId, int deviceId, NtStatus? completedWith)
     {
         if (Volatile.Read(ref _tracedStays) == 0 || !_traced.TryRemove((irpId, deviceId), out var stay))
