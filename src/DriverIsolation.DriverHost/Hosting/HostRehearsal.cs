@@ -57,7 +57,8 @@ public static class HostRehearsal
         await ExpectAsync<Pong>(kernel, deadline.Token).ConfigureAwait(false);
 
         var parameters = new Dictionary<string, string>();
-        kernel.Send(new LoadDriver(DriverId, "rehearsal", typeof(HostRehearsal).Assembly.Location, typeof(RehearsalDriver).FullName, parameters));
+        // No type name, as in most manifests: the host finds the assembly's one public driver type.
+        kernel.Send(new LoadDriver(DriverId, "rehearsal", typeof(HostRehearsal).Assembly.Location, null, parameters));
         var loaded = await ExpectAsync<DriverLoaded>(kernel, deadline.Token).ConfigureAwait(false);
         Check(loaded.Status.IsSuccess(), $"the load failed: {loaded.Detail ?? loaded.Status.ToString()}");
         kernel.Send(new AddDevice(DriverId, DeviceId, @"\Device\Rehearsal", DeviceType.Unknown, false, parameters));
@@ -110,10 +111,11 @@ public static class HostRehearsal
         }
     }
 
-    /// <summary>The rehearsal's driver, loaded from this assembly's file as a driver's is: Read
+    /// <summary>The rehearsal's driver, loaded from this assembly's file as a driver's is (the
+    /// assembly's only public driver type, so the load finds it as it finds a manifest's): Read
     /// fills its buffer, Write takes its input (pending, cancelable, then completed), DeviceControl
     /// echoes, the rest succeed.</summary>
-    private sealed class RehearsalDriver : IDriver
+    public sealed class RehearsalDriver : IDriver
     {
         public const byte Pattern = 0x5a;
 
