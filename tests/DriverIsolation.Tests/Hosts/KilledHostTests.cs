@@ -6,9 +6,10 @@ using Microsoft.Extensions.Logging.Abstractions;
 namespace DriverIsolation.Tests;
 
 /// <summary>
-/// A host the kernel kills is reported gone at the SIGKILL (recovery does not wait the 10-20 ms the
-/// OS takes to tear a .NET process down), once, with the kill's reason; the channel's Exited still
-/// waits for the real exit, so nothing that awaits it outlives an unreaped process.
+/// A host the kernel kills is stopped at once and reported gone then (recovery does not wait the
+/// 10-20 ms the OS takes to tear a .NET process down), once, with the kill's reason; it is
+/// SIGKILLed a moment later without anyone asking; the channel's Exited still waits for the real
+/// exit, so nothing that awaits it outlives an unreaped process.
 /// </summary>
 [Collection("processes")]
 public sealed class KilledHostTests : IDisposable
