@@ -95,7 +95,7 @@ public sealed class DriverRuntime : IDeviceStackPort
         {
             var assembly = context.LoadFromAssemblyPath(Path.GetFullPath(assemblyPath));
             var driverType = FindDriverType(assembly, typeName);
-            foreach (var type in assembly.GetTypes())
+            foreach (var type in WithNestedTypes(driverType))
             {
                 if (type.ContainsGenericParameters)
                 {
@@ -423,6 +423,21 @@ public sealed class DriverRuntime : IDeviceStackPort
             ? NtStatus.Success
             : NtStatus.InvalidDeviceRequest;
         irp.Complete(status);
+    }
+
+    /// <summary>The driver type and the types nested in it (where the compiler puts its lambdas
+    /// and iterators): what a restart runs first. The rest of a large driver's assembly is
+    /// compiled as it is used, not by every warm host ahead of time.</summary>
+    private static IEnumerable<Type> WithNestedTypes(Type type)
+    {
+        yield return type;
+        foreach (var nested in type.GetNestedTypes(BindingFlags.Public | BindingFlags.NonPublic))
+        {
+            foreach (var inner in WithNestedTypes(nested))
+            {
+                yield return inner;
+            }
+        }
     }
 
     private static Type FindDriverType(Assembly assembly, string? typeName)

@@ -58,7 +58,7 @@ internal sealed record BenchReport
 
     [JsonPropertyName("recovery_p50_ms")] public double? RecoveryP50Ms { get; init; }
 
-    /// <summary>The same, with <c>KernelOptions.PrepareWarmHosts</c>: the warm host had loaded the
-    /// driver's assembly and compiled its methods before the kill.</summary>
-    [JsonPropertyName("recovery_prepared_p50_ms")] public double? RecoveryPreparedP50Ms { get; init; }
+    /// <summary>The same with <c>KernelOptions.PrepareWarmHosts</c> off: the warm host loads the
+    /// driver's assembly and compiles its code during the restart.</summary>
+    [JsonPropertyName("recovery_unprepared_p50_ms")] public double? RecoveryUnpreparedP50Ms { get; init; }
 }

@@ -103,9 +103,9 @@ internal sealed class QuickBench(bool quick, Action<string> progress)
         progress("raw shared memory (drvhost --echo over the ring)");
         var (rawShmRtt, rawShmThroughput) = await RawEchoAsync(ring: true).ConfigureAwait(false);
         progress("recovery");
-        var recovery = await RecoveryAsync(prepared: false).ConfigureAwait(false);
-        progress("recovery, driver loaded ahead in the warm host");
-        var recoveryPrepared = await RecoveryAsync(prepared: true).ConfigureAwait(false);
+        var recovery = await RecoveryAsync(prepared: true).ConfigureAwait(false);
+        progress("recovery, driver not loaded ahead in the warm host");
+        var recoveryUnprepared = await RecoveryAsync(prepared: false).ConfigureAwait(false);
         var processP50 = Percentile(rtt[IsolationModel.Process], 50);
         var rawP50 = Percentile(rawRtt, 50);
         return new BenchReport
@@ -129,7 +129,7 @@ internal sealed class QuickBench(bool quick, Action<string> progress)
             ThroughputPerS = throughput,
             RawThroughputPerS = Math.Round(rawThroughput, 0),
             RecoveryP50Ms = recovery,
-            RecoveryPreparedP50Ms = recoveryPrepared,
+            RecoveryUnpreparedP50Ms = recoveryUnprepared,
         };
     }
 
@@ -257,8 +257,8 @@ internal sealed class QuickBench(bool quick, Action<string> progress)
     }
 
     /// <summary>Kill the Null driver's host with a warm host ready (one that loaded the driver
-    /// ahead of time if <paramref name="prepared"/>); time until a Read that was issued right
-    /// after the kill is served by the new instance.</summary>
+    /// ahead of time if <paramref name="prepared"/>, the default); time until a Read that was
+    /// issued right after the kill is served by the new instance.</summary>
     private async Task<double?> RecoveryAsync(bool prepared)
     {
         await using var kernel = new Microkernel(new KernelOptions { WarmPoolSize = 1, PrepareWarmHosts = prepared });

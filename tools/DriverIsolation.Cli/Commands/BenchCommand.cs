@@ -39,7 +39,7 @@ internal static class BenchCommand
             $"ring transport: process over the ring vs raw shared memory (p50): [bold]{report.RatioRingVsRawShm:F2}x[/]; throughput at depth 1 / 16 / 64: {report.RingThroughputPerS["1"]:F0} / {report.RingThroughputPerS["16"]:F0} / {report.RingThroughputPerS["64"]:F0} IRP/s; raw shared memory at 64: {report.RawShmThroughputPerS:F0}/s"));
         AnsiConsole.MarkupLine(string.Create(CultureInfo.InvariantCulture,
             $"run to completion (routines on the host's reader, continuations on the kernel's): ring vs raw shared memory (p50) [bold]{report.RatioRunToCompletionVsRawShm:F2}x[/]; throughput at depth 64: pipe {report.RunToCompletionThroughputPerS["pipe"]:F0} IRP/s ({report.RunToCompletionThroughputPerS["pipe"] / report.RawThroughputPerS:F2}x the raw pipe), ring {report.RunToCompletionThroughputPerS["ring"]:F0} IRP/s"));
-        AnsiConsole.MarkupLine($"recovery (kill -> first IRP served, warm pool) p50: {Format(report.RecoveryP50Ms)} ms; with the driver loaded ahead in the warm host: {Format(report.RecoveryPreparedP50Ms)} ms");
+        AnsiConsole.MarkupLine($"recovery (kill -> first IRP served, warm pool) p50: {Format(report.RecoveryP50Ms)} ms; with the driver not loaded ahead in the warm host: {Format(report.RecoveryUnpreparedP50Ms)} ms");
         if (json is not null)
         {
             await File.WriteAllTextAsync(json.FullName, JsonSerializer.Serialize(report, Indented)).ConfigureAwait(false);
