@@ -27,7 +27,8 @@ internal static class HostWarmup
 
         var runtime = new DriverRuntime(new NullLink(), (_, _) => NullLogger.Instance);
         var empty = new Dictionary<string, string>();
-        runtime.LoadDriver(-1, "warmup", new WarmupDriver(), empty);
+        // The rehearsal's driver (HostRehearsal): every major function below has a routine.
+        runtime.LoadDriver(-1, "warmup", new HostRehearsal.RehearsalDriver(), empty);
         runtime.AddDevice(-1, -1, @"\Device\Warmup", DeviceType.Unknown, hasLowerDevice: false, empty);
         var buffer = new byte[512];
         foreach (var major in new[] { MajorFunction.Create, MajorFunction.Read, MajorFunction.Write, MajorFunction.DeviceControl, MajorFunction.Cleanup, MajorFunction.Close })
@@ -63,32 +64,6 @@ internal static class HostWarmup
         yield return new Log(1, 2, "warmup");
         yield return new PrepareDriver("warmup", "warmup.dll", null);
         yield return new Shutdown("warmup");
-    }
-
-    private sealed class WarmupDriver : IDriver
-    {
-        public NtStatus DriverEntry(DriverObject driver)
-        {
-            driver.AddDevice = static (_, device) =>
-            {
-                device.Extension = new object();
-                return NtStatus.Success;
-            };
-            driver[MajorFunction.Read] = static (_, irp) =>
-            {
-                irp.Complete(NtStatus.Success, irp.OutputBuffer.Length);
-                return NtStatus.Success;
-            };
-            driver[MajorFunction.Write] = static (_, irp) =>
-            {
-                irp.MarkPending();
-                irp.MarkCancelable(static i => i.Complete(NtStatus.Cancelled));
-                irp.UnmarkCancelable();
-                irp.Complete(NtStatus.Success, irp.InputBuffer.Length);
-                return NtStatus.Pending;
-            };
-            return NtStatus.Success;
-        }
     }
 
     private sealed class NullLink : IKernelLink
