@@ -79,8 +79,9 @@ public sealed class DriverRuntime : IDeviceStackPort
     /// <summary>How many drivers were loaded from what was prepared ahead of time.</summary>
     public int LoadsFromPrepared { get; private set; }
 
-    /// <summary>Loads a driver's assembly into its own load context and compiles its methods,
-    /// running none of its code (no DriverEntry, no constructor), so that a
+    /// <summary>Loads a driver's assembly into its own load context and compiles the methods of
+    /// its driver type and of the types nested in it, running none of its code (no DriverEntry,
+    /// no constructor), so that a
     /// <see cref="LoadDriver(int, string, string, string?, IReadOnlyDictionary{string, string}, IReadOnlyList{Protocol.FaultSpec}?, bool)"/>
     /// of it later is quick. Returns why not, or null.</summary>
     public string? PrepareDriver(string name, string assemblyPath, string? typeName)
