@@ -73,8 +73,7 @@ public sealed class RecoveryTests : IDisposable
         Assert.Equal(IoResult.FromStatus(NtStatus.Cancelled), await parked.Bounded());
         Assert.Equal(0, disk.OutstandingRequests);
 
-        time.Advance(backoff);
-        await kernel.Events.WaitForCountAsync(e => e.Kind == KernelEventKind.DriverRestarted, 2).Bounded();
+        await AdvanceUntilRestartedAsync(time, backoff, kernel.Events.WaitForCountAsync(e => e.Kind == KernelEventKind.DriverRestarted, 2));
         Assert.Equal(new IoResult(NtStatus.Success, BlockSize), await disk.WriteAsync(Pattern(0, 2)).Bounded());
         var back = new byte[BlockSize];
         Assert.Equal(new IoResult(NtStatus.Success, BlockSize), await disk.ReadAsync(back).Bounded());
@@ -103,9 +102,8 @@ public sealed class RecoveryTests : IDisposable
         Assert.False(opening.IsCompleted);
         Assert.Equal(1, kernel.OutstandingIrps);
 
-        time.Advance(backoff);
+        var restarted = await AdvanceUntilRestartedAsync(time, backoff, kernel.Events.WaitForCountAsync(e => e.Kind == KernelEventKind.DriverRestarted, 2));
         await using var disk = await opening.Bounded();
-        var restarted = await kernel.Events.WaitForCountAsync(e => e.Kind == KernelEventKind.DriverRestarted, 2).Bounded();
         Assert.Contains("1 parked IRPs re-issued", restarted.Detail, StringComparison.Ordinal);
         Assert.Equal(new IoResult(NtStatus.Success, BlockSize), await disk.WriteAsync(Pattern(3, 4), 3 * BlockSize).Bounded());
         var back = new byte[BlockSize];
@@ -246,6 +244,29 @@ public sealed class RecoveryTests : IDisposable
         Assert.Equal("BootCrash", Assert.Single(kernel.GetQuarantined()).Name);
         await using var nul = await kernel.OpenAsync(@"\??\NUL").Bounded();
         Assert.Equal(new IoResult(NtStatus.Success, 8), await nul.ReadAsync(new byte[8]).Bounded());
+    }
+
+    /// <summary>Advances the fake clock by the backoff until the restart it delays has happened.
+    /// The supervisor announces a restart (RestartScheduled) before Polly arms the delay on the
+    /// clock, so an advance made right after the announcement can come before the delay exists; a
+    /// busy machine (warm hosts starting beside the test) makes that likelier. At most four
+    /// advances, 20 s of fake time: short of the parked requests' 30 s deadline.</summary>
+    private static async Task<KernelEvent> AdvanceUntilRestartedAsync(FakeTimeProvider time, TimeSpan backoff, Task<KernelEvent> restarted)
+    {
+        for (var i = 0; i < 4 && !restarted.IsCompleted; i++)
+        {
+            time.Advance(backoff);
+            try
+            {
+                await restarted.WaitAsync(TimeSpan.FromSeconds(5));
+            }
+            catch (TimeoutException)
+            {
+                // The delay was armed after this advance (or the restart is slow): advance again.
+            }
+        }
+
+        return await restarted.Bounded();
     }
 
     private DriverManifest RamDisk(RecoveryPolicy recovery)
