@@ -91,17 +91,16 @@ internal static partial class DyingProcess
     }
 
     /// <summary>Moves every thread of the process to SCHED_IDLE, so that its teardown, when it
-    /// comes, runs on a CPU nothing else wants. Returns how many threads were moved.</summary>
-    public static int Deprioritize(int processId)
+    /// comes, runs on a CPU nothing else wants.</summary>
+    private static void Deprioritize(int processId)
     {
-        var moved = 0;
         try
         {
             foreach (var task in Directory.EnumerateDirectories($"/proc/{processId.ToString(CultureInfo.InvariantCulture)}/task"))
             {
-                if (int.TryParse(Path.GetFileName(task), NumberStyles.None, CultureInfo.InvariantCulture, out var threadId) && SetIdle(threadId))
+                if (int.TryParse(Path.GetFileName(task), NumberStyles.None, CultureInfo.InvariantCulture, out var threadId))
                 {
-                    moved++;
+                    SetIdle(threadId);
                 }
             }
         }
@@ -109,14 +108,13 @@ internal static partial class DyingProcess
         {
             // Gone already, or not ours to change.
         }
-
-        return moved;
     }
 
-    private static unsafe bool SetIdle(int threadId)
+    // A thread that refuses (gone already) keeps its class: the stop is what matters.
+    private static unsafe void SetIdle(int threadId)
     {
         var priority = 0; // struct sched_param { int sched_priority; }: 0 for SCHED_IDLE
-        return SchedSetScheduler(threadId, SchedIdle, &priority) == 0;
+        _ = SchedSetScheduler(threadId, SchedIdle, &priority);
     }
 
     [LibraryImport("libc", EntryPoint = "kill", SetLastError = true)]
