@@ -238,9 +238,14 @@ public sealed class Microkernel : IAsyncDisposable
             }
         }
 
-        foreach (var driver in supervised.Concat(recovering))
+        foreach (var driver in supervised)
         {
-            Supervise(driver);
+            Supervise(driver, instanceLoaded: true);
+        }
+
+        foreach (var driver in recovering)
+        {
+            Supervise(driver, instanceLoaded: false);
         }
 
         await Task.WhenAll(recovering.Select(d => Events.WaitForAsync(e => e.Driver == d.Name &&
@@ -698,7 +703,10 @@ public sealed class Microkernel : IAsyncDisposable
         }
     }
 
-    private void Supervise(KernelDriver driver)
+    /// <summary>Puts a driver under a supervisor. <paramref name="instanceLoaded"/>: its instance
+    /// was loaded (and may have died since, before the supervisor could watch it); otherwise the
+    /// supervisor starts one.</summary>
+    private void Supervise(KernelDriver driver, bool instanceLoaded)
     {
         var supervisor = new DriverSupervisor(new KernelDriverLifecycle(this, driver), driver.Manifest.Recovery, _time);
         supervisor.RestartScheduled += s =>
@@ -708,7 +716,7 @@ public sealed class Microkernel : IAsyncDisposable
         };
         lock (_gate)
         {
-            _supervision.Add(supervisor.RunAsync(_stopping.Token));
+            _supervision.Add(supervisor.RunAsync(instanceLoaded, _stopping.Token));
         }
     }
 
@@ -933,7 +941,7 @@ public sealed class Microkernel : IAsyncDisposable
 
         Events.Add(KernelEventKind.DriverReenabled, driver.Name, null, "re-enabled by hand");
         driver.DownTimestamp = _time.GetTimestamp();
-        Supervise(driver);
+        Supervise(driver, instanceLoaded: false);
     }
 
     private InKernelHostChannel InKernel()

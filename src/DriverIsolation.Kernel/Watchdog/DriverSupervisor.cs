@@ -18,6 +18,7 @@ internal sealed class DriverSupervisor
     private readonly TimeProvider _time;
     private readonly FailureWindow _failures;
     private readonly ResiliencePipeline _pipeline;
+    private bool _instanceLoaded;
 
     public DriverSupervisor(IDriverLifecycle driver, RecoveryPolicy policy, TimeProvider time, Func<double>? randomizer = null, bool useJitter = true)
     {
@@ -54,9 +55,14 @@ internal sealed class DriverSupervisor
     /// <summary>Raised when a restart is scheduled, before its delay starts.</summary>
     public event Action<RestartSchedule>? RestartScheduled;
 
-    /// <summary>Supervises until the driver is quarantined, given up on, or the kernel stops.</summary>
-    public async Task RunAsync(CancellationToken cancellationToken)
+    /// <summary>Supervises until the driver is quarantined, given up on, or the kernel stops.
+    /// <paramref name="instanceLoaded"/> says the loader started the first instance: the
+    /// supervisor waits on it even if it has already died (its failure then goes through the
+    /// policy like any other, so a driver with restarting off is not restarted), instead of
+    /// starting one.</summary>
+    public async Task RunAsync(bool instanceLoaded, CancellationToken cancellationToken)
     {
+        _instanceLoaded = instanceLoaded;
         try
         {
             while (true)
@@ -78,7 +84,11 @@ internal sealed class DriverSupervisor
     /// decide what its failure means.</summary>
     private async ValueTask LiveOnceAsync(CancellationToken cancellationToken)
     {
-        if (!_driver.IsRunning)
+        if (_instanceLoaded)
+        {
+            _instanceLoaded = false;
+        }
+        else if (!_driver.IsRunning)
         {
             try
             {

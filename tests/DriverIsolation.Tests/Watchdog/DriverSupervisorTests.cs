@@ -128,6 +128,32 @@ public sealed class DriverSupervisorTests
         Assert.Equal(0, driver.RestartCount);
     }
 
+    /// <summary>The loaded instance died before its supervisor began to watch it (a host killed
+    /// for a protocol violation right after its driver loaded): with restarting off, it is given
+    /// up on, never restarted.</summary>
+    [Fact]
+    public async Task RestartOff_InstanceDeadBeforeSupervision_GivesUpWithoutRestarting()
+    {
+        var (_, driver, supervisor, schedules) = Start(new RecoveryPolicy { Restart = false }, useJitter: false, crashBeforeSupervision: true);
+
+        Assert.Contains("restarting is off", await driver.GaveUp.Task.Bounded(), StringComparison.Ordinal);
+        await supervisor.Finished.Bounded();
+        Assert.Equal(0, driver.RestartCount);
+        Assert.False(schedules.Reader.TryRead(out _));
+    }
+
+    /// <summary>With restarting on, the same early death is counted as a failure and restarted at once.</summary>
+    [Fact]
+    public async Task InstanceDeadBeforeSupervision_IsCountedAndRestartedAtOnce()
+    {
+        var (_, driver, supervisor, schedules) = Start(new RecoveryPolicy { MaxFailures = 3 }, useJitter: false, crashBeforeSupervision: true);
+
+        var schedule = await schedules.Reader.ReadAsync().AsTask().Bounded();
+        Assert.Equal(new RestartSchedule(0, TimeSpan.Zero, 1), schedule);
+        Assert.Equal(1, await driver.Restarts.Reader.ReadAsync().AsTask().Bounded());
+        await supervisor.StopAsync();
+    }
+
     private static async Task<List<TimeSpan>> DelaysAsync(RecoveryPolicy policy, Random random)
     {
         var (time, driver, supervisor, schedules) = Start(policy, useJitter: true, random.NextDouble);
@@ -151,15 +177,20 @@ public sealed class DriverSupervisorTests
     }
 
     private static (ObservableTimeProvider Time, FakeDriver Driver, Running Supervisor, Channel<RestartSchedule> Schedules) Start(
-        RecoveryPolicy policy, bool useJitter, Func<double>? randomizer = null)
+        RecoveryPolicy policy, bool useJitter, Func<double>? randomizer = null, bool crashBeforeSupervision = false)
     {
         var time = new ObservableTimeProvider();
         var driver = new FakeDriver();
+        if (crashBeforeSupervision)
+        {
+            driver.Crash();
+        }
+
         var supervisor = new DriverSupervisor(driver, policy, time, randomizer, useJitter);
         var schedules = Channel.CreateUnbounded<RestartSchedule>();
         supervisor.RestartScheduled += s => schedules.Writer.TryWrite(s);
         var cancel = new CancellationTokenSource();
-        return (time, driver, new Running(supervisor.RunAsync(cancel.Token), cancel), schedules);
+        return (time, driver, new Running(supervisor.RunAsync(instanceLoaded: true, cancel.Token), cancel), schedules);
     }
 
     private sealed record Running(Task Finished, CancellationTokenSource Cancel)
