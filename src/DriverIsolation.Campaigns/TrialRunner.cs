@@ -99,6 +99,11 @@ public static class TrialRunner
         var outcomes = bootFailure is null && kernel.BugCheckReason is null
             ? await RunWorkloadAsync(kernel, scenario.Workload, scenario.DevicesOf(fault.Driver), spec.Seed, path => PeerOf(scenario, path), cancellationToken).ConfigureAwait(false)
             : [.. scenario.Workload.Devices.Select(d => new DeviceOutcome(d, scenario.DevicesOf(fault.Driver).Contains(d), 0, 0, 0, 0))];
+        if (bootFailure is null && kernel.BugCheckReason is null)
+        {
+            await LetTheWatchdogLookAsync(kernel, fault.Driver, options.HeartbeatPeriod, cancellationToken).ConfigureAwait(false);
+        }
+
         await SettleAsync(kernel, cancellationToken).ConfigureAwait(false);
         if (bootFailure is null && kernel.BugCheckReason is null)
         {
@@ -439,6 +444,41 @@ public static class TrialRunner
             }
 
             return null;
+        }
+    }
+
+    /// <summary>
+    /// The watchdog checks a host's memory and handles once a heartbeat period. A fault whose only
+    /// symptom is one it samples (a leak) fires during a workload that may end well within one
+    /// period; judged at once, the trial would say the watchdog let it through when it had not yet
+    /// looked. So when the fault fired and its driver still runs in a host, the trial waits for
+    /// the watchdog's next check of that host, and, if the check killed it, for the driver to be
+    /// restarted, quarantined or given up on.
+    /// </summary>
+    private static async Task LetTheWatchdogLookAsync(Microkernel kernel, string faultyDriver, TimeSpan? period, CancellationToken cancellationToken)
+    {
+        if (period is not { } beat
+            || kernel.GetDrivers().FirstOrDefault(d => d.Name == faultyDriver) is not { State: DriverState.Running, Isolation: not IsolationModel.InKernel }
+            || !kernel.Events.Snapshot().Any(e => e.Kind == KernelEventKind.FaultInjected && e.Driver == faultyDriver))
+        {
+            return;
+        }
+
+        static bool Outcome(KernelEvent e, string driver) =>
+            e.Driver == driver && e.Kind is KernelEventKind.DriverRestarted or KernelEventKind.DriverQuarantined or KernelEventKind.DriverLoadFailed;
+        var before = kernel.Events.Snapshot().Count(e => Outcome(e, faultyDriver));
+        try
+        {
+            var killed = await kernel.WatchdogCheckAsync(faultyDriver, cancellationToken).WaitAsync(beat + TimeSpan.FromSeconds(5), cancellationToken).ConfigureAwait(false);
+            if (killed is not null)
+            {
+                await kernel.Events.WaitForCountAsync(e => Outcome(e, faultyDriver), before + 1, cancellationToken)
+                    .WaitAsync(TimeSpan.FromSeconds(15), cancellationToken).ConfigureAwait(false);
+            }
+        }
+        catch (TimeoutException)
+        {
+            // Judged as it stands: the verdict says what happened within the bound.
         }
     }
 

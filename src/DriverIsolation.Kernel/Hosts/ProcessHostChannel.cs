@@ -170,6 +170,10 @@ internal sealed class ProcessHostChannel : IHostChannel
             Kill($"watchdog: {reason}");
         }, handleBudget, () => HostUsage.Of(ProcessId));
 
+    /// <summary>The heartbeat's next periodic check of this host (<see cref="HeartbeatMonitor.NextCheckAsync"/>);
+    /// null at once without heartbeats.</summary>
+    public Task<string?> NextWatchdogCheckAsync() => _heartbeat?.NextCheckAsync() ?? Task.FromResult<string?>(null);
+
     public Task<(NtStatus Status, string? Detail)> LoadDriverAsync(KernelDriver driver, string assemblyPath, CancellationToken cancellationToken)
     {
         var pending = NewPending(_pendingLoads, driver.Id);

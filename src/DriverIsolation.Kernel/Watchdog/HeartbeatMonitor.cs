@@ -23,6 +23,8 @@ internal sealed class HeartbeatMonitor : IDisposable
     private long _sent;
     private long _answered;
     private bool _killed;
+    private string? _killReason;
+    private TaskCompletionSource<string?> _nextCheck = NewCheck();
 
     public HeartbeatMonitor(TimeProvider time, TimeSpan period, long? memoryBudget, Action<long> sendPing, Action<string> kill,
         int? handleBudget = null, Func<HostUsage?>? measure = null)
@@ -49,17 +51,49 @@ internal sealed class HeartbeatMonitor : IDisposable
             if (!_killed && _memoryBudget is { } budget && workingSetBytes > budget)
             {
                 _killed = true;
-                reason = $"over its memory budget: working set {workingSetBytes / (1024 * 1024)} MiB > {budget / (1024 * 1024)} MiB";
+                reason = _killReason = $"over its memory budget: working set {workingSetBytes / (1024 * 1024)} MiB > {budget / (1024 * 1024)} MiB";
             }
         }
 
         if (reason is not null)
         {
             _kill(reason);
+            EndCheck(reason);
         }
     }
 
-    public void Dispose() => _timer.Dispose();
+    /// <summary>Completes once the next periodic check (memory, handles, unanswered pings) is done:
+    /// with the reason the host was killed for, or null if it passed. At once with the reason if
+    /// the host was already killed; null when the monitor is disposed first (the host is gone).
+    /// For a caller that must not judge a host before the watchdog has looked at it.</summary>
+    public Task<string?> NextCheckAsync()
+    {
+        lock (_gate)
+        {
+            return _killed ? Task.FromResult(_killReason) : _nextCheck.Task;
+        }
+    }
+
+    public void Dispose()
+    {
+        _timer.Dispose();
+        EndCheck(null);
+    }
+
+    /// <summary>Ends the check being waited for and starts the next one.</summary>
+    private void EndCheck(string? reason)
+    {
+        TaskCompletionSource<string?> done;
+        lock (_gate)
+        {
+            done = _nextCheck;
+            _nextCheck = NewCheck();
+        }
+
+        done.TrySetResult(reason);
+    }
+
+    private static TaskCompletionSource<string?> NewCheck() => new(TaskCreationOptions.RunContinuationsAsynchronously);
 
     private void Tick()
     {
@@ -90,15 +124,19 @@ internal sealed class HeartbeatMonitor : IDisposable
             }
 
             ping = ++_sent;
+            _killReason = reason;
         }
 
         if (reason is not null)
         {
             _kill(reason);
-            return;
+        }
+        else
+        {
+            _sendPing(ping);
         }
 
-        _sendPing(ping);
+        EndCheck(reason);
     }
 }
 

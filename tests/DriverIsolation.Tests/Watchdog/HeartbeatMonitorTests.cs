@@ -87,6 +87,43 @@ public sealed class HeartbeatMonitorTests
         Assert.Single(_kills);
     }
 
+    [Fact]
+    public async Task NextCheck_CompletesAtTheNextPeriod_WithTheKillReasonIfItKilled()
+    {
+        var resident = 50L * 1024 * 1024;
+        using var monitor = new HeartbeatMonitor(_time, Period, 100L * 1024 * 1024, _pings.Add, _kills.Add, measure: () => new HostUsage(resident, 10));
+
+        var first = monitor.NextCheckAsync();
+        _time.Advance(Period - TimeSpan.FromTicks(1));
+        Assert.False(first.IsCompleted);
+        _time.Advance(TimeSpan.FromTicks(1));
+        Assert.Null(await first.Bounded());
+
+        var second = monitor.NextCheckAsync();
+        Assert.False(second.IsCompleted);
+        resident = 150L * 1024 * 1024;
+        _time.Advance(Period);
+
+        Assert.Equal("over its memory budget: resident 150 MiB > 100 MiB", await second.Bounded());
+        Assert.Equal("over its memory budget: resident 150 MiB > 100 MiB", await monitor.NextCheckAsync().Bounded());
+        Assert.Single(_kills);
+    }
+
+    [Fact]
+    public async Task NextCheck_KilledByAPong_OrDisposed_Completes()
+    {
+        var monitor = Monitor(memoryBudget: 100L * 1024 * 1024);
+        var check = monitor.NextCheckAsync();
+        monitor.OnPong(0, 101L * 1024 * 1024);
+        Assert.Equal("over its memory budget: working set 101 MiB > 100 MiB", await check.Bounded());
+        monitor.Dispose();
+
+        using var other = Monitor(memoryBudget: null);
+        var pending = other.NextCheckAsync();
+        other.Dispose();
+        Assert.Null(await pending.Bounded());
+    }
+
     private HeartbeatMonitor Monitor(long? memoryBudget) =>
         new(_time, Period, memoryBudget, _pings.Add, _kills.Add);
 }
