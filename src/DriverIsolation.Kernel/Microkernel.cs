@@ -534,7 +534,16 @@ public sealed class Microkernel : IAsyncDisposable
             return (status, detail);
         }
 
-        driver.SetRunning();
+        lock (driver.Gate)
+        {
+            // Unless its host died since it answered: the state the exit set (and the failure
+            // it signalled, which the supervisor takes up) stands.
+            if (driver.State == DriverState.Loading)
+            {
+                driver.SetRunning();
+            }
+        }
+
         Log.DriverLoaded(_logger, driver.Name, driver.Isolation.ToManifestName(), driver.Host.Name);
         Events.Add(KernelEventKind.DriverLoaded, driver.Name, null, $"{driver.Isolation.ToManifestName()} in {driver.Host.Name} (PID {driver.Host.ProcessId})");
         await CreateDevicesAsync(driver, cancellationToken).ConfigureAwait(false);

@@ -62,9 +62,10 @@ internal sealed class HeartbeatMonitor : IDisposable
         }
     }
 
-    /// <summary>Completes once the next periodic check (memory, handles, unanswered pings) is done:
-    /// with the reason the host was killed for, or null if it passed. At once with the reason if
-    /// the host was already killed; null when the monitor is disposed first (the host is gone).
+    /// <summary>Completes once the next periodic check (memory, handles, unanswered pings) is done,
+    /// measured after the call: null if the host passed; else why it will not run on (the reason
+    /// the watchdog killed it, at once if it already had; "the host is gone" if the monitor was
+    /// disposed first, the host having exited).
     /// For a caller that must not judge a host before the watchdog has looked at it.</summary>
     public Task<string?> NextCheckAsync()
     {
@@ -77,7 +78,13 @@ internal sealed class HeartbeatMonitor : IDisposable
     public void Dispose()
     {
         _timer.Dispose();
-        EndCheck(null);
+        string reason;
+        lock (_gate)
+        {
+            reason = _killReason ?? "the host is gone";
+        }
+
+        EndCheck(reason);
     }
 
     /// <summary>Ends the check being waited for and starts the next one.</summary>
@@ -99,11 +106,21 @@ internal sealed class HeartbeatMonitor : IDisposable
     {
         long ping;
         string? reason = null;
+
+        // Who waits for a check from now on gets this one: its measurement is taken after they asked.
+        TaskCompletionSource<string?> check;
+        lock (_gate)
+        {
+            check = _nextCheck;
+            _nextCheck = NewCheck();
+        }
+
         var usage = _measure();
         lock (_gate)
         {
             if (_killed)
             {
+                check.TrySetResult(_killReason);
                 return;
             }
 
@@ -136,7 +153,7 @@ internal sealed class HeartbeatMonitor : IDisposable
             _sendPing(ping);
         }
 
-        EndCheck(reason);
+        check.TrySetResult(reason);
     }
 }
 

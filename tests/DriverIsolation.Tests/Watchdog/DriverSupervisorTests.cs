@@ -154,6 +154,19 @@ public sealed class DriverSupervisorTests
         await supervisor.StopAsync();
     }
 
+    /// <summary>A supervisor given a driver with no instance (re-enabled, or recovering at boot)
+    /// starts one at once, without counting a failure or scheduling a restart.</summary>
+    [Fact]
+    public async Task NoInstanceLoaded_StartsOneAtOnce()
+    {
+        var (_, driver, supervisor, schedules) = Start(new RecoveryPolicy { Restart = false }, useJitter: false, crashBeforeSupervision: true, instanceLoaded: false);
+
+        Assert.Equal(1, await driver.Restarts.Reader.ReadAsync().AsTask().Bounded());
+        Assert.False(schedules.Reader.TryRead(out _));
+        Assert.False(driver.GaveUp.Task.IsCompleted);
+        await supervisor.StopAsync();
+    }
+
     private static async Task<List<TimeSpan>> DelaysAsync(RecoveryPolicy policy, Random random)
     {
         var (time, driver, supervisor, schedules) = Start(policy, useJitter: true, random.NextDouble);
@@ -177,7 +190,7 @@ public sealed class DriverSupervisorTests
     }
 
     private static (ObservableTimeProvider Time, FakeDriver Driver, Running Supervisor, Channel<RestartSchedule> Schedules) Start(
-        RecoveryPolicy policy, bool useJitter, Func<double>? randomizer = null, bool crashBeforeSupervision = false)
+        RecoveryPolicy policy, bool useJitter, Func<double>? randomizer = null, bool crashBeforeSupervision = false, bool instanceLoaded = true)
     {
         var time = new ObservableTimeProvider();
         var driver = new FakeDriver();
@@ -190,7 +203,7 @@ public sealed class DriverSupervisorTests
         var schedules = Channel.CreateUnbounded<RestartSchedule>();
         supervisor.RestartScheduled += s => schedules.Writer.TryWrite(s);
         var cancel = new CancellationTokenSource();
-        return (time, driver, new Running(supervisor.RunAsync(instanceLoaded: true, cancel.Token), cancel), schedules);
+        return (time, driver, new Running(supervisor.RunAsync(instanceLoaded, cancel.Token), cancel), schedules);
     }
 
     private sealed record Running(Task Finished, CancellationTokenSource Cancel)

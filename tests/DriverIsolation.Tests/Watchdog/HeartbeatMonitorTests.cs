@@ -110,7 +110,7 @@ public sealed class HeartbeatMonitorTests
     }
 
     [Fact]
-    public async Task NextCheck_KilledByAPong_OrDisposed_Completes()
+    public async Task NextCheck_KilledByAPong_OrDisposed_CompletesWithWhy()
     {
         var monitor = Monitor(memoryBudget: 100L * 1024 * 1024);
         var check = monitor.NextCheckAsync();
@@ -121,7 +121,28 @@ public sealed class HeartbeatMonitorTests
         using var other = Monitor(memoryBudget: null);
         var pending = other.NextCheckAsync();
         other.Dispose();
-        Assert.Null(await pending.Bounded());
+        Assert.Equal("the host is gone", await pending.Bounded());
+    }
+
+    /// <summary>A check asked for while a tick is measuring is the next tick's: what it reports
+    /// was measured after it was asked for.</summary>
+    [Fact]
+    public async Task NextCheck_AskedDuringATick_IsTheNextTicks()
+    {
+        Task<string?>? askedDuringTick = null;
+        HeartbeatMonitor? monitor = null;
+        using var created = new HeartbeatMonitor(_time, Period, null, _pings.Add, _kills.Add, measure: () =>
+        {
+            askedDuringTick ??= monitor!.NextCheckAsync();
+            return new HostUsage(1, 1);
+        });
+        monitor = created;
+
+        _time.Advance(Period);
+        Assert.NotNull(askedDuringTick);
+        Assert.False(askedDuringTick.IsCompleted);
+        _time.Advance(Period);
+        Assert.Null(await askedDuringTick.Bounded());
     }
 
     private HeartbeatMonitor Monitor(long? memoryBudget) =>
