@@ -758,6 +758,15 @@ public sealed class Microkernel : IAsyncDisposable
 
     private async Task RestartInFreshHostAsync(KernelDriver driver, CancellationToken cancellationToken)
     {
+        // The new instance begins once the old host's exit has been processed: its failure
+        // signalled (so that it cannot land on the new instance) and its DMA rights revoked (so
+        // that the revocation cannot take the new instance's). A driver whose host died while it
+        // was loading at boot can be handed to its supervisor before that is done.
+        if (driver.Host is ProcessHostChannel previous && !previous.IsAlive)
+        {
+            await previous.ExitReported.WaitAsync(cancellationToken).ConfigureAwait(false);
+        }
+
         lock (driver.Gate)
         {
             driver.SetState(DriverState.Restarting);
