@@ -40,6 +40,11 @@ public static class OtlpExport
             {
                 o.Endpoint = new Uri(endpoint, "v1/traces");
                 o.Protocol = OtlpExportProtocol.HttpProtobuf;
+
+                // Spans leave every second (not every 5 s) while the process runs: what is left
+                // for the flush at exit is small, and the exporter is warm by then (a host has 2 s
+                // from the kernel's Shutdown to its exit).
+                o.BatchExportProcessorOptions.ScheduledDelayMilliseconds = 1000;
             })
             .Build();
         var meter = meters.Length == 0

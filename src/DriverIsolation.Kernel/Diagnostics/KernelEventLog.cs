@@ -84,8 +84,17 @@ public sealed class KernelEventLog
             }
         }
 
-        matched?.ForEach(w => w.TrySetResult(e));
-        Raised?.Invoke(e);
+        // Subscribers (the trace, the metrics) see the event before anyone waiting for it wakes:
+        // a waiter that then reads what they recorded finds it there.
+        try
+        {
+            Raised?.Invoke(e);
+        }
+        finally
+        {
+            matched?.ForEach(w => w.TrySetResult(e));
+        }
+
         return e;
     }
 }

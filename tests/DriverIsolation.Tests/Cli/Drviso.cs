@@ -22,14 +22,17 @@ internal static class Drviso
         return start;
     }
 
-    public static async Task<(int ExitCode, string Output)> RunAsync(params string[] args)
+    public static Task<(int ExitCode, string Output)> RunAsync(params string[] args) => RunAsync(TimeSpan.FromMinutes(2), args);
+
+    /// <summary>Runs drviso to its end, killed (and the test failed) after <paramref name="bound"/>.</summary>
+    public static async Task<(int ExitCode, string Output)> RunAsync(TimeSpan bound, params string[] args)
     {
         using var process = Process.Start(StartInfo(args))!;
         try
         {
             var stdout = process.StandardOutput.ReadToEndAsync();
             var stderr = process.StandardError.ReadToEndAsync();
-            await process.WaitForExitAsync().WaitAsync(TimeSpan.FromMinutes(2));
+            await process.WaitForExitAsync().WaitAsync(bound);
             return (process.ExitCode, await stdout + await stderr);
         }
         finally

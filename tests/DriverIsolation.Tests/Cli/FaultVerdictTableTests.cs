@@ -110,7 +110,9 @@ public sealed class FaultVerdictTableTests : IDisposable
             }
             """);
         var output = Path.Combine(_dir, name);
-        var result = await Drviso.RunAsync("run", scenario, "--out", output, "--parallel", "2");
+        // 28 trials of up to a few seconds each (an in-kernel infinite loop holds a CPU for over
+        // 10 s): about 80 s on an idle machine, so a loaded one gets a generous bound.
+        var result = await Drviso.RunAsync(TimeSpan.FromMinutes(8), "run", scenario, "--out", output, "--parallel", "2");
         Assert.True(result.ExitCode == 0, result.Output);
         return JsonSerializer.Deserialize<List<TrialVerdict>>(await File.ReadAllTextAsync(Path.Combine(output, "trials.json")))!;
     }

@@ -139,6 +139,7 @@ internal static partial class ChildState
     private const int PidType = 1;          // P_PID
     private const int WaitStopped = 2;      // WSTOPPED
     private const int NoWait = 0x01000000;  // WNOWAIT
+    private const int NoHang = 1;           // WNOHANG
     private const int ChildStopped = 5;     // CLD_STOPPED
 
     /// <summary>Waits on a thread of its own: <c>Waiting</c> completes just before the thread
@@ -149,6 +150,11 @@ internal static partial class ChildState
         var stopped = new TaskCompletionSource<string>(TaskCreationOptions.RunContinuationsAsynchronously);
         var thread = new Thread(() =>
         {
+            // Binds waitid and compiles its stub now, so that the wait below starts at once: the
+            // child stays stopped for only 50 ms.
+            var probe = Marshal.AllocHGlobal(128);
+            _ = WaitId(PidType, pid, probe, WaitStopped | NoWait | NoHang);
+            Marshal.FreeHGlobal(probe);
             waiting.SetResult();
             stopped.SetResult(WaitForStop(pid));
         })

@@ -88,7 +88,9 @@ public sealed class DriverSupervisorTests
         time.Advance(second.Delay);
         await driver.Restarts.Reader.ReadAsync().AsTask().Bounded();
 
-        // A healthy minute: both failures age out of the window and the backoff resets.
+        // A healthy minute: both failures age out of the window and the backoff resets. (Once the
+        // supervisor watches the third instance: it takes the instance's start time first.)
+        await WatchedAsync(driver, 3);
         time.Advance(TimeSpan.FromMinutes(1));
         driver.Crash();
         await driver.Restarts.Reader.ReadAsync().AsTask().Bounded();
@@ -165,6 +167,14 @@ public sealed class DriverSupervisorTests
         Assert.False(schedules.Reader.TryRead(out _));
         Assert.False(driver.GaveUp.Task.IsCompleted);
         await supervisor.StopAsync();
+    }
+
+    /// <summary>Until the supervisor has begun to watch the <paramref name="instance"/>-th instance.</summary>
+    private static async Task WatchedAsync(FakeDriver driver, int instance)
+    {
+        while (await driver.Watches.Reader.ReadAsync().AsTask().Bounded() < instance)
+        {
+        }
     }
 
     private static async Task<List<TimeSpan>> DelaysAsync(RecoveryPolicy policy, Random random)
@@ -258,10 +268,16 @@ public sealed class DriverSupervisorTests
             return Task.CompletedTask;
         }
 
+        /// <summary>The count of instances watched so far, each time the supervisor begins to watch one.</summary>
+        public Channel<int> Watches { get; } = Channel.CreateUnbounded<int>();
+
+        private int _watched;
+
         public Task<string> WaitForFailureAsync(CancellationToken cancellationToken)
         {
             lock (_gate)
             {
+                Watches.Writer.TryWrite(++_watched);
                 return _failure.Task.WaitAsync(cancellationToken);
             }
         }
