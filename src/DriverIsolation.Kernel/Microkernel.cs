@@ -304,8 +304,9 @@ public sealed class Microkernel : IAsyncDisposable
         ChannelOf(driverName) is { } channel ? channel.AllocatedBytesAsync(timeout, cancellationToken) : Task.FromResult<long?>(null);
 
     /// <summary>Completes after the watchdog's next periodic check of the host a driver runs in
-    /// (its memory and handles against the driver's budgets, its unanswered heartbeats): with the
-    /// reason if the watchdog killed the host, null if the host passed. Null at once for a driver
+    /// (its memory and handles against the driver's budgets, its unanswered heartbeats): null if
+    /// the host passed; else why it will not run on (the reason the watchdog killed it, or "the
+    /// host is gone" if it exited first). Null at once for a driver
     /// that is not in a host process, or with heartbeats off. A fault campaign waits for it before
     /// it judges a trial, so that a fault whose only symptom is one the watchdog samples (a leak)
     /// is looked at at least once.</summary>

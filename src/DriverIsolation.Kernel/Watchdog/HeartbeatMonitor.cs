@@ -107,7 +107,8 @@ internal sealed class HeartbeatMonitor : IDisposable
         long ping;
         string? reason = null;
 
-        // Who waits for a check from now on gets this one: its measurement is taken after they asked.
+        // Whoever asked before now gets this check (measured after they asked); whoever asks from
+        // now on, the next one.
         TaskCompletionSource<string?> check;
         lock (_gate)
         {
