@@ -22,8 +22,7 @@ internal sealed class HeartbeatMonitor : IDisposable
     private readonly ITimer _timer;
     private long _sent;
     private long _answered;
-    private bool _killed;
-    private string? _killReason;
+    private string? _killReason; // Set once: why the watchdog killed the host.
     private TaskCompletionSource<string?> _nextCheck = NewCheck();
 
     public HeartbeatMonitor(TimeProvider time, TimeSpan period, long? memoryBudget, Action<long> sendPing, Action<string> kill,
@@ -48,9 +47,8 @@ internal sealed class HeartbeatMonitor : IDisposable
                 _answered = sequence;
             }
 
-            if (!_killed && _memoryBudget is { } budget && workingSetBytes > budget)
+            if (_killReason is null && _memoryBudget is { } budget && workingSetBytes > budget)
             {
-                _killed = true;
                 reason = _killReason = $"over its memory budget: working set {workingSetBytes / (1024 * 1024)} MiB > {budget / (1024 * 1024)} MiB";
             }
         }
@@ -58,7 +56,7 @@ internal sealed class HeartbeatMonitor : IDisposable
         if (reason is not null)
         {
             _kill(reason);
-            EndCheck(reason);
+            TakeCheck().TrySetResult(reason);
         }
     }
 
@@ -71,7 +69,7 @@ internal sealed class HeartbeatMonitor : IDisposable
     {
         lock (_gate)
         {
-            return _killed ? Task.FromResult(_killReason) : _nextCheck.Task;
+            return _killReason is not null ? Task.FromResult<string?>(_killReason) : _nextCheck.Task;
         }
     }
 
@@ -84,20 +82,18 @@ internal sealed class HeartbeatMonitor : IDisposable
             reason = _killReason ?? "the host is gone";
         }
 
-        EndCheck(reason);
+        TakeCheck().TrySetResult(reason);
     }
 
-    /// <summary>Ends the check being waited for and starts the next one.</summary>
-    private void EndCheck(string? reason)
+    /// <summary>The check waited for until now (its caller completes it); later callers wait for the next.</summary>
+    private TaskCompletionSource<string?> TakeCheck()
     {
-        TaskCompletionSource<string?> done;
         lock (_gate)
         {
-            done = _nextCheck;
+            var taken = _nextCheck;
             _nextCheck = NewCheck();
+            return taken;
         }
-
-        done.TrySetResult(reason);
     }
 
     private static TaskCompletionSource<string?> NewCheck() => new(TaskCreationOptions.RunContinuationsAsynchronously);
@@ -109,17 +105,11 @@ internal sealed class HeartbeatMonitor : IDisposable
 
         // Whoever asked before now gets this check (measured after they asked); whoever asks from
         // now on, the next one.
-        TaskCompletionSource<string?> check;
-        lock (_gate)
-        {
-            check = _nextCheck;
-            _nextCheck = NewCheck();
-        }
-
+        var check = TakeCheck();
         var usage = _measure();
         lock (_gate)
         {
-            if (_killed)
+            if (_killReason is not null)
             {
                 check.TrySetResult(_killReason);
                 return;
@@ -127,17 +117,14 @@ internal sealed class HeartbeatMonitor : IDisposable
 
             if (usage is { ResidentBytes: { } resident } && _memoryBudget is { } budget && resident > budget)
             {
-                _killed = true;
                 reason = $"over its memory budget: resident {resident / (1024 * 1024)} MiB > {budget / (1024 * 1024)} MiB";
             }
             else if (usage is { Handles: { } handles } && _handleBudget is { } handleBudget && handles > handleBudget)
             {
-                _killed = true;
                 reason = $"over its handle budget: {handles} open handles > {handleBudget}";
             }
             else if (_sent - _answered >= MissedBeforeKill)
             {
-                _killed = true;
                 reason = $"hung: {_sent - _answered} heartbeats unanswered (period {_period.TotalMilliseconds:F0} ms)";
             }
 
