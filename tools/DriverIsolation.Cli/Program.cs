@@ -2,6 +2,7 @@ using System.CommandLine;
 using DriverIsolation.Cli.Commands;
 using DriverIsolation.DriverHost;
 using DriverIsolation.Kernel;
+using Spectre.Console;
 
 var otlp = new Option<string?>("--otlp")
 {
@@ -33,6 +34,13 @@ var root = new RootCommand("drviso: a simulated microkernel whose drivers run in
     DriversCommand.CreateInject(),
 };
 root.Options.Add(otlp);
+
+// Tables printed to a file or a pipe (a campaign's log, CI) keep each row on one line: without a
+// terminal Spectre.Console assumes 80 columns and wraps cells, "unhandled-exception" into three.
+if (Console.IsOutputRedirected)
+{
+    AnsiConsole.Profile.Width = 240;
+}
 
 var parse = root.Parse(args);
 if (parse.Errors.Count == 0 && parse.GetValue(otlp) is { } endpoint)

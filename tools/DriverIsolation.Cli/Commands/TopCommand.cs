@@ -56,12 +56,6 @@ internal static class TopCommand
         {
             if (plain)
             {
-                // Printed tables go to files and pipes as often as to a terminal: a line per driver.
-                if (Console.IsOutputRedirected)
-                {
-                    AnsiConsole.Profile.Width = 150;
-                }
-
                 for (var i = 0; iterations is null || i < iterations; i++)
                 {
                     await Task.Delay(interval, ct).ConfigureAwait(false);
