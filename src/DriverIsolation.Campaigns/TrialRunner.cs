@@ -453,13 +453,15 @@ public static class TrialRunner
     /// period; judged at once, the trial would say the watchdog let it through when it had not yet
     /// looked. So when the fault fired and its driver still runs in a host, the trial waits for
     /// the watchdog's next check of that host, and, if the check killed it, for the driver to be
-    /// restarted, quarantined or given up on.
+    /// restarted, quarantined or given up on. Not when the instance the fault last fired in is
+    /// gone already (the kernel restarted the driver since): the kernel has acted on the fault,
+    /// and a check of the new instance would say nothing about it.
     /// </summary>
     private static async Task LetTheWatchdogLookAsync(Microkernel kernel, string faultyDriver, TimeSpan? period, CancellationToken cancellationToken)
     {
         if (period is not { } beat
             || kernel.GetDrivers().FirstOrDefault(d => d.Name == faultyDriver) is not { State: DriverState.Running, Isolation: not IsolationModel.InKernel } before
-            || !kernel.Events.Snapshot().Any(e => e.Kind == KernelEventKind.FaultInjected && e.Driver == faultyDriver))
+            || !FiredInTheRunningInstance(kernel.Events.Snapshot(), faultyDriver))
         {
             return;
         }
@@ -485,6 +487,30 @@ public static class TrialRunner
         {
             await Task.Delay(20, cancellationToken).ConfigureAwait(false);
         }
+    }
+
+    /// <summary>True if the driver's fault fired and the driver has not been restarted since it
+    /// last did (the kernel's events are in the order they happened).</summary>
+    internal static bool FiredInTheRunningInstance(IReadOnlyList<KernelEvent> events, string driver)
+    {
+        var fired = -1;
+        for (var i = 0; i < events.Count; i++)
+        {
+            if (events[i].Driver == driver && events[i].Kind == KernelEventKind.FaultInjected)
+            {
+                fired = i;
+            }
+        }
+
+        for (var i = fired + 1; fired >= 0 && i < events.Count; i++)
+        {
+            if (events[i].Driver == driver && events[i].Kind == KernelEventKind.DriverRestarted)
+            {
+                return false;
+            }
+        }
+
+        return fired >= 0;
     }
 
     /// <summary>Waits (bounded) until no driver is between states: restarted, quarantined or failed.</summary>
