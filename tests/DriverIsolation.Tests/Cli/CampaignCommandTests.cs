@@ -46,6 +46,7 @@ public sealed class CampaignCommandTests : IDisposable
 
         // Printed to a pipe, the summary table keeps each row on one line (not wrapped at 80 columns).
         Assert.Matches(@"│ unhandled-exception\s+│ in-kernel\s+│ strict\s+│\s+2 │", whole.Output);
+
         var shard1 = await Drviso.RunAsync("run", scenario, "--out", Out("shard1"), "--shard", "1/2", "--parallel", "2");
         Assert.True(shard1.ExitCode == 0, shard1.Output);
         Assert.Contains("shard 1/2: 4", shard1.Output, StringComparison.Ordinal);
