@@ -22,7 +22,7 @@ internal sealed class HeartbeatMonitor : IDisposable
     private readonly ITimer _timer;
     private long _sent;
     private long _answered;
-    private string? _killReason; // Set once: why the watchdog killed the host.
+    private string? _endReason; // Set once: why the host will not run on (the watchdog killed it, or it is gone).
     private TaskCompletionSource<string?> _nextCheck = NewCheck();
 
     public HeartbeatMonitor(TimeProvider time, TimeSpan period, long? memoryBudget, Action<long> sendPing, Action<string> kill,
@@ -47,9 +47,9 @@ internal sealed class HeartbeatMonitor : IDisposable
                 _answered = sequence;
             }
 
-            if (_killReason is null && _memoryBudget is { } budget && workingSetBytes > budget)
+            if (_endReason is null && _memoryBudget is { } budget && workingSetBytes > budget)
             {
-                reason = _killReason = $"over its memory budget: working set {workingSetBytes / (1024 * 1024)} MiB > {budget / (1024 * 1024)} MiB";
+                reason = _endReason = $"over its memory budget: working set {workingSetBytes / (1024 * 1024)} MiB > {budget / (1024 * 1024)} MiB";
             }
         }
 
@@ -62,14 +62,14 @@ internal sealed class HeartbeatMonitor : IDisposable
 
     /// <summary>Completes once the next periodic check (memory, handles, unanswered pings) is done,
     /// measured after the call: null if the host passed; else why it will not run on (the reason
-    /// the watchdog killed it, at once if it already had; "the host is gone" if the monitor was
-    /// disposed first, the host having exited).
+    /// the watchdog killed it, at once if it already had; "the host is gone" once the monitor is
+    /// disposed, the host having exited, at once if it already was).
     /// For a caller that must not judge a host before the watchdog has looked at it.</summary>
     public Task<string?> NextCheckAsync()
     {
         lock (_gate)
         {
-            return _killReason is not null ? Task.FromResult<string?>(_killReason) : _nextCheck.Task;
+            return _endReason is not null ? Task.FromResult<string?>(_endReason) : _nextCheck.Task;
         }
     }
 
@@ -79,7 +79,8 @@ internal sealed class HeartbeatMonitor : IDisposable
         string reason;
         lock (_gate)
         {
-            reason = _killReason ?? "the host is gone";
+            // A check asked for from now on is answered at once, as for a killed host.
+            reason = _endReason ??= "the host is gone";
         }
 
         TakeCheck().TrySetResult(reason);
@@ -109,9 +110,9 @@ internal sealed class HeartbeatMonitor : IDisposable
         var usage = _measure();
         lock (_gate)
         {
-            if (_killReason is not null)
+            if (_endReason is not null)
             {
-                check.TrySetResult(_killReason);
+                check.TrySetResult(_endReason);
                 return;
             }
 
@@ -129,7 +130,7 @@ internal sealed class HeartbeatMonitor : IDisposable
             }
 
             ping = ++_sent;
-            _killReason = reason;
+            _endReason = reason;
         }
 
         if (reason is not null)

@@ -122,6 +122,7 @@ public sealed class HeartbeatMonitorTests
         var pending = other.NextCheckAsync();
         other.Dispose();
         Assert.Equal("the host is gone", await pending.Bounded());
+        Assert.Equal("the host is gone", await other.NextCheckAsync().Bounded());
     }
 
     /// <summary>A check asked for while a tick is measuring is the next tick's: what it reports
