@@ -30,6 +30,10 @@ internal sealed class NbdServer(Microkernel kernel, IPEndPoint endpoint, Action<
     private const int MaxOptionLength = 64 << 10;
     private readonly TcpListener _listener = new(endpoint);
     private readonly List<Task> _connections = [];
+    private readonly CancellationTokenSource _closing = new();
+
+    /// <summary>How long sending one reply may take before the client is given up on.</summary>
+    private static readonly TimeSpan ReplyTimeout = TimeSpan.FromSeconds(30);
 
     public IPEndPoint LocalEndpoint => (IPEndPoint)_listener.LocalEndpoint;
 
@@ -54,32 +58,51 @@ internal sealed class NbdServer(Microkernel kernel, IPEndPoint endpoint, Action<
         _listener.Start();
     }
 
+    /// <summary>Accepts clients until <paramref name="stop"/>: each connection is served on a
+    /// thread of its own (see <see cref="Serve"/>).</summary>
     public async Task RunAsync(CancellationToken stop)
     {
-        while (!stop.IsCancellationRequested)
+        using var linked = CancellationTokenSource.CreateLinkedTokenSource(stop, _closing.Token);
+        while (!linked.IsCancellationRequested)
         {
             Socket socket;
             try
             {
-                socket = await _listener.AcceptSocketAsync(stop).ConfigureAwait(false);
+                socket = await _listener.AcceptSocketAsync(linked.Token).ConfigureAwait(false);
             }
-            catch (OperationCanceledException)
+            catch (Exception ex) when (ex is OperationCanceledException or ObjectDisposedException or SocketException && linked.IsCancellationRequested)
             {
                 break;
             }
 
             socket.NoDelay = true;
+            var served = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+            var thread = new Thread(() =>
+            {
+                try
+                {
+                    Serve(socket, linked.Token);
+                }
+                finally
+                {
+                    served.TrySetResult();
+                }
+            })
+            {
+                IsBackground = true,
+                Name = "NBD client",
+            };
+
             lock (_connections)
             {
                 _connections.RemoveAll(c => c.IsCompleted);
-                _connections.Add(ServeAsync(socket, stop));
+                _connections.Add(served.Task);
             }
-        }
-    }
 
-    public async ValueTask DisposeAsync()
-    {
-        _listener.Stop();
+            thread.Start();
+        }
+
+        // The token dies with this method: every connection it may close is closed first.
         Task[] open;
         lock (_connections)
         {
@@ -89,38 +112,77 @@ internal sealed class NbdServer(Microkernel kernel, IPEndPoint endpoint, Action<
         await Task.WhenAll(open).ConfigureAwait(false);
     }
 
-    private async Task ServeAsync(Socket socket, CancellationToken stop)
+    /// <summary>Stops listening and closes every connection (each answers the requests it has
+    /// read, then hangs up).</summary>
+    public async ValueTask DisposeAsync()
+    {
+        await _closing.CancelAsync().ConfigureAwait(false);
+        _listener.Stop();
+        Task[] open;
+        lock (_connections)
+        {
+            open = [.. _connections];
+        }
+
+        await Task.WhenAll(open).ConfigureAwait(false);
+        _closing.Dispose();
+    }
+
+    /// <summary>
+    /// One client, on its own thread with blocking socket calls: a client's request wakes this
+    /// thread directly (an asynchronous receive would wake the runtime's socket thread, which
+    /// hands the continuation to a pool thread: two hand-offs instead of one). Replies are sent by
+    /// whichever thread finishes a request (<see cref="ReplyWriter"/>).
+    /// </summary>
+    private void Serve(Socket socket, CancellationToken stop)
     {
         var peer = socket.RemoteEndPoint?.ToString() ?? "?";
-        await using var stream = new NetworkStream(socket, ownsSocket: true);
+        using var stream = new NetworkStream(socket, ownsSocket: true);
+
+        // A client that stops reading its replies holds at most one thread, for at most this long.
+        socket.SendTimeout = (int)ReplyTimeout.TotalMilliseconds;
+        using var closing = stop.Register(static s =>
+        {
+            try
+            {
+                // Wakes this connection's blocking receive (it sees the end of the stream).
+                ((Socket)s!).Shutdown(SocketShutdown.Both);
+            }
+            catch (Exception ex) when (ex is SocketException or ObjectDisposedException)
+            {
+                // Already gone.
+            }
+        }, socket);
         try
         {
-            if (await NegotiateAsync(stream, stop).ConfigureAwait(false) is { } export)
+            if (Negotiate(stream) is { } export)
             {
                 log?.Invoke($"NBD: {peer} uses {export.Name}");
-                await TransmitAsync(stream, export, stop).ConfigureAwait(false);
+                Transmit(socket, export, peer, stop);
             }
         }
-        catch (Exception ex) when (ex is IOException or EndOfStreamException or SocketException or OperationCanceledException or NbdProtocolException)
+        catch (Exception ex) when (ex is IOException or EndOfStreamException or SocketException or OperationCanceledException or ObjectDisposedException or NbdProtocolException)
         {
             log?.Invoke($"NBD: {peer} disconnected: {ex.Message}");
         }
+#pragma warning disable CA1031 // One client's connection must not take the server (or the kernel) down.
         catch (Exception ex)
+#pragma warning restore CA1031
         {
             Console.Error.WriteLine($"NBD: {peer}: connection dropped after an unexpected error: {ex}");
         }
     }
 
     /// <summary>The handshake and option haggling; the export to serve, or null to hang up.</summary>
-    private async Task<NbdExport?> NegotiateAsync(NetworkStream stream, CancellationToken stop)
+    private NbdExport? Negotiate(NetworkStream stream)
     {
         var hello = new byte[18];
         BinaryPrimitives.WriteUInt64BigEndian(hello, InitMagic);
         BinaryPrimitives.WriteUInt64BigEndian(hello.AsSpan(8), OptionMagic);
         BinaryPrimitives.WriteUInt16BigEndian(hello.AsSpan(16), FlagFixedNewstyle | FlagNoZeroes);
-        await stream.WriteAsync(hello, stop).ConfigureAwait(false);
+        stream.Write(hello);
 
-        var clientFlags = BinaryPrimitives.ReadUInt32BigEndian(await ReadAsync(stream, 4, stop).ConfigureAwait(false));
+        var clientFlags = BinaryPrimitives.ReadUInt32BigEndian(Read(stream, 4));
         if ((clientFlags & ~(ClientFlagFixedNewstyle | ClientFlagNoZeroes)) != 0)
         {
             throw new NbdProtocolException($"unknown client flags 0x{clientFlags:x}");
@@ -129,7 +191,7 @@ internal sealed class NbdServer(Microkernel kernel, IPEndPoint endpoint, Action<
         var noZeroes = (clientFlags & ClientFlagNoZeroes) != 0;
         while (true)
         {
-            var header = await ReadAsync(stream, 16, stop).ConfigureAwait(false);
+            var header = Read(stream, 16);
             if (BinaryPrimitives.ReadUInt64BigEndian(header) != OptionMagic)
             {
                 throw new NbdProtocolException("an option without its magic");
@@ -142,7 +204,7 @@ internal sealed class NbdServer(Microkernel kernel, IPEndPoint endpoint, Action<
                 throw new NbdProtocolException($"an option of {length} bytes");
             }
 
-            var data = await ReadAsync(stream, (int)length, stop).ConfigureAwait(false);
+            var data = Read(stream, (int)length);
             switch (option)
             {
                 case OptExportName:
@@ -156,15 +218,15 @@ internal sealed class NbdServer(Microkernel kernel, IPEndPoint endpoint, Action<
                     var reply = new byte[noZeroes ? 10 : 134];
                     BinaryPrimitives.WriteInt64BigEndian(reply, export.Size);
                     BinaryPrimitives.WriteUInt16BigEndian(reply.AsSpan(8), TransmissionFlags);
-                    await stream.WriteAsync(reply, stop).ConfigureAwait(false);
+                    stream.Write(reply);
                     return export;
                 }
 
                 case OptAbort:
-                    await ReplyAsync(stream, option, RepAck, [], stop).ConfigureAwait(false);
+                    Reply(stream, option, RepAck, []);
                     return null;
                 case OptList when length != 0:
-                    await ReplyAsync(stream, option, RepErrInvalid, Encoding.UTF8.GetBytes("LIST takes no data"), stop).ConfigureAwait(false);
+                    Reply(stream, option, RepErrInvalid, Encoding.UTF8.GetBytes("LIST takes no data"));
                     break;
                 case OptList:
                     foreach (var export in Exports)
@@ -173,22 +235,22 @@ internal sealed class NbdServer(Microkernel kernel, IPEndPoint endpoint, Action<
                         var entry = new byte[4 + name.Length];
                         BinaryPrimitives.WriteUInt32BigEndian(entry, (uint)name.Length);
                         name.CopyTo(entry, 4);
-                        await ReplyAsync(stream, option, RepServer, entry, stop).ConfigureAwait(false);
+                        Reply(stream, option, RepServer, entry);
                     }
 
-                    await ReplyAsync(stream, option, RepAck, [], stop).ConfigureAwait(false);
+                    Reply(stream, option, RepAck, []);
                     break;
                 case OptInfo or OptGo:
                 {
                     if (!TryParseInfo(data, out var name, out var requests))
                     {
-                        await ReplyAsync(stream, option, RepErrInvalid, Encoding.UTF8.GetBytes("malformed INFO/GO request"), stop).ConfigureAwait(false);
+                        Reply(stream, option, RepErrInvalid, Encoding.UTF8.GetBytes("malformed INFO/GO request"));
                         break;
                     }
 
                     if (Find(name) is not { } export)
                     {
-                        await ReplyAsync(stream, option, RepErrUnknown, Encoding.UTF8.GetBytes($"no export named \"{name}\""), stop).ConfigureAwait(false);
+                        Reply(stream, option, RepErrUnknown, Encoding.UTF8.GetBytes($"no export named \"{name}\""));
                         break;
                     }
 
@@ -196,7 +258,7 @@ internal sealed class NbdServer(Microkernel kernel, IPEndPoint endpoint, Action<
                     BinaryPrimitives.WriteUInt16BigEndian(info, InfoExport);
                     BinaryPrimitives.WriteInt64BigEndian(info.AsSpan(2), export.Size);
                     BinaryPrimitives.WriteUInt16BigEndian(info.AsSpan(10), TransmissionFlags);
-                    await ReplyAsync(stream, option, RepInfo, info, stop).ConfigureAwait(false);
+                    Reply(stream, option, RepInfo, info);
 
                     // Sector alignment, 4 KiB preferred, MaxRequest at most: always sent, so
                     // clients keep to it.
@@ -205,20 +267,20 @@ internal sealed class NbdServer(Microkernel kernel, IPEndPoint endpoint, Action<
                     BinaryPrimitives.WriteUInt32BigEndian(sizes.AsSpan(2), 512);
                     BinaryPrimitives.WriteUInt32BigEndian(sizes.AsSpan(6), 4096);
                     BinaryPrimitives.WriteUInt32BigEndian(sizes.AsSpan(10), MaxRequest);
-                    await ReplyAsync(stream, option, RepInfo, sizes, stop).ConfigureAwait(false);
+                    Reply(stream, option, RepInfo, sizes);
                     if (requests.Contains(InfoName))
                     {
                         var exportName = Encoding.UTF8.GetBytes(export.Name);
-                        await ReplyAsync(stream, option, RepInfo, [0, (byte)InfoName, .. exportName], stop).ConfigureAwait(false);
+                        Reply(stream, option, RepInfo, [0, (byte)InfoName, .. exportName]);
                     }
 
                     if (requests.Contains(InfoDescription))
                     {
                         var description = Encoding.UTF8.GetBytes($"{export.Device} through the DriverIsolation kernel");
-                        await ReplyAsync(stream, option, RepInfo, [0, (byte)InfoDescription, .. description], stop).ConfigureAwait(false);
+                        Reply(stream, option, RepInfo, [0, (byte)InfoDescription, .. description]);
                     }
 
-                    await ReplyAsync(stream, option, RepAck, [], stop).ConfigureAwait(false);
+                    Reply(stream, option, RepAck, []);
                     if (option == OptGo)
                     {
                         return export;
@@ -228,7 +290,7 @@ internal sealed class NbdServer(Microkernel kernel, IPEndPoint endpoint, Action<
                 }
 
                 default:
-                    await ReplyAsync(stream, option, RepErrUnsupported, [], stop).ConfigureAwait(false);
+                    Reply(stream, option, RepErrUnsupported, []);
                     break;
             }
         }
@@ -270,7 +332,7 @@ internal sealed class NbdServer(Microkernel kernel, IPEndPoint endpoint, Action<
         return true;
     }
 
-    private static async Task ReplyAsync(NetworkStream stream, uint option, uint type, byte[] data, CancellationToken stop)
+    private static void Reply(NetworkStream stream, uint option, uint type, byte[] data)
     {
         var reply = new byte[20 + data.Length];
         BinaryPrimitives.WriteUInt64BigEndian(reply, OptionReplyMagic);
@@ -278,35 +340,35 @@ internal sealed class NbdServer(Microkernel kernel, IPEndPoint endpoint, Action<
         BinaryPrimitives.WriteUInt32BigEndian(reply.AsSpan(12), type);
         BinaryPrimitives.WriteUInt32BigEndian(reply.AsSpan(16), (uint)data.Length);
         data.CopyTo(reply, 20);
-        await stream.WriteAsync(reply, stop).ConfigureAwait(false);
+        stream.Write(reply);
     }
 
     /// <summary>Requests, each served on its own as soon as it is read; replies in the order
-    /// they finish, one at a time on the socket.</summary>
-    private async Task TransmitAsync(NetworkStream stream, NbdExport export, CancellationToken stop)
+    /// they finish. The requests are read on this thread with blocking receives through a buffer
+    /// (a burst of them costs one receive); each runs up to its first IRP here, the rest on the
+    /// IRP's completion.</summary>
+    private void Transmit(Socket socket, NbdExport export, string peer, CancellationToken stop)
     {
-        await using var device = await kernel.OpenAsync(export.Device, stop).ConfigureAwait(false);
-        using var replies = new SemaphoreSlim(1);
+        var device = kernel.OpenAsync(export.Device, stop).GetAwaiter().GetResult();
         using var slots = new SemaphoreSlim(MaxInFlight);
+        var writer = new ReplyWriter(socket);
         var running = new List<Task>();
-
-        // Requests are read through a buffer: a burst of them costs one receive, not two each.
-        var input = new BufferedStream(stream, 64 << 10);
+        var input = new RequestReader(socket);
         try
         {
-            while (true)
+            Span<byte> header = stackalloc byte[RequestHeader];
+            while (input.TryRead(header))
             {
-                var header = await ReadAsync(input, 28, stop).ConfigureAwait(false);
                 if (BinaryPrimitives.ReadUInt32BigEndian(header) != RequestMagic)
                 {
                     throw new NbdProtocolException("a request without its magic");
                 }
 
-                var flags = BinaryPrimitives.ReadUInt16BigEndian(header.AsSpan(4));
-                var type = BinaryPrimitives.ReadUInt16BigEndian(header.AsSpan(6));
-                var cookie = BinaryPrimitives.ReadUInt64BigEndian(header.AsSpan(8));
-                var offset = BinaryPrimitives.ReadUInt64BigEndian(header.AsSpan(16));
-                var length = BinaryPrimitives.ReadUInt32BigEndian(header.AsSpan(24));
+                var flags = BinaryPrimitives.ReadUInt16BigEndian(header[4..]);
+                var type = BinaryPrimitives.ReadUInt16BigEndian(header[6..]);
+                var cookie = BinaryPrimitives.ReadUInt64BigEndian(header[8..]);
+                var offset = BinaryPrimitives.ReadUInt64BigEndian(header[16..]);
+                var length = BinaryPrimitives.ReadUInt32BigEndian(header[24..]);
                 if (type == CmdDisconnect)
                 {
                     return;
@@ -320,12 +382,17 @@ internal sealed class NbdServer(Microkernel kernel, IPEndPoint endpoint, Action<
                         throw new NbdProtocolException($"a write of {length} bytes, over the {MaxRequest} the client was told");
                     }
 
-                    payload = await ReadAsync(input, (int)length, stop).ConfigureAwait(false);
+                    payload = new byte[length];
+                    input.Read(payload);
                 }
 
-                await slots.WaitAsync(stop).ConfigureAwait(false);
-                running.RemoveAll(t => t.IsCompleted);
-                running.Add(ServeRequestAsync(stream, device, export, replies, slots, type, flags, cookie, offset, length, payload, stop));
+                slots.Wait(stop);
+                if (running.Count >= MaxInFlight)
+                {
+                    running.RemoveAll(t => t.IsCompleted);
+                }
+
+                running.Add(ServeRequestAsync(writer, device, export, slots, type, flags, cookie, offset, length, payload));
             }
         }
         finally
@@ -333,19 +400,25 @@ internal sealed class NbdServer(Microkernel kernel, IPEndPoint endpoint, Action<
             // Every request read gets its answer (or the socket is gone) before the handle closes.
             try
             {
-                await Task.WhenAll(running).ConfigureAwait(false);
+                Task.WhenAll(running).GetAwaiter().GetResult();
             }
             catch (Exception ex) when (ex is IOException or SocketException or OperationCanceledException or ObjectDisposedException)
             {
                 // The client is gone; nothing to answer to.
             }
+
+            device.DisposeAsync().AsTask().GetAwaiter().GetResult();
+            if (writer.Failure is { } failure)
+            {
+                log?.Invoke($"NBD: {peer} disconnected: a reply could not be sent: {failure}");
+            }
         }
     }
 
     /// <summary>One request: its IRPs, then its reply. Runs up to its first IRP on the reading
-    /// loop's thread, the rest on the IRP's completion.</summary>
-    private async Task ServeRequestAsync(NetworkStream stream, DeviceHandle device, NbdExport export, SemaphoreSlim replies, SemaphoreSlim slots,
-        ushort type, ushort flags, ulong cookie, ulong offset, uint length, byte[]? payload, CancellationToken stop)
+    /// thread, the rest on the IRP's completion.</summary>
+    private async Task ServeRequestAsync(ReplyWriter writer, DeviceHandle device, NbdExport export, SemaphoreSlim slots,
+        ushort type, ushort flags, ulong cookie, ulong offset, uint length, byte[]? payload)
     {
         try
         {
@@ -368,20 +441,12 @@ internal sealed class NbdServer(Microkernel kernel, IPEndPoint endpoint, Action<
                 reply = null;
             }
 
-            // A read's data already sits behind room for the header: one write per reply.
+            // A read's data already sits behind room for the header: one send per reply.
             reply ??= new byte[ReplyHeader];
             BinaryPrimitives.WriteUInt32BigEndian(reply, SimpleReplyMagic);
             BinaryPrimitives.WriteUInt32BigEndian(reply.AsSpan(4), error);
             BinaryPrimitives.WriteUInt64BigEndian(reply.AsSpan(8), cookie);
-            await replies.WaitAsync(stop).ConfigureAwait(false);
-            try
-            {
-                await stream.WriteAsync(reply, stop).ConfigureAwait(false);
-            }
-            finally
-            {
-                replies.Release();
-            }
+            writer.Send(reply);
         }
         finally
         {
@@ -389,6 +454,7 @@ internal sealed class NbdServer(Microkernel kernel, IPEndPoint endpoint, Action<
         }
     }
 
+    private const int RequestHeader = 28;
     private const int ReplyHeader = 16;
 
     /// <summary>Runs a request; for a successful read, the reply with its data after
@@ -468,11 +534,149 @@ internal sealed class NbdServer(Microkernel kernel, IPEndPoint endpoint, Action<
         _ => $"command {type}",
     };
 
-    private static async Task<byte[]> ReadAsync(Stream stream, int length, CancellationToken stop)
+    private static byte[] Read(Stream stream, int length)
     {
         var buffer = new byte[length];
-        await stream.ReadExactlyAsync(buffer, stop).ConfigureAwait(false);
+        stream.ReadExactly(buffer);
         return buffer;
+    }
+
+    /// <summary>A connection's requests, read with blocking receives through one buffer.</summary>
+    private sealed class RequestReader(Socket socket)
+    {
+        private readonly byte[] _buffer = new byte[64 << 10];
+        private int _start;
+        private int _end;
+
+        /// <summary>The next request header; false if the client hung up between requests.</summary>
+        public bool TryRead(Span<byte> header)
+        {
+            while (_end - _start < header.Length)
+            {
+                if (_buffer.Length - _start < header.Length)
+                {
+                    _buffer.AsSpan(_start, _end - _start).CopyTo(_buffer);
+                    (_start, _end) = (0, _end - _start);
+                }
+
+                var received = socket.Receive(_buffer, _end, _buffer.Length - _end, SocketFlags.None);
+                if (received == 0)
+                {
+                    return _end == _start ? false : throw new EndOfStreamException("the client hung up in the middle of a request");
+                }
+
+                _end += received;
+            }
+
+            _buffer.AsSpan(_start, header.Length).CopyTo(header);
+            _start += header.Length;
+            return true;
+        }
+
+        /// <summary>Fills <paramref name="into"/>: what is buffered, then straight from the socket.</summary>
+        public void Read(Span<byte> into)
+        {
+            var buffered = Math.Min(into.Length, _end - _start);
+            _buffer.AsSpan(_start, buffered).CopyTo(into);
+            _start += buffered;
+            for (var done = buffered; done < into.Length;)
+            {
+                var received = socket.Receive(into[done..], SocketFlags.None);
+                if (received == 0)
+                {
+                    throw new EndOfStreamException("the client hung up in the middle of a write's data");
+                }
+
+                done += received;
+            }
+        }
+    }
+
+    /// <summary>
+    /// A connection's replies. The thread that finishes a request sends its reply at once if no
+    /// other is sending; otherwise it leaves it to that one and returns, so however slowly a
+    /// client reads, at most one thread per connection waits on its socket.
+    /// </summary>
+    private sealed class ReplyWriter(Socket socket)
+    {
+        private readonly Lock _gate = new();
+        private readonly Queue<byte[]> _queued = new();
+        private bool _sending;
+        private bool _broken;
+
+        /// <summary>Why a reply could not be sent (the connection is closed then); null while all went out.</summary>
+        public string? Failure { get; private set; }
+
+        public void Send(byte[] reply)
+        {
+            lock (_gate)
+            {
+                if (_broken)
+                {
+                    return; // The client is gone: its reader sees it too.
+                }
+
+                _queued.Enqueue(reply);
+                if (_sending)
+                {
+                    return;
+                }
+
+                _sending = true;
+            }
+
+            while (true)
+            {
+                byte[] next;
+                lock (_gate)
+                {
+                    if (!_queued.TryDequeue(out next!))
+                    {
+                        _sending = false;
+                        return;
+                    }
+                }
+
+                try
+                {
+                    // Each send waits at most the socket's send timeout; a reply that is still not
+                    // out after that long ends the connection (a client taking a byte now and then
+                    // cannot hold this thread for longer than two timeouts).
+                    var started = Environment.TickCount64;
+                    for (var sent = 0; sent < next.Length;)
+                    {
+                        if (sent > 0 && Environment.TickCount64 - started > socket.SendTimeout)
+                        {
+                            throw new SocketException((int)SocketError.TimedOut);
+                        }
+
+                        sent += socket.Send(next, sent, next.Length - sent, SocketFlags.None);
+                    }
+                }
+                catch (Exception ex) when (ex is SocketException or ObjectDisposedException)
+                {
+                    lock (_gate)
+                    {
+                        _broken = true;
+                        _sending = false;
+                        _queued.Clear();
+                        Failure = ex.Message;
+                    }
+
+                    try
+                    {
+                        // The reader wakes and ends the connection.
+                        socket.Shutdown(SocketShutdown.Both);
+                    }
+                    catch (Exception shutdown) when (shutdown is SocketException or ObjectDisposedException)
+                    {
+                        // Already closed.
+                    }
+
+                    return;
+                }
+            }
+        }
     }
 }
 
