@@ -178,6 +178,41 @@ public sealed class NbdTests : IDisposable
     }
 
     [Fact]
+    public async Task Serve_ClientTakingNoReplies_IsDisconnectedAfterTheReplyTimeout_OthersServed()
+    {
+        await NbdTools.EnsureAsync();
+        await using var serve = await ServeProcess.StartAsync("--nbd", "127.0.0.1:0", "--nbd-reply-timeout", "1s", "--verbose");
+        var (host, port) = (serve.Endpoint[..serve.Endpoint.LastIndexOf(':')], int.Parse(serve.Endpoint[(serve.Endpoint.LastIndexOf(':') + 1)..], System.Globalization.CultureInfo.InvariantCulture));
+        var disconnected = serve.WaitForLineAsync("disconnected: a reply could not be sent");
+
+        using var client = new TcpClient { ReceiveBufferSize = 4096 };
+        await client.ConnectAsync(host, port).Bounded();
+        var stream = client.GetStream();
+        await ReadAsync(stream, 18);
+        await stream.WriteAsync(new byte[] { 0, 0, 0, 3 });
+        await SendGoAsync(stream, "VBlock0");
+        while ((await ReadOptionReplyAsync(stream)).Type != 1)
+        {
+        }
+
+        // Eight reads of the whole disk (128 MiB of replies), and not a byte of them taken: the
+        // first reply fills the socket's buffers and stops there.
+        for (var cookie = 1UL; cookie <= 8; cookie++)
+        {
+            await SendRequestAsync(stream, 0, cookie, offset: 0, 16 << 20);
+        }
+
+        await disconnected.WaitAsync(TimeSpan.FromSeconds(60));
+        Assert.Equal(1, serve.Count("disconnected: a reply could not be sent"));
+
+        // The server goes on serving everyone else.
+        var io = await Tool("qemu-io", "-f", "raw", "-c", "read 0 4k", $"nbd://{serve.Endpoint}/VBlock0");
+        Assert.Equal(0, io.ExitCode);
+        Assert.Contains("read 4096/4096 bytes at offset 0", io.Output, StringComparison.Ordinal);
+        Assert.DoesNotContain("unexpected error", serve.Output, StringComparison.Ordinal);
+    }
+
+    [Fact]
     public async Task Serve_Scenario_BootsItsMachineAndDrivers_AndExportsItsDisks()
     {
         await NbdTools.EnsureAsync();
@@ -263,6 +298,7 @@ public sealed class NbdTests : IDisposable
     {
         private readonly Process _process;
         private readonly ConcurrentQueue<string> _lines = new();
+        private readonly List<(string Text, TaskCompletionSource Seen)> _watches = [];
         private Task _drain = Task.CompletedTask;
 
         private ServeProcess(Process process) => _process = process;
@@ -272,6 +308,23 @@ public sealed class NbdTests : IDisposable
         public string Output => string.Join('\n', _lines);
 
         public int Count(string text) => _lines.Count(l => l.Contains(text, StringComparison.Ordinal));
+
+        /// <summary>Completes when serve prints a line containing <paramref name="text"/> (at once if it has).</summary>
+        public Task WaitForLineAsync(string text)
+        {
+            var seen = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+            lock (_watches)
+            {
+                _watches.Add((text, seen));
+            }
+
+            if (Count(text) > 0)
+            {
+                seen.TrySetResult();
+            }
+
+            return seen.Task;
+        }
 
         public static async Task<ServeProcess> StartAsync(params string[] args)
         {
@@ -316,6 +369,16 @@ public sealed class NbdTests : IDisposable
             while (await reader.ReadLineAsync() is { } line)
             {
                 _lines.Enqueue(line);
+                lock (_watches)
+                {
+                    foreach (var (text, seen) in _watches)
+                    {
+                        if (line.Contains(text, StringComparison.Ordinal))
+                        {
+                            seen.TrySetResult();
+                        }
+                    }
+                }
             }
         }
     }

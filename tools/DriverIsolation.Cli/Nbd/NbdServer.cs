@@ -18,7 +18,7 @@ internal sealed record NbdExport(string Name, string Device, long Size);
 /// handle to the device, through whatever drivers (and hosts) its stack has; statuses become NBD
 /// error numbers. A client that breaks the protocol loses its connection, nothing else.
 /// </summary>
-internal sealed class NbdServer(Microkernel kernel, IPEndPoint endpoint, Action<string>? log = null) : IAsyncDisposable
+internal sealed class NbdServer(Microkernel kernel, IPEndPoint endpoint, Action<string>? log = null, TimeSpan? replyTimeout = null) : IAsyncDisposable
 {
     /// <summary>Largest request a client may send (the block-size info says so).</summary>
     public const int MaxRequest = 32 << 20;
@@ -32,8 +32,10 @@ internal sealed class NbdServer(Microkernel kernel, IPEndPoint endpoint, Action<
     private readonly List<Task> _connections = [];
     private readonly CancellationTokenSource _closing = new();
 
-    /// <summary>How long sending one reply may take before the client is given up on.</summary>
-    private static readonly TimeSpan ReplyTimeout = TimeSpan.FromSeconds(30);
+    /// <summary>How long sending one reply may take, by default, before the client is given up on.</summary>
+    public static readonly TimeSpan DefaultReplyTimeout = TimeSpan.FromSeconds(30);
+
+    private readonly int _replyTimeoutMs = (int)Math.Clamp((replyTimeout ?? DefaultReplyTimeout).TotalMilliseconds, 1, int.MaxValue);
 
     public IPEndPoint LocalEndpoint => (IPEndPoint)_listener.LocalEndpoint;
 
@@ -140,7 +142,7 @@ internal sealed class NbdServer(Microkernel kernel, IPEndPoint endpoint, Action<
         using var stream = new NetworkStream(socket, ownsSocket: true);
 
         // A client that stops reading its replies holds at most one thread, for at most this long.
-        socket.SendTimeout = (int)ReplyTimeout.TotalMilliseconds;
+        socket.SendTimeout = _replyTimeoutMs;
         using var closing = stop.Register(static s =>
         {
             try
