@@ -41,6 +41,12 @@ public sealed class BenchCommandTests : IDisposable
 
         Assert.Equal(["1", "16", "64"], root.GetProperty("throughput_per_s").EnumerateObject().Select(p => p.Name).Order(StringComparer.Ordinal));
         Assert.Equal(["1", "16", "64"], root.GetProperty("ring_throughput_per_s").EnumerateObject().Select(p => p.Name).Order(StringComparer.Ordinal));
+
+        // The block workload ran in every model, every request succeeding and reading back what was written.
+        var block = root.GetProperty("block_randrw_iops");
+        Assert.Equal(["in-kernel", "process", "process_ring"], block.EnumerateObject().Select(p => p.Name).Order(StringComparer.Ordinal));
+        Assert.All(block.EnumerateObject(), p => Assert.True(p.Value.GetDouble() > 0, p.Name));
+
         var runToCompletion = root.GetProperty("run_to_completion_throughput_per_s");
         Assert.Equal(["pipe", "ring"], runToCompletion.EnumerateObject().Select(p => p.Name).Order(StringComparer.Ordinal));
         Assert.All(runToCompletion.EnumerateObject(), p => Assert.True(p.Value.GetDouble() > 0, p.Name));

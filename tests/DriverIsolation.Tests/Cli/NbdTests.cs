@@ -178,12 +178,24 @@ public sealed class NbdTests : IDisposable
     }
 
     [Fact]
-    public async Task Serve_ClientTakingNoReplies_IsDisconnectedAfterTheReplyTimeout_OthersServed()
+    public async Task Serve_ClientsSilentInTheHandshakeOrTakingNoReplies_AreHungUpOnAfterTheClientTimeout_OthersServed()
     {
         await NbdTools.EnsureAsync();
-        await using var serve = await ServeProcess.StartAsync("--nbd", "127.0.0.1:0", "--nbd-reply-timeout", "1s", "--verbose");
+        var timeout = TimeSpan.FromSeconds(2);
+        await using var serve = await ServeProcess.StartAsync("--nbd", "127.0.0.1:0", "--nbd-client-timeout", "2s", "--verbose");
         var (host, port) = (serve.Endpoint[..serve.Endpoint.LastIndexOf(':')], int.Parse(serve.Endpoint[(serve.Endpoint.LastIndexOf(':') + 1)..], System.Globalization.CultureInfo.InvariantCulture));
-        var disconnected = serve.WaitForLineAsync("disconnected: a reply could not be sent");
+        var replyNotTaken = serve.WaitForLineAsync("disconnected: a reply could not be sent");
+
+        // A client that connects and says nothing: after the server's greeting, the end of the stream.
+        using (var silent = new TcpClient())
+        {
+            await silent.ConnectAsync(host, port).Bounded();
+            var greeted = Stopwatch.StartNew();
+            var silentStream = silent.GetStream();
+            await ReadAsync(silentStream, 18);
+            Assert.Equal(0, await silentStream.ReadAsync(new byte[1]).AsTask().Bounded());
+            Assert.True(greeted.Elapsed >= timeout - TimeSpan.FromMilliseconds(100), $"hung up on after {greeted.Elapsed}, before the {timeout} timeout");
+        }
 
         using var client = new TcpClient { ReceiveBufferSize = 4096 };
         await client.ConnectAsync(host, port).Bounded();
@@ -197,18 +209,22 @@ public sealed class NbdTests : IDisposable
 
         // Eight reads of the whole disk (128 MiB of replies), and not a byte of them taken: the
         // first reply fills the socket's buffers and stops there.
+        var stalled = Stopwatch.StartNew();
         for (var cookie = 1UL; cookie <= 8; cookie++)
         {
             await SendRequestAsync(stream, 0, cookie, offset: 0, 16 << 20);
         }
 
-        await disconnected.WaitAsync(TimeSpan.FromSeconds(60));
-        Assert.Equal(1, serve.Count("disconnected: a reply could not be sent"));
-
-        // The server goes on serving everyone else.
+        // Everyone else is served meanwhile, and after.
         var io = await Tool("qemu-io", "-f", "raw", "-c", "read 0 4k", $"nbd://{serve.Endpoint}/VBlock0");
         Assert.Equal(0, io.ExitCode);
         Assert.Contains("read 4096/4096 bytes at offset 0", io.Output, StringComparison.Ordinal);
+
+        await replyNotTaken.WaitAsync(TimeSpan.FromSeconds(60));
+        Assert.True(stalled.Elapsed >= timeout, $"hung up on after {stalled.Elapsed}, before the {timeout} timeout");
+        Assert.Equal(1, serve.Count("disconnected: a reply could not be sent"));
+        io = await Tool("qemu-io", "-f", "raw", "-c", "read 0 4k", $"nbd://{serve.Endpoint}/VBlock0");
+        Assert.Equal(0, io.ExitCode);
         Assert.DoesNotContain("unexpected error", serve.Output, StringComparison.Ordinal);
     }
 

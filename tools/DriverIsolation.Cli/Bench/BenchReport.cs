@@ -56,6 +56,11 @@ internal sealed record BenchReport
 
     [JsonPropertyName("raw_shm_throughput_per_s")] public double RawShmThroughputPerS { get; init; }
 
+    /// <summary>The VBlock disk (IOMMU strict), 4 KiB random reads and writes with 8 in flight from
+    /// the kernel's process (fio's job over NBD, without NBD), requests a second, keyed by model
+    /// (<c>in-kernel</c>, <c>process</c>, <c>process_ring</c>).</summary>
+    [JsonPropertyName("block_randrw_iops")] public required SortedDictionary<string, double> BlockRandRwIops { get; init; }
+
     [JsonPropertyName("recovery_p50_ms")] public double? RecoveryP50Ms { get; init; }
 
     /// <summary>The same with <c>KernelOptions.PrepareWarmHosts</c> off: the warm host loads the

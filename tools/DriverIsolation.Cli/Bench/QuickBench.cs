@@ -102,6 +102,19 @@ internal sealed class QuickBench(bool quick, Action<string> progress)
         var (rawRtt, rawThroughput) = await RawEchoAsync(ring: false).ConfigureAwait(false);
         progress("raw shared memory (drvhost --echo over the ring)");
         var (rawShmRtt, rawShmThroughput) = await RawEchoAsync(ring: true).ConfigureAwait(false);
+        // The block path behind NBD without NBD: the VBlock disk (DMA through the IOMMU, strict)
+        // driven from this process as fio drives it over NBD (bench/nbd/randrw.fio).
+        var block = new SortedDictionary<string, double>(StringComparer.Ordinal);
+        foreach (var (name, model, transport) in new[]
+                 {
+                     ("in-kernel", IsolationModel.InKernel, Transport.Pipe), ("process", IsolationModel.Process, Transport.Pipe),
+                     ("process_ring", IsolationModel.Process, Transport.Ring),
+                 })
+        {
+            progress($"VBlock, 4 KiB random reads and writes, {BlockDepth} in flight: {name}");
+            block[name] = await BlockThroughputAsync(model, transport).ConfigureAwait(false);
+        }
+
         progress("recovery");
         var recovery = await RecoveryAsync(prepared: true).ConfigureAwait(false);
         progress("recovery, driver not loaded ahead in the warm host");
@@ -128,6 +141,7 @@ internal sealed class QuickBench(bool quick, Action<string> progress)
             AllocBytesPerIrpInKernel = Math.Round(allocPerIrpInKernel, 0),
             ThroughputPerS = throughput,
             RawThroughputPerS = Math.Round(rawThroughput, 0),
+            BlockRandRwIops = block,
             RecoveryP50Ms = recovery,
             RecoveryUnpreparedP50Ms = recoveryUnprepared,
         };
@@ -254,6 +268,70 @@ internal sealed class QuickBench(bool quick, Action<string> progress)
             }
         })).ConfigureAwait(false);
         return Math.Round(_requests / clock.Elapsed.TotalSeconds, 0);
+    }
+
+    private const int BlockDepth = 8;
+    private const int BlockSize = 4096;
+
+    /// <summary>
+    /// 4 KiB random reads and writes (half each, seeded) on <c>\Device\VBlock0</c> with
+    /// <see cref="BlockDepth"/> in flight: requests a second, after a warm-up. Every request must
+    /// succeed, and every block read back must be the last one written there.
+    /// </summary>
+    private async Task<double> BlockThroughputAsync(IsolationModel model, Transport transport)
+    {
+        await using var kernel = new Microkernel(new KernelOptions { WarmPoolSize = 0, Transport = transport, IommuMode = Kernel.Hardware.IommuMode.Strict });
+        await kernel.StartAsync([EmbeddedManifests.Load("VBlock")], model).ConfigureAwait(false);
+        await using var disk = await kernel.OpenAsync(@"\Device\VBlock0").ConfigureAwait(false);
+        var length = new byte[sizeof(long)];
+        var sizeResult = await disk.DeviceIoControlAsync(Disk.DiskIoControl.GetLengthInfo, ReadOnlyMemory<byte>.Empty, length).ConfigureAwait(false);
+        if (!sizeResult.IsSuccess)
+        {
+            throw new InvalidOperationException($"VBlock0 did not tell its size: {sizeResult.Status}");
+        }
+
+        // Each lane owns its own blocks (lane, lane + depth, ...): what it reads back is what it wrote last.
+        var blocks = (int)(BitConverter.ToInt64(length) / BlockSize);
+        var written = new int[blocks];
+        async Task LaneAsync(int lane, int count, Random random)
+        {
+            var buffer = new byte[BlockSize];
+            for (var i = 0; i < count; i++)
+            {
+                var index = lane + (BlockDepth * random.Next(blocks / BlockDepth));
+                var offset = (long)index * BlockSize;
+                if (random.Next(2) == 0)
+                {
+                    var result = await disk.ReadAsync(buffer, offset).ConfigureAwait(false);
+                    if (!result.IsSuccess || BitConverter.ToInt32(buffer) != written[index])
+                    {
+                        throw new InvalidOperationException($"VBlock0 read of block {index}: {result.Status}, {BitConverter.ToInt32(buffer)} where {written[index]} was written");
+                    }
+                }
+                else
+                {
+                    var stamp = written[index] + 1;
+                    BitConverter.TryWriteBytes(buffer, stamp);
+                    var result = await disk.WriteAsync(buffer, offset).ConfigureAwait(false);
+                    if (!result.IsSuccess)
+                    {
+                        throw new InvalidOperationException($"VBlock0 write of block {index}: {result.Status}");
+                    }
+
+                    written[index] = stamp;
+                }
+            }
+        }
+
+        var warmup = Stopwatch.StartNew();
+        while (warmup.Elapsed < _warmupTime)
+        {
+            await Task.WhenAll(Enumerable.Range(0, BlockDepth).Select(lane => LaneAsync(lane, _warmup / BlockDepth, new Random(lane)))).ConfigureAwait(false);
+        }
+
+        var clock = Stopwatch.StartNew();
+        await Task.WhenAll(Enumerable.Range(0, BlockDepth).Select(lane => LaneAsync(lane, _requests / BlockDepth, new Random(100 + lane)))).ConfigureAwait(false);
+        return Math.Round(_requests / BlockDepth * BlockDepth / clock.Elapsed.TotalSeconds, 0);
     }
 
     /// <summary>Kill the Null driver's host with a warm host ready (one that loaded the driver

@@ -39,6 +39,8 @@ internal static class BenchCommand
             $"ring transport: process over the ring vs raw shared memory (p50): [bold]{report.RatioRingVsRawShm:F2}x[/]; throughput at depth 1 / 16 / 64: {report.RingThroughputPerS["1"]:F0} / {report.RingThroughputPerS["16"]:F0} / {report.RingThroughputPerS["64"]:F0} IRP/s; raw shared memory at 64: {report.RawShmThroughputPerS:F0}/s"));
         AnsiConsole.MarkupLine(string.Create(CultureInfo.InvariantCulture,
             $"run to completion (routines on the host's reader, continuations on the kernel's): ring vs raw shared memory (p50) [bold]{report.RatioRunToCompletionVsRawShm:F2}x[/]; throughput at depth 64: pipe {report.RunToCompletionThroughputPerS["pipe"]:F0} IRP/s ({report.RunToCompletionThroughputPerS["pipe"] / report.RawThroughputPerS:F2}x the raw pipe), ring {report.RunToCompletionThroughputPerS["ring"]:F0} IRP/s"));
+        AnsiConsole.MarkupLine(string.Create(CultureInfo.InvariantCulture,
+            $"VBlock (IOMMU strict), 4 KiB random reads and writes, 8 in flight: in-kernel {report.BlockRandRwIops["in-kernel"]:F0} / process {report.BlockRandRwIops["process"]:F0} / process over the ring {report.BlockRandRwIops["process_ring"]:F0} requests/s"));
         AnsiConsole.MarkupLine($"recovery (kill -> first IRP served, warm pool) p50: {Format(report.RecoveryP50Ms)} ms; with the driver not loaded ahead in the warm host: {Format(report.RecoveryUnpreparedP50Ms)} ms");
         if (json is not null)
         {

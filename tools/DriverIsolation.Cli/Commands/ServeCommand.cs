@@ -52,15 +52,15 @@ internal static class ServeCommand
         {
             Description = "Run drivers' routines on the hosts' reader threads and the NBD server's continuations on the kernel's (no thread-pool hop per request; see docs/performance.md)",
         };
-        var replyTimeout = new Option<string?>("--nbd-reply-timeout")
+        var clientTimeout = new Option<string?>("--nbd-client-timeout")
         {
-            Description = "Close an NBD connection whose client has not taken a reply after this long (e.g. 30s, the default)",
+            Description = "Hang up on an NBD client that leaves the handshake unanswered, or a reply untaken, this long (e.g. 30s, the default)",
         };
-        replyTimeout.Validators.Add(r =>
+        clientTimeout.Validators.Add(r =>
         {
-            if (r.GetValue(replyTimeout) is { } text && (!Durations.TryParse(text, out var value) || value <= TimeSpan.Zero))
+            if (r.GetValue(clientTimeout) is { } text && (!Durations.TryParse(text, out var value) || value <= TimeSpan.Zero))
             {
-                r.AddError($"--nbd-reply-timeout: expected a duration like 500ms or 30s; got \"{text}\"");
+                r.AddError($"--nbd-client-timeout: expected a duration like 500ms or 30s; got \"{text}\"");
             }
         });
         var chaos = new Option<string?>("--chaos-kill-every") { Description = "Kill the hosts of the drivers on block hardware this often (e.g. 2s)" };
@@ -82,7 +82,7 @@ internal static class ServeCommand
         });
         var command = new Command("serve", "Boot a kernel and keep it running, its block devices exported over NBD; manage it with drviso drivers / quarantine / inject")
         {
-            manifests, scenario, isolation, iommu, transport, runToCompletion, nbd, replyTimeout, chaos, trace, load, verbose,
+            manifests, scenario, isolation, iommu, transport, runToCompletion, nbd, clientTimeout, chaos, trace, load, verbose,
         };
         command.Validators.Add(r =>
         {
@@ -95,12 +95,12 @@ internal static class ServeCommand
             parse.GetValue(iommu) is { } mode ? Enum.Parse<Kernel.Hardware.IommuMode>(mode, ignoreCase: true) : null, parse.GetValue(nbd)!,
             parse.GetValue(chaos) is { } every && Durations.TryParse(every, out var period) ? period : null, parse.GetValue(verbose),
             parse.GetValue(transport) switch { "ring" => Transport.Ring, "pipe" => Transport.Pipe, _ => null }, parse.GetValue(trace), parse.GetValue(load), parse.GetValue(runToCompletion),
-            parse.GetValue(replyTimeout) is { } timeoutText && Durations.TryParse(timeoutText, out var timeout) ? timeout : null, ct));
+            parse.GetValue(clientTimeout) is { } timeoutText && Durations.TryParse(timeoutText, out var timeout) ? timeout : null, ct));
         return command;
     }
 
     private static async Task<int> RunAsync(DirectoryInfo? folder, FileInfo? scenarioFile, string? isolation, Kernel.Hardware.IommuMode? iommu, string nbdEndpoint,
-        TimeSpan? chaosEvery, bool verbose, Transport? transport, FileInfo? traceFile, int load, bool runToCompletion, TimeSpan? replyTimeout,
+        TimeSpan? chaosEvery, bool verbose, Transport? transport, FileInfo? traceFile, int load, bool runToCompletion, TimeSpan? clientTimeout,
         CancellationToken stop)
     {
         IReadOnlyList<DriverManifest> manifests;
@@ -168,7 +168,7 @@ internal static class ServeCommand
         using var control = new ControlServer(kernel, statistics);
         AnsiConsole.MarkupLine($"serving: kernel PID {Microkernel.ProcessId}; control pipe {ControlPipe.NameFor(Microkernel.ProcessId)}; IOMMU {iommuMode.ToString().ToLowerInvariant()}");
         DriversCommand.Print(kernel.GetDrivers().Select(d => new ControlDriver(d.Name, d.State.ToString(), d.Isolation.ToManifestName(), d.ProcessId, d.Restarts, d.Failure)).ToList(), kernel.SafeModeReason);
-        await using var nbd = nbdEndpoint == "off" ? null : new NbdServer(kernel, IPEndPoint.Parse(nbdEndpoint), verbose ? Console.WriteLine : null, replyTimeout);
+        await using var nbd = nbdEndpoint == "off" ? null : new NbdServer(kernel, IPEndPoint.Parse(nbdEndpoint), verbose ? Console.WriteLine : null, clientTimeout);
         if (nbd is not null)
         {
             try

@@ -18,7 +18,7 @@ internal sealed record NbdExport(string Name, string Device, long Size);
 /// handle to the device, through whatever drivers (and hosts) its stack has; statuses become NBD
 /// error numbers. A client that breaks the protocol loses its connection, nothing else.
 /// </summary>
-internal sealed class NbdServer(Microkernel kernel, IPEndPoint endpoint, Action<string>? log = null, TimeSpan? replyTimeout = null) : IAsyncDisposable
+internal sealed class NbdServer(Microkernel kernel, IPEndPoint endpoint, Action<string>? log = null, TimeSpan? clientTimeout = null) : IAsyncDisposable
 {
     /// <summary>Largest request a client may send (the block-size info says so).</summary>
     public const int MaxRequest = 32 << 20;
@@ -32,10 +32,11 @@ internal sealed class NbdServer(Microkernel kernel, IPEndPoint endpoint, Action<
     private readonly List<Task> _connections = [];
     private readonly CancellationTokenSource _closing = new();
 
-    /// <summary>How long sending one reply may take, by default, before the client is given up on.</summary>
-    public static readonly TimeSpan DefaultReplyTimeout = TimeSpan.FromSeconds(30);
+    /// <summary>How long, by default, a client may leave the handshake unanswered or a reply
+    /// untaken before it is hung up on.</summary>
+    public static readonly TimeSpan DefaultClientTimeout = TimeSpan.FromSeconds(30);
 
-    private readonly int _replyTimeoutMs = (int)Math.Clamp((replyTimeout ?? DefaultReplyTimeout).TotalMilliseconds, 1, int.MaxValue);
+    private readonly int _clientTimeoutMs = (int)Math.Clamp((clientTimeout ?? DefaultClientTimeout).TotalMilliseconds, 1, int.MaxValue);
 
     public IPEndPoint LocalEndpoint => (IPEndPoint)_listener.LocalEndpoint;
 
@@ -65,57 +66,76 @@ internal sealed class NbdServer(Microkernel kernel, IPEndPoint endpoint, Action<
     public async Task RunAsync(CancellationToken stop)
     {
         using var linked = CancellationTokenSource.CreateLinkedTokenSource(stop, _closing.Token);
-        while (!linked.IsCancellationRequested)
+        var token = linked.Token;
+        try
         {
-            Socket socket;
-            try
+            while (!token.IsCancellationRequested)
             {
-                socket = await _listener.AcceptSocketAsync(linked.Token).ConfigureAwait(false);
-            }
-            catch (Exception ex) when (ex is OperationCanceledException or ObjectDisposedException or SocketException && linked.IsCancellationRequested)
-            {
-                break;
-            }
-
-            socket.NoDelay = true;
-            var served = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
-            var thread = new Thread(() =>
-            {
+                Socket socket;
                 try
                 {
-                    Serve(socket, linked.Token);
+                    socket = await _listener.AcceptSocketAsync(token).ConfigureAwait(false);
                 }
-                finally
+                catch (Exception ex) when (ex is OperationCanceledException or ObjectDisposedException or SocketException && token.IsCancellationRequested)
                 {
+                    break;
+                }
+
+                var served = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+                lock (_connections)
+                {
+                    _connections.RemoveAll(c => c.IsCompleted);
+                    _connections.Add(served.Task);
+                }
+
+                try
+                {
+                    new Thread(() =>
+                    {
+                        try
+                        {
+                            Serve(socket, token);
+                        }
+                        finally
+                        {
+                            served.TrySetResult();
+                        }
+                    })
+                    {
+                        IsBackground = true,
+                        Name = "NBD client",
+                    }.Start();
+                }
+                catch (OutOfMemoryException ex)
+                {
+                    // No thread for it: this client is turned away, the others go on.
+                    Console.Error.WriteLine($"NBD: a client turned away: no thread to serve it ({ex.Message})");
+                    socket.Dispose();
                     served.TrySetResult();
                 }
-            })
+            }
+        }
+        finally
+        {
+            // The token dies with this method: every connection it may close is closed first,
+            // however the loop ended.
+            if (!token.IsCancellationRequested)
             {
-                IsBackground = true,
-                Name = "NBD client",
-            };
-
-            lock (_connections)
-            {
-                _connections.RemoveAll(c => c.IsCompleted);
-                _connections.Add(served.Task);
+                await linked.CancelAsync().ConfigureAwait(false);
             }
 
-            thread.Start();
-        }
+            Task[] open;
+            lock (_connections)
+            {
+                open = [.. _connections];
+            }
 
-        // The token dies with this method: every connection it may close is closed first.
-        Task[] open;
-        lock (_connections)
-        {
-            open = [.. _connections];
+            await Task.WhenAll(open).ConfigureAwait(false);
         }
-
-        await Task.WhenAll(open).ConfigureAwait(false);
     }
 
-    /// <summary>Stops listening and closes every connection (each answers the requests it has
-    /// read, then hangs up).</summary>
+    /// <summary>Stops listening and ends every connection: each stops reading requests, answers
+    /// the ones it has read, and hangs up.</summary>
     public async ValueTask DisposeAsync()
     {
         await _closing.CancelAsync().ConfigureAwait(false);
@@ -134,21 +154,21 @@ internal sealed class NbdServer(Microkernel kernel, IPEndPoint endpoint, Action<
     /// One client, on its own thread with blocking socket calls: a client's request wakes this
     /// thread directly (an asynchronous receive would wake the runtime's socket thread, which
     /// hands the continuation to a pool thread: two hand-offs instead of one). Replies are sent by
-    /// whichever thread finishes a request (<see cref="ReplyWriter"/>).
+    /// whichever thread finishes a request (<see cref="ReplyWriter"/>). A client that leaves the
+    /// handshake unanswered for the client timeout is hung up on; one in transmission may stay
+    /// idle as long as it likes.
     /// </summary>
     private void Serve(Socket socket, CancellationToken stop)
     {
-        var peer = socket.RemoteEndPoint?.ToString() ?? "?";
+        var peer = "?";
         using var stream = new NetworkStream(socket, ownsSocket: true);
-
-        // A client that stops reading its replies holds at most one thread, for at most this long.
-        socket.SendTimeout = _replyTimeoutMs;
         using var closing = stop.Register(static s =>
         {
             try
             {
-                // Wakes this connection's blocking receive (it sees the end of the stream).
-                ((Socket)s!).Shutdown(SocketShutdown.Both);
+                // Wakes this connection's blocking receive (it sees the end of the stream); the
+                // replies still owed go out.
+                ((Socket)s!).Shutdown(SocketShutdown.Receive);
             }
             catch (Exception ex) when (ex is SocketException or ObjectDisposedException)
             {
@@ -157,8 +177,15 @@ internal sealed class NbdServer(Microkernel kernel, IPEndPoint endpoint, Action<
         }, socket);
         try
         {
+            peer = socket.RemoteEndPoint?.ToString() ?? "?";
+            socket.NoDelay = true;
+
+            // A client that stops reading its replies holds at most one thread, for at most twice this.
+            socket.SendTimeout = _clientTimeoutMs;
+            socket.ReceiveTimeout = _clientTimeoutMs;
             if (Negotiate(stream) is { } export)
             {
+                socket.ReceiveTimeout = 0;
                 log?.Invoke($"NBD: {peer} uses {export.Name}");
                 Transmit(socket, export, peer, stop);
             }
@@ -353,7 +380,8 @@ internal sealed class NbdServer(Microkernel kernel, IPEndPoint endpoint, Action<
     {
         var device = kernel.OpenAsync(export.Device, stop).GetAwaiter().GetResult();
         using var slots = new SemaphoreSlim(MaxInFlight);
-        var writer = new ReplyWriter(socket);
+        var writer = new ReplyWriter(socket, slots);
+        ReplyWriter.MarkReader();
         var running = new List<Task>();
         var input = new RequestReader(socket);
         try
@@ -422,6 +450,8 @@ internal sealed class NbdServer(Microkernel kernel, IPEndPoint endpoint, Action<
     private async Task ServeRequestAsync(ReplyWriter writer, DeviceHandle device, NbdExport export, SemaphoreSlim slots,
         ushort type, ushort flags, ulong cookie, ulong offset, uint length, byte[]? payload)
     {
+        // The slot is the reply's once it is handed to the writer (released when it is out).
+        var handed = false;
         try
         {
             uint error;
@@ -448,11 +478,15 @@ internal sealed class NbdServer(Microkernel kernel, IPEndPoint endpoint, Action<
             BinaryPrimitives.WriteUInt32BigEndian(reply, SimpleReplyMagic);
             BinaryPrimitives.WriteUInt32BigEndian(reply.AsSpan(4), error);
             BinaryPrimitives.WriteUInt64BigEndian(reply.AsSpan(8), cookie);
+            handed = true;
             writer.Send(reply);
         }
         finally
         {
-            slots.Release();
+            if (!handed)
+            {
+                slots.Release();
+            }
         }
     }
 
@@ -595,12 +629,17 @@ internal sealed class NbdServer(Microkernel kernel, IPEndPoint endpoint, Action<
     }
 
     /// <summary>
-    /// A connection's replies. The thread that finishes a request sends its reply at once if no
-    /// other is sending; otherwise it leaves it to that one and returns, so however slowly a
-    /// client reads, at most one thread per connection waits on its socket.
+    /// A connection's replies, each holding its request's slot until it is out. The thread that
+    /// finishes a request sends its reply at once if no other is sending; otherwise it leaves it
+    /// to that one and returns, so however slowly a client reads, at most one thread per
+    /// connection waits on its socket, and never the connection's reader (a reply finished on it
+    /// is sent from the pool), which goes on taking requests as long as there are slots.
     /// </summary>
-    private sealed class ReplyWriter(Socket socket)
+    private sealed class ReplyWriter(Socket socket, SemaphoreSlim slots)
     {
+        [ThreadStatic]
+        private static bool t_reader;
+
         private readonly Lock _gate = new();
         private readonly Queue<byte[]> _queued = new();
         private bool _sending;
@@ -609,13 +648,18 @@ internal sealed class NbdServer(Microkernel kernel, IPEndPoint endpoint, Action<
         /// <summary>Why a reply could not be sent (the connection is closed then); null while all went out.</summary>
         public string? Failure { get; private set; }
 
+        /// <summary>This thread reads a connection's requests: it never waits to send a reply.</summary>
+        public static void MarkReader() => t_reader = true;
+
+        /// <summary>Sends (or queues) a reply; its slot is released once it is out or dropped.</summary>
         public void Send(byte[] reply)
         {
             lock (_gate)
             {
                 if (_broken)
                 {
-                    return; // The client is gone: its reader sees it too.
+                    slots.Release(); // The client is gone: its reader sees it too.
+                    return;
                 }
 
                 _queued.Enqueue(reply);
@@ -627,6 +671,18 @@ internal sealed class NbdServer(Microkernel kernel, IPEndPoint endpoint, Action<
                 _sending = true;
             }
 
+            if (t_reader)
+            {
+                ThreadPool.UnsafeQueueUserWorkItem(static writer => writer.Drain(), this, preferLocal: false);
+            }
+            else
+            {
+                Drain();
+            }
+        }
+
+        private void Drain()
+        {
             while (true)
             {
                 byte[] next;
@@ -657,14 +713,17 @@ internal sealed class NbdServer(Microkernel kernel, IPEndPoint endpoint, Action<
                 }
                 catch (Exception ex) when (ex is SocketException or ObjectDisposedException)
                 {
+                    int dropped;
                     lock (_gate)
                     {
                         _broken = true;
                         _sending = false;
+                        dropped = _queued.Count;
                         _queued.Clear();
                         Failure = ex.Message;
                     }
 
+                    slots.Release(dropped + 1);
                     try
                     {
                         // The reader wakes and ends the connection.
@@ -677,6 +736,8 @@ internal sealed class NbdServer(Microkernel kernel, IPEndPoint endpoint, Action<
 
                     return;
                 }
+
+                slots.Release();
             }
         }
     }
