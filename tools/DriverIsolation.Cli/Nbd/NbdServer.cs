@@ -96,6 +96,13 @@ internal sealed class NbdServer(Microkernel kernel, IPEndPoint endpoint, Action<
                         {
                             Serve(socket, token);
                         }
+#pragma warning disable CA1031 // Nothing a client does may end the kernel's process.
+                        catch (Exception ex)
+#pragma warning restore CA1031
+                        {
+                            Console.Error.WriteLine($"NBD: a connection ended after an unexpected error: {ex}");
+                            socket.Dispose();
+                        }
                         finally
                         {
                             served.TrySetResult();
