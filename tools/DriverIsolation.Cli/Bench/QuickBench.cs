@@ -102,6 +102,7 @@ internal sealed class QuickBench(bool quick, Action<string> progress)
         var (rawRtt, rawThroughput) = await RawEchoAsync(ring: false).ConfigureAwait(false);
         progress("raw shared memory (drvhost --echo over the ring)");
         var (rawShmRtt, rawShmThroughput) = await RawEchoAsync(ring: true).ConfigureAwait(false);
+
         // The block path behind NBD without NBD: the VBlock disk (DMA through the IOMMU, strict)
         // driven from this process as fio drives it over NBD (bench/nbd/randrw.fio).
         var block = new SortedDictionary<string, double>(StringComparer.Ordinal);
@@ -329,9 +330,10 @@ internal sealed class QuickBench(bool quick, Action<string> progress)
             await Task.WhenAll(Enumerable.Range(0, BlockDepth).Select(lane => LaneAsync(lane, _warmup / BlockDepth, new Random(lane)))).ConfigureAwait(false);
         }
 
+        var perLane = _requests / BlockDepth;
         var clock = Stopwatch.StartNew();
-        await Task.WhenAll(Enumerable.Range(0, BlockDepth).Select(lane => LaneAsync(lane, _requests / BlockDepth, new Random(100 + lane)))).ConfigureAwait(false);
-        return Math.Round(_requests / BlockDepth * BlockDepth / clock.Elapsed.TotalSeconds, 0);
+        await Task.WhenAll(Enumerable.Range(0, BlockDepth).Select(lane => LaneAsync(lane, perLane, new Random(100 + lane)))).ConfigureAwait(false);
+        return Math.Round(perLane * BlockDepth / clock.Elapsed.TotalSeconds, 0);
     }
 
     /// <summary>Kill the Null driver's host with a warm host ready (one that loaded the driver
