@@ -444,6 +444,13 @@ internal sealed class NbdServer(Microkernel kernel, IPEndPoint endpoint, Action<
                 // The client is gone; nothing to answer to.
             }
 
+            // And every reply handed to the writer is out or dropped (each gives its slot back
+            // then): nothing is sent on the socket, nor a slot released, once this returns.
+            for (var slot = 0; slot < MaxInFlight; slot++)
+            {
+                slots.Wait(CancellationToken.None);
+            }
+
             device.DisposeAsync().AsTask().GetAwaiter().GetResult();
             if (writer.Failure is { } failure)
             {
