@@ -187,7 +187,9 @@ internal sealed class NbdServer(Microkernel kernel, IPEndPoint endpoint, Action<
             peer = socket.RemoteEndPoint?.ToString() ?? "?";
             socket.NoDelay = true;
 
-            // A client that stops reading its replies holds at most one thread, for at most twice this.
+            // The client timeout: for each receive of the handshake (none once it is done: an idle
+            // client may stay), and for each send of a reply (a reply not out after twice this ends
+            // the connection, see ReplyWriter).
             socket.SendTimeout = _clientTimeoutMs;
             socket.ReceiveTimeout = _clientTimeoutMs;
             if (Negotiate(stream) is { } export)
