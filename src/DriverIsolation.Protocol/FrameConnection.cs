@@ -56,6 +56,14 @@ public sealed class FrameConnection : IAsyncDisposable
     private long _spinTicks;
     private readonly TimeSpan _ringFullTimeout = TimeSpan.FromSeconds(5);
 
+    // On Linux a reader sleeps on its ring's futex, on a thread of its own (RingSleeper), and the
+    // pipe is only watched for the peer's end (WatchPipeAsync); elsewhere it sleeps on the pipe.
+    private static readonly TimeSpan SleepLimit = TimeSpan.FromSeconds(1);
+    private RingSleeper? _sleeper;
+    private Task? _pipeWatch;
+    private volatile bool _pipeEnded;
+    private ProtocolException? _pipeError;
+
     /// <param name="stream">The duplex stream; owned and disposed by the connection.</param>
     /// <param name="untrustedPeer">True on the kernel side: every read uses
     /// <see cref="FrameCodec.UntrustedOptions"/>.</param>
@@ -100,6 +108,33 @@ public sealed class FrameConnection : IAsyncDisposable
         _borrowing?.Reset();
         while (true)
         {
+            if (_sleeper is { } sleeper)
+            {
+                if (TryReadRing() is { } inRing)
+                {
+                    return inRing;
+                }
+
+                if (_pipeEnded)
+                {
+                    // The peer is gone (or this side closed): what it put in the ring before is still read.
+                    if (TryReadRing() is { } last)
+                    {
+                        return last;
+                    }
+
+                    return Interlocked.Exchange(ref _pipeError, null) is { } error ? throw error : null;
+                }
+
+                if (!SpinForRing())
+                {
+                    cancellationToken.ThrowIfCancellationRequested();
+                    await sleeper.WaitAsync(cancellationToken).ConfigureAwait(false);
+                }
+
+                continue;
+            }
+
             if (_receiveRing is not null)
             {
                 if (TryReadRing() is { } fromRing)
@@ -129,6 +164,7 @@ public sealed class FrameConnection : IAsyncDisposable
                     continue;
                 case UseRing use when !_untrustedPeer && _receiveRing is null:
                     AcceptRing(use);
+                    StartSleeping();
                     continue;
                 case RingReady when _untrustedPeer && _offeredReceive is not null && _receiveRing is null:
                     lock (_ringGate)
@@ -137,6 +173,7 @@ public sealed class FrameConnection : IAsyncDisposable
                     }
 
                     DeleteRingFile();
+                    StartSleeping();
                     continue;
                 case UseRing or RingReady:
                     var reason = $"Unexpected {message.GetType().Name}: the rings were not offered that way.";
@@ -162,9 +199,11 @@ public sealed class FrameConnection : IAsyncDisposable
         return _dispatch is not null && _dispatch.TryRead(body) ? _dispatch : FrameCodec.DecodeBody(body, _readOptions);
     }
 
-    /// <summary>Reads the next frame from the pipe (see <see cref="ReadAsync"/>).</summary>
+    /// <summary>Reads the next frame from the pipe (see <see cref="ReadAsync"/>). <paramref name="plain"/>:
+    /// decoded into a message of its own, never into the connection's reused ones (the pipe watcher,
+    /// which runs beside the reader).</summary>
     [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder<>))]
-    private async ValueTask<Message?> ReadPipeAsync(CancellationToken cancellationToken)
+    private async ValueTask<Message?> ReadPipeAsync(CancellationToken cancellationToken, bool plain = false)
     {
         while (true)
         {
@@ -184,7 +223,7 @@ public sealed class FrameConnection : IAsyncDisposable
             {
                 if (FrameCodec.TryReadFrame(ref buffer, _maxFrameSize, out var body))
                 {
-                    var message = Decode(body);
+                    var message = plain ? FrameCodec.DecodeBody(body, _untrustedPeer ? FrameCodec.UntrustedOptions : FrameCodec.TrustedOptions) : Decode(body);
                     _input.AdvanceTo(buffer.Start);
                     return message;
                 }
@@ -421,8 +460,7 @@ public sealed class FrameConnection : IAsyncDisposable
         {
             if (ring.TakeWaiting())
             {
-                _output.Writer.Write(DoorbellFrame);
-                Commit();
+                WakeConsumer(ring);
             }
 
             var now = Stopwatch.GetTimestamp();
@@ -441,11 +479,117 @@ public sealed class FrameConnection : IAsyncDisposable
 
         if (ring.TakeWaiting())
         {
-            _output.Writer.Write(DoorbellFrame);
-            Commit();
+            WakeConsumer(ring);
         }
 
         return true;
+    }
+
+    /// <summary>Wakes the peer's reader, which said it sleeps (under the send lock).</summary>
+    private void WakeConsumer(ShmRing ring)
+    {
+        if (Futex.IsSupported)
+        {
+            ring.WakeSleeper();
+        }
+        else
+        {
+            _output.Writer.Write(DoorbellFrame);
+            Commit();
+        }
+    }
+
+    /// <summary>From now on (the rings in use, on Linux) the reader sleeps on its ring's futex
+    /// and another loop watches the pipe, where nothing but the peer's end is expected.</summary>
+    private void StartSleeping()
+    {
+        if (!Futex.IsSupported || _receiveRing is null)
+        {
+            return;
+        }
+
+        _sleeper = new RingSleeper(SleepForRing, WakeReader, _untrustedPeer ? "ring reader (kernel)" : "ring reader");
+        _pipeWatch = WatchPipeAsync();
+    }
+
+    /// <summary>The sleeper's wait: returns once the ring has a frame, the pipe ended, the
+    /// connection closed, or <paramref name="cancellationToken"/> was cancelled.</summary>
+    private void SleepForRing(CancellationToken cancellationToken)
+    {
+        while (!cancellationToken.IsCancellationRequested && !_pipeEnded)
+        {
+            ShmRing sleepOn;
+            lock (_ringGate)
+            {
+                if (_receiveRing is not { } ring || ring.HasData)
+                {
+                    return;
+                }
+
+                ring.SetWaiting();
+                if (ring.HasData || _pipeEnded || cancellationToken.IsCancellationRequested)
+                {
+                    ring.ClearWaiting();
+                    return;
+                }
+
+                sleepOn = ring;
+            }
+
+            // Outside the lock: a close wakes it first (WakeReader), and a sleep on a ring unmapped
+            // since then fails at once in the kernel rather than touching the memory here.
+            sleepOn.Sleep(SleepLimit);
+            lock (_ringGate)
+            {
+                _receiveRing?.ClearWaiting();
+            }
+        }
+    }
+
+    /// <summary>Ends the reader's sleep (the pipe ended, the connection closes, a read was cancelled).</summary>
+    private void WakeReader()
+    {
+        lock (_ringGate)
+        {
+            if (_receiveRing is { } ring)
+            {
+                ring.ClearWaiting();
+                ring.WakeSleeper();
+            }
+        }
+    }
+
+    /// <summary>Reads the pipe while the reader sleeps on the ring: the peer's end (or a broken or
+    /// unexpected frame, which ends the connection too) is the reader's end once the ring is read.</summary>
+    private async Task WatchPipeAsync()
+    {
+        await Task.Yield();
+        try
+        {
+            while (await ReadPipeAsync(CancellationToken.None, plain: true).ConfigureAwait(false) is { } message)
+            {
+                if (message is not RingDoorbell)
+                {
+                    var reason = $"Unexpected {message.GetType().Name} on the pipe: frames travel in the rings once they are in use.";
+                    SetCloseReason(reason);
+                    _pipeError = new ProtocolException(reason);
+                    break;
+                }
+            }
+        }
+        catch (ProtocolException ex)
+        {
+            _pipeError = ex;
+        }
+        catch (Exception ex) when (ex is InvalidOperationException or ObjectDisposedException or OperationCanceledException)
+        {
+            // The connection is being disposed.
+        }
+        finally
+        {
+            _pipeEnded = true;
+            WakeReader();
+        }
     }
 
     private Message? TryReadRing()
@@ -562,10 +706,15 @@ public sealed class FrameConnection : IAsyncDisposable
     /// <summary>Unmaps the rings (the reader is kept out by the ring lock, senders by the send lock).</summary>
     private void DisposeRings()
     {
+        _pipeEnded = true;
+        _sleeper?.Stop();
         lock (_sendGate)
         {
             lock (_ringGate)
             {
+                // A reader asleep on the ring wakes before it is unmapped.
+                _receiveRing?.ClearWaiting();
+                _receiveRing?.WakeSleeper();
                 _sendRing?.Dispose();
                 _receiveRing?.Dispose();
                 if (_offeredReceive != _receiveRing)
@@ -626,6 +775,8 @@ public sealed class FrameConnection : IAsyncDisposable
         CompleteOutput();
         _aborted.Cancel();
         _input.CancelPendingRead();
+        _pipeEnded = true;
+        WakeReader();
         try
         {
             PipeSocket.Close(_socket);
@@ -651,6 +802,14 @@ public sealed class FrameConnection : IAsyncDisposable
         }
 
         SetCloseReason("closed locally");
+        _pipeEnded = true;
+        if (_pipeWatch is { } watch)
+        {
+            // The watcher reads the pipe: it must be out of it before the reader is completed.
+            _input.CancelPendingRead();
+            await watch.WaitAsync(TimeSpan.FromSeconds(2)).ConfigureAwait(ConfigureAwaitOptions.SuppressThrowing);
+        }
+
         await _input.CompleteAsync().ConfigureAwait(false);
         PipeSocket.Close(_socket);
         await _stream.DisposeAsync().ConfigureAwait(false);

@@ -19,8 +19,9 @@ namespace DriverIsolation.Protocol;
 /// publishes it, so a peer that scribbles over the header can confuse only what it reads, never
 /// make this side read or write outside the ring: every index and length read from shared memory
 /// is checked, and a record is copied out before it is decoded. A consumer about to sleep sets the
-/// waiting flag; a producer that finds it set clears it and wakes the consumer another way (the
-/// pipe, in <see cref="FrameConnection"/>).
+/// waiting flag; a producer that finds it set clears it and wakes the consumer: on Linux the flag
+/// is a futex the consumer sleeps on (<see cref="Sleep"/>, <see cref="WakeSleeper"/>), elsewhere
+/// a doorbell frame on the pipe wakes it (in <see cref="FrameConnection"/>).
 /// </summary>
 public sealed unsafe class ShmRing : IDisposable
 {
@@ -168,6 +169,15 @@ public sealed unsafe class ShmRing : IDisposable
     /// <summary>Producer: true (once) if the consumer said it sleeps: the producer must wake it.</summary>
     public bool TakeWaiting() =>
         Volatile.Read(ref *(int*)(_base + WaitingOffset)) != 0 && Interlocked.Exchange(ref *(int*)(_base + WaitingOffset), 0) != 0;
+
+    /// <summary>Consumer, after <see cref="SetWaiting"/> found the ring empty: sleeps until the
+    /// producer wakes it (<see cref="WakeSleeper"/>), the flag is cleared, or the timeout passed.
+    /// The caller looks again at the ring whatever woke it.</summary>
+    internal void Sleep(TimeSpan timeout) => Futex.Wait((int*)(_base + WaitingOffset), 1, timeout);
+
+    /// <summary>Producer (or the consumer's own process, to end a sleep): wakes a consumer
+    /// sleeping in <see cref="Sleep"/>.</summary>
+    internal void WakeSleeper() => Futex.Wake((int*)(_base + WaitingOffset));
 
     /// <summary>True if the consumer has something to read now.</summary>
     public bool HasData => Volatile.Read(ref *(long*)(_base + TailOffset)) != _head;

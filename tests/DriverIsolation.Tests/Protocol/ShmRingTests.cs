@@ -9,7 +9,8 @@ namespace DriverIsolation.Tests;
 /// The shared-memory ring: frames come out whole and in order across wraps and a full ring; an
 /// index or length a hostile producer publishes is refused with a ProtocolException, never read
 /// past; and a connection that switches to the rings delivers both ways, waking a reader that
-/// sleeps on the pipe, and lets the reader drain what a peer wrote before it went away.
+/// sleeps (on its own thread, on the ring's futex), and lets the reader drain what a peer wrote
+/// before it went away.
 /// </summary>
 public sealed class ShmRingTests : IDisposable
 {
@@ -142,7 +143,7 @@ public sealed class ShmRingTests : IDisposable
         Assert.Equal(new Pong(1, 42, 43), await kernel.ReadAsync().AsTask().Bounded());
 
         // Bursts of 100, the next one sent only once the reader has taken the last: in between,
-        // the reader finds its ring empty and goes to sleep on the pipe, and the next burst must
+        // the reader finds its ring empty and goes to sleep, and the next burst must
         // wake it. Every message arrives, in order.
         using var drained = new SemaphoreSlim(0);
         var reading = Task.Run(async () =>
@@ -195,6 +196,66 @@ public sealed class ShmRingTests : IDisposable
         host.Send(new RingReady(4096));
         var refused = await Assert.ThrowsAsync<ProtocolException>(() => kernel.ReadAsync().AsTask()).Bounded();
         Assert.Equal("Unexpected RingReady: the rings were not offered that way.", refused.Message);
+        Assert.Equal(refused.Message, kernel.CloseReason);
+    }
+
+    [Fact]
+    public async Task ReaderOfAnEmptyRing_SleepsOnAThreadOfItsOwn_WakesThereForAFrame_AndForACancellation()
+    {
+        var (serverPipe, clientPipe) = await ConnectedPipesAsync();
+        await using var serverDisposal = serverPipe;
+        await using var clientDisposal = clientPipe;
+        await using var kernel = new FrameConnection(serverPipe, untrustedPeer: true);
+        await using var host = new FrameConnection(clientPipe, untrustedPeer: false);
+        Assert.True(kernel.OfferRing(Path.GetTempPath(), 4 << 20, TimeSpan.FromMicroseconds(20)));
+        Assert.True(kernel.Send(new Ping(1)));
+        Assert.Equal(new Ping(1), await host.ReadAsync().AsTask().Bounded());
+
+        // The host's reader finds its ring empty and sleeps; a frame sent later wakes it, and the
+        // reader's code goes on on the thread that slept (no thread-pool thread in between).
+        var read = host.ReadAsync();
+        Assert.False(read.IsCompleted); // It returns unfinished only once it spun and went to sleep.
+        var woken = read.AsTask().ContinueWith(
+            static t => (t.Result, Thread.CurrentThread.IsThreadPoolThread, Thread.CurrentThread.Name),
+            CancellationToken.None, TaskContinuationOptions.ExecuteSynchronously, TaskScheduler.Default);
+        Assert.True(kernel.Send(new Ping(2)));
+        var (message, onPool, thread) = await woken.Bounded();
+        Assert.Equal(new Ping(2), message);
+        Assert.False(onPool);
+        Assert.Equal("ring reader", thread);
+
+        // A sleeping read that is cancelled ends with OperationCanceledException; the next read
+        // gets the next frame.
+        using var cancel = new CancellationTokenSource();
+        var cancelled = host.ReadAsync(cancel.Token).AsTask();
+        await cancel.CancelAsync();
+        await Assert.ThrowsAnyAsync<OperationCanceledException>(() => cancelled).Bounded();
+        Assert.True(kernel.Send(new Ping(3)));
+        Assert.Equal(new Ping(3), await host.ReadAsync().AsTask().Bounded());
+    }
+
+    [Fact]
+    public async Task FrameOnThePipe_OnceTheRingsAreInUse_IsAProtocolViolation()
+    {
+        var (serverPipe, clientPipe) = await ConnectedPipesAsync();
+        await using var serverDisposal = serverPipe;
+        await using var clientDisposal = clientPipe;
+        await using var kernel = new FrameConnection(serverPipe, untrustedPeer: true);
+        await using var host = new FrameConnection(clientPipe, untrustedPeer: false);
+        Assert.True(kernel.OfferRing(Path.GetTempPath(), 4 << 20, TimeSpan.FromMicroseconds(20)));
+        Assert.True(kernel.Send(new Ping(1)));
+        Assert.Equal(new Ping(1), await host.ReadAsync().AsTask().Bounded());
+        Assert.True(host.Send(new Pong(1, 2, 3)));
+        Assert.Equal(new Pong(1, 2, 3), await kernel.ReadAsync().AsTask().Bounded());
+
+        // A host that writes a frame on the pipe behind the connection's back, while the kernel's
+        // reader sleeps on the ring.
+        var sleeping = kernel.ReadAsync().AsTask();
+        await clientPipe.WriteAsync(FrameCodec.Encode(new Pong(2, 0, 0)));
+        await clientPipe.FlushAsync();
+
+        var refused = await Assert.ThrowsAsync<ProtocolException>(() => sleeping).Bounded();
+        Assert.Equal("Unexpected Pong on the pipe: frames travel in the rings once they are in use.", refused.Message);
         Assert.Equal(refused.Message, kernel.CloseReason);
     }
 
