@@ -59,8 +59,8 @@ public sealed class FrameConnection : IAsyncDisposable
     // On Linux a reader sleeps on its ring's futex, on a thread of its own (RingSleeper), and the
     // pipe is only watched for the peer's end (WatchPipeAsync); elsewhere it sleeps on the pipe.
     private static readonly TimeSpan SleepLimit = TimeSpan.FromSeconds(1);
-    private RingSleeper? _sleeper;
-    private Task? _pipeWatch;
+    private volatile RingSleeper? _sleeper;
+    private volatile Task? _pipeWatch;
     private volatile bool _pipeEnded;
     private ProtocolException? _pipeError;
 
@@ -110,6 +110,12 @@ public sealed class FrameConnection : IAsyncDisposable
         {
             if (_sleeper is { } sleeper)
             {
+                // A peer that broke the protocol on the pipe is served no more.
+                if (Interlocked.Exchange(ref _pipeError, null) is { } error)
+                {
+                    throw error;
+                }
+
                 if (TryReadRing() is { } inRing)
                 {
                     return inRing;
@@ -118,12 +124,7 @@ public sealed class FrameConnection : IAsyncDisposable
                 if (_pipeEnded)
                 {
                     // The peer is gone (or this side closed): what it put in the ring before is still read.
-                    if (TryReadRing() is { } last)
-                    {
-                        return last;
-                    }
-
-                    return Interlocked.Exchange(ref _pipeError, null) is { } error ? throw error : null;
+                    return TryReadRing() ?? (Interlocked.Exchange(ref _pipeError, null) is { } late ? throw late : null);
                 }
 
                 if (!SpinForRing())
@@ -516,6 +517,7 @@ public sealed class FrameConnection : IAsyncDisposable
     /// connection closed, or <paramref name="cancellationToken"/> was cancelled.</summary>
     private void SleepForRing(CancellationToken cancellationToken)
     {
+        var idleWakes = 0;
         while (!cancellationToken.IsCancellationRequested && !_pipeEnded)
         {
             ShmRing sleepOn;
@@ -538,10 +540,18 @@ public sealed class FrameConnection : IAsyncDisposable
 
             // Outside the lock: a close wakes it first (WakeReader), and a sleep on a ring unmapped
             // since then fails at once in the kernel rather than touching the memory here.
-            sleepOn.Sleep(SleepLimit);
+            var slept = sleepOn.Sleep(SleepLimit);
             lock (_ringGate)
             {
                 _receiveRing?.ClearWaiting();
+            }
+
+            // A peer that keeps clearing the flag without writing anything would keep this thread
+            // spinning through here: past a few such returns in a row, it waits a millisecond.
+            idleWakes = slept ? 0 : idleWakes + 1;
+            if (idleWakes > 64)
+            {
+                Thread.Sleep(1);
             }
         }
     }
@@ -566,24 +576,24 @@ public sealed class FrameConnection : IAsyncDisposable
         await Task.Yield();
         try
         {
-            while (await ReadPipeAsync(CancellationToken.None, plain: true).ConfigureAwait(false) is { } message)
+            // Nothing is expected here (a peer on Linux wakes the reader through the futex, not
+            // with doorbells): any frame at all breaks the protocol.
+            if (await ReadPipeAsync(CancellationToken.None, plain: true).ConfigureAwait(false) is { } message)
             {
-                if (message is not RingDoorbell)
-                {
-                    var reason = $"Unexpected {message.GetType().Name} on the pipe: frames travel in the rings once they are in use.";
-                    SetCloseReason(reason);
-                    _pipeError = new ProtocolException(reason);
-                    break;
-                }
+                var reason = $"Unexpected {message.GetType().Name} on the pipe: frames travel in the rings once they are in use.";
+                SetCloseReason(reason);
+                _pipeError = new ProtocolException(reason);
             }
         }
         catch (ProtocolException ex)
         {
             _pipeError = ex;
         }
-        catch (Exception ex) when (ex is InvalidOperationException or ObjectDisposedException or OperationCanceledException)
+#pragma warning disable CA1031 // Whatever ends the watch ends the connection; the reader reports it.
+        catch (Exception ex)
+#pragma warning restore CA1031
         {
-            // The connection is being disposed.
+            SetCloseReason($"read failed: {ex.GetType().Name}: {ex.Message}");
         }
         finally
         {

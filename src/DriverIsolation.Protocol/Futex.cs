@@ -29,24 +29,35 @@ internal static unsafe partial class Futex
 
     /// <summary>Sleeps while <c>*word == expected</c>, until woken or <paramref name="timeout"/>
     /// passed. Returns at once if the word holds anything else. Spurious returns are allowed:
-    /// the caller looks again at what it waits for.</summary>
-    public static void Wait(int* word, int expected, TimeSpan timeout)
+    /// the caller looks again at what it waits for. False if the word did not hold
+    /// <paramref name="expected"/> (nothing slept).</summary>
+    public static bool Wait(int* word, int expected, TimeSpan timeout)
     {
         var ticks = Math.Max(0, timeout.Ticks);
         var spec = new Timespec { Seconds = ticks / TimeSpan.TicksPerSecond, Nanoseconds = ticks % TimeSpan.TicksPerSecond * 100 };
         if (Syscall(SyscallNumber, word, OpWait, expected, &spec, null, 0) < 0)
         {
             var error = Marshal.GetLastPInvokeError();
-            if (error is not (EAgain or EIntr or ETimedOut))
+            if (error is EAgain)
             {
-                // EFAULT after the ring was unmapped: nothing to wait on any more.
-                Thread.Yield();
+                return false;
+            }
+
+            if (error is not (EIntr or ETimedOut))
+            {
+                // EFAULT (the ring was unmapped meanwhile) or a futex this system refuses: sleep
+                // a little instead, so a caller that loops does not spin.
+                Thread.Sleep(1);
             }
         }
+
+        return true;
     }
 
-    /// <summary>Wakes one thread sleeping on <paramref name="word"/> (in any process).</summary>
-    public static void Wake(int* word) => Syscall(SyscallNumber, word, OpWake, 1, null, null, 0);
+    /// <summary>Wakes every thread sleeping on <paramref name="word"/> (in any process): the one
+    /// reader there is, and whatever a hostile peer may have put to sleep on the same word, which
+    /// must not take the reader's wake-up.</summary>
+    public static void Wake(int* word) => Syscall(SyscallNumber, word, OpWake, int.MaxValue, null, null, 0);
 
     [LibraryImport("libc", EntryPoint = "syscall", SetLastError = true)]
     private static partial long Syscall(long number, int* word, int operation, int value, Timespec* timeout, int* word2, int value3);

@@ -24,6 +24,7 @@ internal sealed class RingSleeper : IValueTaskSource
     private Thread? _owner;
     private bool _armed;
     private bool _busy;
+    private bool _stopped;
     private CancellationToken _token;
     private CancellationTokenRegistration _registration;
 
@@ -59,7 +60,11 @@ internal sealed class RingSleeper : IValueTaskSource
             }
             else
             {
-                start = _owner = new Thread(static s => ((RingSleeper)s!).Run(), 256 * 1024) { IsBackground = true, Name = _name };
+                // The owner is busy running the reader's code (a handler that took so long that a
+                // new reader started), or gone: a new thread takes over, not busy yet. It has the
+                // default stack: the reader's code (drivers' routines, callers' continuations) runs on it.
+                start = _owner = new Thread(static s => ((RingSleeper)s!).Run()) { IsBackground = true, Name = _name };
+                _busy = false;
             }
         }
 
@@ -67,12 +72,13 @@ internal sealed class RingSleeper : IValueTaskSource
         return new ValueTask(this, version);
     }
 
-    /// <summary>Lets the thread go (the connection is closing).</summary>
+    /// <summary>Lets the thread go once it has no wait to complete (the connection is closing:
+    /// a wait armed now still completes, at once, as the sleep returns for a closed connection).</summary>
     public void Stop()
     {
         lock (_gate)
         {
-            _owner = null;
+            _stopped = true;
             Monitor.PulseAll(_gate);
         }
     }
@@ -87,7 +93,7 @@ internal sealed class RingSleeper : IValueTaskSource
             {
                 while (_owner == me && !_armed)
                 {
-                    if (!Monitor.Wait(_gate, IdleLifetime) && _owner == me && !_armed)
+                    if (_stopped || (!Monitor.Wait(_gate, IdleLifetime) && _owner == me && !_armed))
                     {
                         _owner = null;
                         return;
@@ -106,6 +112,11 @@ internal sealed class RingSleeper : IValueTaskSource
             CancellationTokenRegistration registration;
             lock (_gate)
             {
+                if (_owner != me)
+                {
+                    return; // Another thread took over (and completes the wait).
+                }
+
                 _armed = false;
                 _busy = true;
                 registration = _registration;

@@ -172,8 +172,9 @@ public sealed unsafe class ShmRing : IDisposable
 
     /// <summary>Consumer, after <see cref="SetWaiting"/> found the ring empty: sleeps until the
     /// producer wakes it (<see cref="WakeSleeper"/>), the flag is cleared, or the timeout passed.
-    /// The caller looks again at the ring whatever woke it.</summary>
-    internal void Sleep(TimeSpan timeout) => Futex.Wait((int*)(_base + WaitingOffset), 1, timeout);
+    /// The caller looks again at the ring whatever woke it. False if it did not sleep (the flag
+    /// was no longer set).</summary>
+    internal bool Sleep(TimeSpan timeout) => Futex.Wait((int*)(_base + WaitingOffset), 1, timeout);
 
     /// <summary>Producer (or the consumer's own process, to end a sleep): wakes a consumer
     /// sleeping in <see cref="Sleep"/>.</summary>
