@@ -41,6 +41,11 @@ public sealed class HostServer : IKernelLink
     private long _handoffs;
     private CancellationToken _stopping;
 
+    // The stall watch ticks only while routines run inline: a check that finds none running stops
+    // it (an idle host must not wake up a hundred times a second), the next routine starts it.
+    private ITimer? _stallWatch;
+    private bool _watchStopped;
+
     /// <param name="dispatch">Where drivers' routines run (see <see cref="HostDispatch"/>).</param>
     /// <param name="inlineStall">With inline dispatch: how long one routine may keep the pipe
     /// unread before another thread takes over reading it.</param>
@@ -83,12 +88,13 @@ public sealed class HostServer : IKernelLink
         }
 
         _stopping = cancellationToken;
-        ITimer? stallWatch = null;
         if (_dispatch == HostDispatch.Inline)
         {
             // Looks twice per stall period for a routine that has held the reader too long.
-            var period = _stall / 2;
-            stallWatch = _time.CreateTimer(static s => ((HostServer)s!).CheckStall(), this, period, period);
+            lock (_readerGate)
+            {
+                _stallWatch = _time.CreateTimer(static s => ((HostServer)s!).CheckStall(), this, _stall / 2, _stall / 2);
+            }
         }
 
         try
@@ -98,7 +104,10 @@ public sealed class HostServer : IKernelLink
         }
         finally
         {
-            stallWatch?.Dispose();
+            lock (_readerGate)
+            {
+                _stallWatch?.Dispose();
+            }
         }
     }
 
@@ -237,7 +246,14 @@ public sealed class HostServer : IKernelLink
             return true;
         }
 
-        Volatile.Write(ref _inlineSince, _time.GetTimestamp());
+        // A full fence between marking the routine and looking at the watch, as CheckStall has
+        // between stopping the watch and looking at the mark: one of the two sees the other.
+        Interlocked.Exchange(ref _inlineSince, _time.GetTimestamp());
+        if (Volatile.Read(ref _watchStopped))
+        {
+            StartWatch();
+        }
+
         try
         {
             routine(state);
@@ -264,7 +280,24 @@ public sealed class HostServer : IKernelLink
         lock (_readerGate)
         {
             var since = Volatile.Read(ref _inlineSince);
-            if (since == 0 || _time.GetTimestamp() - since < _stallTicks || _exit.Task.IsCompleted)
+            if (since == 0)
+            {
+                // No routine running: stop until the next one starts (unless one just did).
+                Volatile.Write(ref _watchStopped, true);
+                Interlocked.MemoryBarrier();
+                if (Volatile.Read(ref _inlineSince) != 0)
+                {
+                    _watchStopped = false;
+                }
+                else
+                {
+                    _stallWatch?.Change(Timeout.InfiniteTimeSpan, Timeout.InfiniteTimeSpan);
+                }
+
+                return;
+            }
+
+            if (_time.GetTimestamp() - since < _stallTicks || _exit.Task.IsCompleted)
             {
                 return;
             }
@@ -275,6 +308,19 @@ public sealed class HostServer : IKernelLink
         }
 
         StartReader(next);
+    }
+
+    /// <summary>Starts the stall watch again, stopped while no routine ran.</summary>
+    private void StartWatch()
+    {
+        lock (_readerGate)
+        {
+            if (_watchStopped)
+            {
+                _watchStopped = false;
+                _stallWatch?.Change(_stall / 2, _stall / 2);
+            }
+        }
     }
 
     /// <summary>A driver's exception is what it would be on a pool thread: unhandled, and the

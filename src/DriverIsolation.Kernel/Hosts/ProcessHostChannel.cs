@@ -89,8 +89,11 @@ internal sealed class ProcessHostChannel : IHostChannel
             _time = time;
             var stall = options.InlineStall > TimeSpan.Zero ? options.InlineStall : DriverHost.HostServer.DefaultInlineStall;
             _stallTicks = (long)(stall.TotalSeconds * time.TimestampFrequency);
-            var period = TimeSpan.FromTicks(Math.Max(stall.Ticks / 2, TimeSpan.TicksPerMillisecond));
-            _stallWatch = time.CreateTimer(static s => ((ProcessHostChannel)s!).CheckStall(), this, period, period);
+            _watchPeriod = TimeSpan.FromTicks(Math.Max(stall.Ticks / 2, TimeSpan.TicksPerMillisecond));
+            lock (_readerGate)
+            {
+                _stallWatch = time.CreateTimer(static s => ((ProcessHostChannel)s!).CheckStall(), this, _watchPeriod, _watchPeriod);
+            }
         }
 
         _ = DoReceiveAsync(0);
@@ -102,6 +105,8 @@ internal sealed class ProcessHostChannel : IHostChannel
     private long _stallTicks;
     private readonly Lock _readerGate = new();
     private bool _inlineRunning;
+    private bool _watchStopped;
+    private TimeSpan _watchPeriod;
     private long _inlineSince;
     private int _readerGeneration;
     private long _handoffs;
@@ -118,6 +123,11 @@ internal sealed class ProcessHostChannel : IHostChannel
         {
             _inlineSince = _time.GetTimestamp();
             _inlineRunning = true;
+            if (_watchStopped)
+            {
+                _watchStopped = false;
+                _stallWatch?.Change(_watchPeriod, _watchPeriod);
+            }
         }
 
         Interlocked.Increment(ref _completedInline);
@@ -148,7 +158,16 @@ internal sealed class ProcessHostChannel : IHostChannel
         int next;
         lock (_readerGate)
         {
-            if (!_inlineRunning || _time.GetTimestamp() - _inlineSince < _stallTicks || _killReason is not null)
+            if (!_inlineRunning)
+            {
+                // Nothing running inline: the watch stops until a continuation runs inline again
+                // (an idle host's reader must not wake the kernel a hundred times a second).
+                _watchStopped = true;
+                _stallWatch?.Change(Timeout.InfiniteTimeSpan, Timeout.InfiniteTimeSpan);
+                return;
+            }
+
+            if (_time.GetTimestamp() - _inlineSince < _stallTicks || _killReason is not null)
             {
                 return;
             }

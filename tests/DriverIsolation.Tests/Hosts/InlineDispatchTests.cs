@@ -15,10 +15,14 @@ public sealed class InlineDispatchTests
 {
     private const int DeviceId = 7;
 
-    [Fact]
-    public async Task Inline_ARoutineThatBlocks_HoldsThePipeUntilTheStallTime_ThenANewReaderServesTheRest()
+    /// <param name="idleFirst">The host idles for 100 ms before the routine that blocks: the stall
+    /// watch, which stops when it finds no routine running, must start again with it.</param>
+    [Theory]
+    [InlineData(false)]
+    [InlineData(true)]
+    public async Task Inline_ARoutineThatBlocks_HoldsThePipeUntilTheStallTime_ThenANewReaderServesTheRest(bool idleFirst)
     {
-        await using var host = await StalledHostAsync(HostDispatch.Inline);
+        await using var host = await StalledHostAsync(HostDispatch.Inline, idleFirst);
 
         // IRP 2 waits behind the blocked routine until the stall time has passed: not at 19 ms...
         host.Kernel.Send(Read(2, blocks: false));
@@ -57,7 +61,7 @@ public sealed class InlineDispatchTests
 
     /// <summary>A host with the stalling driver loaded, its device added, and IRP 1 blocked in the
     /// driver's Read routine.</summary>
-    private static async Task<StalledHost> StalledHostAsync(HostDispatch dispatch)
+    private static async Task<StalledHost> StalledHostAsync(HostDispatch dispatch, bool idleFirst = false)
     {
         var gate = new ManualResetEventSlim();
         var entered = new ManualResetEventSlim();
@@ -81,6 +85,10 @@ public sealed class InlineDispatchTests
         Assert.Equal(NtStatus.Success, Assert.IsType<DriverLoaded>(await kernel.ReadAsync().AsTask().Bounded()).Status);
         kernel.Send(new AddDevice(1, DeviceId, @"\Device\Stalling", DeviceType.Null, false, [], null));
         Assert.Equal(NtStatus.Success, Assert.IsType<DeviceAdded>(await kernel.ReadAsync().AsTask().Bounded()).Status);
+        if (idleFirst)
+        {
+            clock.Advance(TimeSpan.FromMilliseconds(100));
+        }
 
         kernel.Send(Read(1, blocks: true));
         Assert.True(entered.Wait(Waits.Default), "the driver's routine did not start");

@@ -17,14 +17,22 @@ public sealed class InlineCompletionTests
 {
     private static readonly IoResult Read512 = new(NtStatus.Success, 512);
 
-    [Fact]
-    public Task AContinuationThatBlocks_HoldsTheReaderUntilTheStallTime_ThenANewReaderServesTheHost() => Task.Run(async () =>
+    /// <param name="idleFirst">The reader idles for 100 ms first: the stall watch, which stops
+    /// when it finds nothing running, must start again with the continuation that blocks.</param>
+    [Theory]
+    [InlineData(false)]
+    [InlineData(true)]
+    public Task AContinuationThatBlocks_HoldsTheReaderUntilTheStallTime_ThenANewReaderServesTheHost(bool idleFirst) => Task.Run(async () =>
     {
         var time = new FakeTimeProvider();
         await using var kernel = new Microkernel(Options(), timeProvider: time);
         await kernel.StartAsync([TestManifests.Sample("Null")], IsolationModel.Process).Bounded();
         await using var nul = await kernel.OpenAsync(@"\??\NUL").Bounded();
         await Task.Yield();
+        if (idleFirst)
+        {
+            time.Advance(TimeSpan.FromMilliseconds(100));
+        }
 
         using var release = new ManualResetEventSlim();
         var first = await BlockOnTheReaderAsync(nul, release);
