@@ -47,8 +47,8 @@ public sealed class KernelOptions
     /// two, at least twice <see cref="MaxFrameSize"/>. Default 4 MiB.</summary>
     public long RingCapacityBytes { get; set; } = 4 << 20;
 
-    /// <summary>How long a reader of an empty ring spins before it sleeps on the pipe (ring
-    /// transport; both sides). Default 100 µs: longer buys latency with a whole CPU.</summary>
+    /// <summary>How long a reader of an empty ring spins before it sleeps (on the ring's futex on
+    /// Linux; ring transport; both sides). Default 100 µs: longer buys latency with a whole CPU.</summary>
     public TimeSpan RingSpin { get; set; } = TimeSpan.FromMicroseconds(100);
 
     /// <summary>Where the ring files are created (deleted again once both sides mapped them).

@@ -378,11 +378,11 @@ public sealed class FrameConnection : IAsyncDisposable
     /// Kernel side: creates the two rings in a new owner-only file in <paramref name="directory"/>,
     /// tells the peer (<see cref="UseRing"/>, on the pipe) and from then on sends on the ring. The
     /// peer's frames come from its ring once it answered <see cref="RingReady"/>; the file is
-    /// deleted then (both sides have it mapped). The pipe stays for doorbells and for noticing the
-    /// peer's end. False if the connection is closed.
+    /// deleted then (both sides have it mapped). The pipe stays for noticing the peer's end (and,
+    /// off Linux, for doorbells). False if the connection is closed.
     /// </summary>
     /// <param name="capacity">Bytes per direction: a power of two, at least twice the frame limit.</param>
-    /// <param name="spin">How long a reader spins on an empty ring before it sleeps on the pipe.</param>
+    /// <param name="spin">How long a reader spins on an empty ring before it sleeps.</param>
     public bool OfferRing(string directory, long capacity, TimeSpan spin)
     {
         if (capacity < 2L * (_maxFrameSize + 8))

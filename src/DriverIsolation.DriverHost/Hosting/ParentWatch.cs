@@ -9,24 +9,40 @@ namespace DriverIsolation.DriverHost;
 /// kernel is the direct parent, that this process has not been re-parented: a dead parent left
 /// as a zombie still answers to its PID. On Unix each check is two system calls (<c>kill(pid, 0)</c>,
 /// <c>getppid()</c>): every host does it four times a second for its whole life, so it must cost
-/// next to nothing (opening the parent as a <see cref="Process"/> and reading /proc each time
-/// cost an idle host 2 % of a CPU).
+/// next to nothing (opening the parent as a <see cref="Process"/> and reading /proc each time, on
+/// the thread pool, cost an idle host 2 % of a CPU).
 /// </summary>
 internal static partial class ParentWatch
 {
     private const int EPerm = 1;
 
-    public static async Task WaitForParentExitAsync(int parentPid, TimeSpan period, CancellationToken cancellationToken)
+    /// <summary>Completes when the parent is gone; cancelled with <paramref name="cancellationToken"/>.
+    /// The checks run on a thread of their own that sleeps in between, not on timers of the thread
+    /// pool: each tick would wake a pool thread, which spins a while before it sleeps again.</summary>
+    public static Task WaitForParentExitAsync(int parentPid, TimeSpan period, CancellationToken cancellationToken)
     {
+        var gone = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
         var directParent = ReadParentPid() == parentPid;
-        using var timer = new PeriodicTimer(period);
-        while (await timer.WaitForNextTickAsync(cancellationToken).ConfigureAwait(false))
+        var thread = new Thread(() =>
         {
-            if (!IsAlive(parentPid) || (directParent && ReadParentPid() != parentPid))
+            // The wait ends early when the token is cancelled.
+            while (!cancellationToken.WaitHandle.WaitOne(period))
             {
-                return;
+                if (!IsAlive(parentPid) || (directParent && ReadParentPid() != parentPid))
+                {
+                    gone.TrySetResult();
+                    return;
+                }
             }
-        }
+
+            gone.TrySetCanceled(cancellationToken);
+        })
+        {
+            IsBackground = true,
+            Name = "parent watch",
+        };
+        thread.Start();
+        return gone.Task;
     }
 
     private static bool IsAlive(int pid)
