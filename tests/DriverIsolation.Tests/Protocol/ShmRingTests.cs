@@ -202,14 +202,8 @@ public sealed class ShmRingTests : IDisposable
     [Fact]
     public async Task ReaderOfAnEmptyRing_SleepsOnAThreadOfItsOwn_WakesThereForAFrame_AndForACancellation()
     {
-        var (serverPipe, clientPipe) = await ConnectedPipesAsync();
-        await using var serverDisposal = serverPipe;
-        await using var clientDisposal = clientPipe;
-        await using var kernel = new FrameConnection(serverPipe, untrustedPeer: true);
-        await using var host = new FrameConnection(clientPipe, untrustedPeer: false);
-        Assert.True(kernel.OfferRing(Path.GetTempPath(), 4 << 20, TimeSpan.FromMicroseconds(20)));
-        Assert.True(kernel.Send(new Ping(1)));
-        Assert.Equal(new Ping(1), await host.ReadAsync().AsTask().Bounded());
+        await using var pair = await RingPair.StartAsync();
+        var (kernel, host) = (pair.Kernel, pair.Host);
 
         // The host's reader finds its ring empty and sleeps; a frame sent later wakes it, and the
         // reader's code goes on on the thread that slept (no thread-pool thread in between).
@@ -237,26 +231,44 @@ public sealed class ShmRingTests : IDisposable
     [Fact]
     public async Task FrameOnThePipe_OnceTheRingsAreInUse_IsAProtocolViolation()
     {
-        var (serverPipe, clientPipe) = await ConnectedPipesAsync();
-        await using var serverDisposal = serverPipe;
-        await using var clientDisposal = clientPipe;
-        await using var kernel = new FrameConnection(serverPipe, untrustedPeer: true);
-        await using var host = new FrameConnection(clientPipe, untrustedPeer: false);
-        Assert.True(kernel.OfferRing(Path.GetTempPath(), 4 << 20, TimeSpan.FromMicroseconds(20)));
-        Assert.True(kernel.Send(new Ping(1)));
-        Assert.Equal(new Ping(1), await host.ReadAsync().AsTask().Bounded());
-        Assert.True(host.Send(new Pong(1, 2, 3)));
-        Assert.Equal(new Pong(1, 2, 3), await kernel.ReadAsync().AsTask().Bounded());
+        await using var pair = await RingPair.StartAsync();
+        var kernel = pair.Kernel;
 
         // A host that writes a frame on the pipe behind the connection's back, while the kernel's
         // reader sleeps on the ring.
         var sleeping = kernel.ReadAsync().AsTask();
-        await clientPipe.WriteAsync(FrameCodec.Encode(new Pong(2, 0, 0)));
-        await clientPipe.FlushAsync();
+        await pair.ClientPipe.WriteAsync(FrameCodec.Encode(new Pong(2, 0, 0)));
+        await pair.ClientPipe.FlushAsync();
 
         var refused = await Assert.ThrowsAsync<ProtocolException>(() => sleeping).Bounded();
         Assert.Equal("Unexpected Pong on the pipe: frames travel in the rings once they are in use.", refused.Message);
         Assert.Equal(refused.Message, kernel.CloseReason);
+    }
+
+    /// <summary>A kernel's and a host's connection on a fresh pipe, both reading and sending on
+    /// the rings (one message has gone each way).</summary>
+    private sealed record RingPair(NamedPipeServerStream ServerPipe, NamedPipeClientStream ClientPipe, FrameConnection Kernel, FrameConnection Host)
+        : IAsyncDisposable
+    {
+        public static async Task<RingPair> StartAsync()
+        {
+            var (serverPipe, clientPipe) = await ConnectedPipesAsync();
+            var pair = new RingPair(serverPipe, clientPipe, new FrameConnection(serverPipe, untrustedPeer: true), new FrameConnection(clientPipe, untrustedPeer: false));
+            Assert.True(pair.Kernel.OfferRing(Path.GetTempPath(), 4 << 20, TimeSpan.FromMicroseconds(20)));
+            Assert.True(pair.Kernel.Send(new Ping(1)));
+            Assert.Equal(new Ping(1), await pair.Host.ReadAsync().AsTask().Bounded());
+            Assert.True(pair.Host.Send(new Pong(1, 2, 3)));
+            Assert.Equal(new Pong(1, 2, 3), await pair.Kernel.ReadAsync().AsTask().Bounded());
+            return pair;
+        }
+
+        public async ValueTask DisposeAsync()
+        {
+            await Host.DisposeAsync();
+            await Kernel.DisposeAsync();
+            await ClientPipe.DisposeAsync();
+            await ServerPipe.DisposeAsync();
+        }
     }
 
     /// <summary>Both ends of a fresh named pipe, connected.</summary>
