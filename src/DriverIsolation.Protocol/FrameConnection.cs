@@ -110,8 +110,9 @@ public sealed class FrameConnection : IAsyncDisposable
         {
             if (_sleeper is { } sleeper)
             {
-                // A peer that broke the protocol on the pipe is served no more.
-                if (Interlocked.Exchange(ref _pipeError, null) is { } error)
+                // A peer that broke the protocol on the pipe is served no more (a plain read first:
+                // this runs for every frame, the exchange only once there is an error).
+                if (Volatile.Read(ref _pipeError) is not null && Interlocked.Exchange(ref _pipeError, null) is { } error)
                 {
                     throw error;
                 }
