@@ -149,8 +149,8 @@ internal sealed class HeartbeatMonitor : IDisposable
 /// <summary>What the operating system says a host process uses; null where it cannot tell.</summary>
 internal readonly record struct HostUsage(long? ResidentBytes, int? Handles)
 {
-    /// <summary>Reads /proc/&lt;pid&gt;/statm and /proc/&lt;pid&gt;/fd (Linux); null elsewhere or
-    /// once the process is gone.</summary>
+    /// <summary>Reads /proc/&lt;pid&gt;/statm and counts /proc/&lt;pid&gt;/fd (Linux,
+    /// <see cref="OpenDescriptors"/>); null elsewhere or once the process is gone.</summary>
     public static HostUsage? Of(int processId)
     {
         if (!OperatingSystem.IsLinux())
@@ -164,7 +164,7 @@ internal readonly record struct HostUsage(long? ResidentBytes, int? Handles)
             long? resident = long.TryParse(statm.ElementAtOrDefault(1), System.Globalization.NumberStyles.Integer, System.Globalization.CultureInfo.InvariantCulture, out var pages)
                 ? pages * Environment.SystemPageSize
                 : null;
-            var handles = Directory.EnumerateFileSystemEntries($"/proc/{processId}/fd").Count();
+            var handles = OpenDescriptors.Count(processId);
             return new HostUsage(resident, handles);
         }
         catch (Exception ex) when (ex is IOException or UnauthorizedAccessException)
