@@ -14,6 +14,7 @@ internal static partial class OpenDescriptors
     private const uint StatxSize = 0x200;
     private const int StatxSizeOffset = 40; // struct statx: stx_size after mask, blksize, attributes, nlink, uid, gid, mode, ino
     private const int StatxLength = 256;
+    private static volatile bool s_noStatx;
 
     /// <summary>The count; throws <see cref="IOException"/> once the process is gone.</summary>
     public static int Count(int processId) =>
@@ -23,10 +24,23 @@ internal static partial class OpenDescriptors
     /// null if not (an older kernel, or no such process).</summary>
     internal static int? FromDirectorySize(int processId)
     {
+        if (s_noStatx)
+        {
+            return null;
+        }
+
         Span<byte> buffer = stackalloc byte[StatxLength];
         buffer.Clear();
-        if (Statx(AtCurrentDirectory, $"/proc/{processId}/fd", 0, StatxSize, ref MemoryMarshal.GetReference(buffer)) != 0)
+        try
         {
+            if (Statx(AtCurrentDirectory, $"/proc/{processId}/fd", 0, StatxSize, ref MemoryMarshal.GetReference(buffer)) != 0)
+            {
+                return null;
+            }
+        }
+        catch (EntryPointNotFoundException)
+        {
+            s_noStatx = true; // A C library without statx (glibc before 2.28): the listing, from now on.
             return null;
         }
 

@@ -6,20 +6,20 @@ namespace DriverIsolation.Tests;
 public sealed class OpenDescriptorsTests
 {
     [Fact]
-    public void CountOfAProcess_IsWhatItsFdDirectoryLists_FromOneStatOnKernelsThatGiveIt()
+    public async Task CountOfAProcess_IsWhatItsFdDirectoryLists_FromOneStatOnKernelsThatGiveIt()
     {
-        // A child whose descriptors stay put while both counts are taken: sleep, its three
-        // standard streams redirected (pipes) and whatever else it was started with.
-        using var child = Process.Start(new ProcessStartInfo("sleep", "600")
+        // A child whose descriptors stay put while both are counted: a shell that opens one more
+        // file, says so, and waits for a line that never comes (it ends when its stdin closes).
+        using var child = Process.Start(new ProcessStartInfo("sh", ["-c", "exec 3</dev/null; echo ready; read line"])
         {
             RedirectStandardInput = true,
             RedirectStandardOutput = true,
-            RedirectStandardError = true,
         })!;
         try
         {
+            Assert.Equal("ready", await child.StandardOutput.ReadLineAsync().Bounded());
             var listed = Directory.EnumerateFileSystemEntries($"/proc/{child.Id}/fd").Count();
-            Assert.True(listed >= 3, $"{listed} descriptors listed");
+            Assert.True(listed >= 4, $"{listed} descriptors listed"); // 0, 1, 2 and 3 at least
             Assert.Equal(listed, OpenDescriptors.Count(child.Id));
             Assert.Equal(listed, HostUsage.Of(child.Id)?.Handles);
 
@@ -32,7 +32,7 @@ public sealed class OpenDescriptorsTests
         finally
         {
             child.Kill(entireProcessTree: true);
-            child.WaitForExit();
+            await child.WaitForExitAsync().Bounded();
         }
 
         // Once it is gone: no count, and no usage.
