@@ -57,12 +57,19 @@ internal static class ControlPipe
 
     /// <summary>PIDs of the kernels serving on this machine, from their control pipes (on Unix a
     /// named pipe is a socket file in the temp directory).</summary>
-    public static IReadOnlyList<int> Serving()
+    public static IReadOnlyList<int> Serving() => Serving(Path.GetTempPath());
+
+    /// <summary>The PIDs of the control pipes in <paramref name="directory"/> whose kernel is still
+    /// the process of that PID. A kernel that was killed leaves its socket file behind, and the
+    /// system may since have given its PID to another process (or a thread): that one started
+    /// after the file was made, so the file is not its.</summary>
+    internal static IReadOnlyList<int> Serving(string directory)
     {
         var pids = new List<int>();
-        foreach (var path in Directory.EnumerateFiles(Path.GetTempPath(), $"CoreFxPipe_{Prefix}*"))
+        foreach (var path in Directory.EnumerateFiles(directory, $"CoreFxPipe_{Prefix}*"))
         {
-            if (int.TryParse(Path.GetFileName(path)[($"CoreFxPipe_{Prefix}".Length)..], System.Globalization.CultureInfo.InvariantCulture, out var pid) && IsAlive(pid))
+            if (int.TryParse(Path.GetFileName(path)[($"CoreFxPipe_{Prefix}".Length)..], System.Globalization.CultureInfo.InvariantCulture, out var pid)
+                && IsAliveSince(pid, File.GetLastWriteTimeUtc(path)))
             {
                 pids.Add(pid);
             }
@@ -71,16 +78,20 @@ internal static class ControlPipe
         return pids;
     }
 
-    private static bool IsAlive(int pid)
+    // How far a process's start time may seem to be after its own pipe's: the system tells the
+    // start in clock ticks after a boot time it gives to the second.
+    private static readonly TimeSpan StartTimeSlack = TimeSpan.FromSeconds(5);
+
+    private static bool IsAliveSince(int pid, DateTime pipeMadeUtc)
     {
         try
         {
             using var process = System.Diagnostics.Process.GetProcessById(pid);
-            return !process.HasExited;
+            return !process.HasExited && process.StartTime.ToUniversalTime() <= pipeMadeUtc + StartTimeSlack;
         }
-        catch (ArgumentException)
+        catch (Exception ex) when (ex is ArgumentException or InvalidOperationException or System.ComponentModel.Win32Exception)
         {
-            return false;
+            return false; // No such process, or it ended while being looked at.
         }
     }
 }
