@@ -1,5 +1,4 @@
 using System.Diagnostics;
-using System.Net.Sockets;
 using DriverIsolation.Cli.Control;
 
 namespace DriverIsolation.Tests;
@@ -10,21 +9,20 @@ public sealed class ControlPipeTests : IDisposable
     private readonly List<Process> _processes = [];
 
     [Fact]
-    public async Task Serving_IsThePipesSomethingListensOn_NotOnesLeftByAKilledKernelWhosePidWasGivenAgain_NorDeadOnes()
+    public async Task Serving_IsThePipesWhoseProcessMadeThem_NotOnesLeftBeforeTheirPidWasGivenAgain_NorDeadOnes()
     {
         var kernel = Start("sleep", "600");
         var newcomer = Start("sleep", "600");
         var gone = Start("true");
         await gone.WaitForExitAsync().Bounded();
 
-        // A serving kernel listens on its pipe; a killed kernel's socket file stays behind with
-        // nothing listening, and its PID may since have been given to another process.
-        using var listening = Listen(kernel.Id);
-        LeaveBehind(newcomer.Id);
-        LeaveBehind(gone.Id);
+        // A kernel's own pipe is made after it starts; a killed kernel's pipe stays behind, and its
+        // PID may since have been given to a process that started long after it.
+        Pipe(kernel.Id, DateTime.UtcNow);
+        Pipe(newcomer.Id, DateTime.UtcNow - TimeSpan.FromHours(1));
+        Pipe(gone.Id, DateTime.UtcNow);
         File.WriteAllText(Path.Combine(_directory, $"CoreFxPipe_{ControlPipe.Prefix}not-a-pid"), "");
 
-        Assert.True(File.Exists(PathFor(newcomer.Id)));
         Assert.Equal([kernel.Id], ControlPipe.Serving(_directory));
     }
 
@@ -51,22 +49,10 @@ public sealed class ControlPipeTests : IDisposable
         return process;
     }
 
-    private string PathFor(int pid) => Path.Combine(_directory, $"CoreFxPipe_{ControlPipe.Prefix}{pid}");
-
-    private Socket Listen(int pid, string? path = null)
+    private void Pipe(int pid, DateTime madeUtc)
     {
-        var socket = new Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified);
-        socket.Bind(new UnixDomainSocketEndPoint(path ?? PathFor(pid)));
-        socket.Listen();
-        return socket;
-    }
-
-    /// <summary>A socket file nothing listens on, as a killed kernel leaves it (a socket closed
-    /// here would remove its file: it is moved away from under the socket first).</summary>
-    private void LeaveBehind(int pid)
-    {
-        var bound = Path.Combine(_directory, $"bound-{pid}");
-        using var socket = Listen(pid, bound);
-        File.Move(bound, PathFor(pid));
+        var path = Path.Combine(_directory, $"CoreFxPipe_{ControlPipe.Prefix}{pid}");
+        File.WriteAllText(path, "");
+        File.SetLastWriteTimeUtc(path, madeUtc);
     }
 }

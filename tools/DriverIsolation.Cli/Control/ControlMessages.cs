@@ -59,17 +59,17 @@ internal static class ControlPipe
     /// named pipe is a socket file in the temp directory).</summary>
     public static IReadOnlyList<int> Serving() => Serving(Path.GetTempPath());
 
-    /// <summary>The PIDs of the control pipes in <paramref name="directory"/> that a live process
-    /// still listens on. A kernel that was killed leaves its socket file behind, and the system may
-    /// since have given its PID to another process: the file is there and the PID alive, but a
-    /// connection to the file is refused.</summary>
+    /// <summary>The PIDs of the control pipes in <paramref name="directory"/> whose kernel is still
+    /// the process of that PID. A kernel that was killed leaves its socket file behind, and the
+    /// system may since have given its PID to another process (or a thread): that one started
+    /// after the file was made, so the file is not its.</summary>
     internal static IReadOnlyList<int> Serving(string directory)
     {
         var pids = new List<int>();
         foreach (var path in Directory.EnumerateFiles(directory, $"CoreFxPipe_{Prefix}*"))
         {
             if (int.TryParse(Path.GetFileName(path)[($"CoreFxPipe_{Prefix}".Length)..], System.Globalization.CultureInfo.InvariantCulture, out var pid)
-                && IsAlive(pid) && Listens(path))
+                && IsAliveSince(pid, File.GetLastWriteTimeUtc(path)))
             {
                 pids.Add(pid);
             }
@@ -78,39 +78,20 @@ internal static class ControlPipe
         return pids;
     }
 
-    private static bool IsAlive(int pid)
+    // How far a process's start time may seem to be after its own pipe's: the system tells the
+    // start in clock ticks after a boot time it gives to the second.
+    private static readonly TimeSpan StartTimeSlack = TimeSpan.FromSeconds(5);
+
+    private static bool IsAliveSince(int pid, DateTime pipeMadeUtc)
     {
         try
         {
             using var process = System.Diagnostics.Process.GetProcessById(pid);
-            return !process.HasExited;
+            return !process.HasExited && process.StartTime.ToUniversalTime() <= pipeMadeUtc + StartTimeSlack;
         }
-        catch (ArgumentException)
+        catch (Exception ex) when (ex is ArgumentException or InvalidOperationException or System.ComponentModel.Win32Exception)
         {
-            return false;
-        }
-    }
-
-    /// <summary>Whether something listens on the socket file (the kernel answers the empty
-    /// connection with "empty request", as any bad request).</summary>
-    private static bool Listens(string path)
-    {
-        using var socket = new System.Net.Sockets.Socket(System.Net.Sockets.AddressFamily.Unix, System.Net.Sockets.SocketType.Stream, System.Net.Sockets.ProtocolType.Unspecified)
-        {
-            Blocking = false,
-        };
-        try
-        {
-            socket.Connect(new System.Net.Sockets.UnixDomainSocketEndPoint(path));
-            return true;
-        }
-        catch (System.Net.Sockets.SocketException ex) when (ex.SocketErrorCode is System.Net.Sockets.SocketError.WouldBlock or System.Net.Sockets.SocketError.InProgress)
-        {
-            return true; // Listening, with its queue of connections full.
-        }
-        catch (System.Net.Sockets.SocketException)
-        {
-            return false; // Refused: nothing listens on it any more.
+            return false; // No such process, or it ended while being looked at.
         }
     }
 }
