@@ -375,6 +375,19 @@ public sealed class FrameConnection : IAsyncDisposable
     /// <summary>True once this side sends on a shared-memory ring.</summary>
     public bool UsesRing => _sendRing is not null;
 
+    /// <summary>True if the peer's next frame is already in the ring: the next
+    /// <see cref="ReadAsync"/> returns without waiting (or throws for a malformed frame).</summary>
+    public bool FrameWaiting
+    {
+        get
+        {
+            lock (_ringGate)
+            {
+                return _receiveRing is { } ring && ring.HasData;
+            }
+        }
+    }
+
     /// <summary>
     /// Kernel side: creates the two rings in a new owner-only file in <paramref name="directory"/>,
     /// tells the peer (<see cref="UseRing"/>, on the pipe) and from then on sends on the ring. The

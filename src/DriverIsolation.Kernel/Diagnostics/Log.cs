@@ -59,6 +59,9 @@ internal static partial class Log
     [LoggerMessage(3001, LogLevel.Warning, "Verifier: refused a {What} of IRP {IrpId} from {Host}: {Reason}")]
     public static partial void CompletionRefused(ILogger logger, string what, long irpId, string host, string reason);
 
+    [LoggerMessage(3005, LogLevel.Error, "Work a caller's continuation left to host {Host}'s reader failed")]
+    public static partial void BatchFlushFailed(ILogger logger, Exception exception, string host);
+
     [LoggerMessage(3002, LogLevel.Warning, "IRP {IrpId} ({Major} to {Device}) passed its deadline of {Timeout}")]
     public static partial void IrpTimedOut(ILogger logger, long irpId, MajorFunction major, string device, TimeSpan timeout);
 

@@ -131,7 +131,16 @@ internal sealed class ProcessHostChannel : IHostChannel
         }
 
         Interlocked.Increment(ref _completedInline);
-        InlineCompletion.Run(irp);
+        CompletionBatch.Open();
+        try
+        {
+            InlineCompletion.Run(irp);
+        }
+        finally
+        {
+            CompletionBatch.Close();
+        }
+
         lock (_readerGate)
         {
             // Handed off meanwhile: the running marker is the next reader's now, not this one's.
@@ -146,6 +155,11 @@ internal sealed class ProcessHostChannel : IHostChannel
     }
 
     private long _completedInline;
+
+    /// <summary>Runs what callers' continuations left to this reader (<see cref="CompletionBatch"/>).</summary>
+    private void FlushBatch() => CompletionBatch.Flush(_flushFailed ??= ex => Log.BatchFlushFailed(_logger, ex, Name));
+
+    private Action<Exception>? _flushFailed;
 
     /// <summary>Callers' continuations run on this host's reader so far (<see cref="KernelOptions.InlineCompletions"/>).</summary>
     public long CompletedInline => Interlocked.Read(ref _completedInline);
@@ -455,6 +469,12 @@ internal sealed class ProcessHostChannel : IHostChannel
                     return;
                 }
 
+                // What the continuations left waits for the frames already behind them, no longer.
+                if (CompletionBatch.Pending && !_connection.FrameWaiting)
+                {
+                    FlushBatch();
+                }
+
                 if (!go)
                 {
                     break;
@@ -477,6 +497,8 @@ internal sealed class ProcessHostChannel : IHostChannel
         }
         finally
         {
+            FlushBatch();
+
             // A host without its pipe is of no use to anyone: make sure it is gone.
             if (!handedOff && !_process.HasExited)
             {

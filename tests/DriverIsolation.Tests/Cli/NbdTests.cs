@@ -73,11 +73,16 @@ public sealed class NbdTests : IDisposable
         Assert.DoesNotContain("unexpected error", serve.Output, StringComparison.Ordinal);
     }
 
-    [Fact]
-    public async Task Serve_FioVerifyWhileTheStorageHostIsKilled_NoVerifyErrorsAndEveryKillHidden()
+    /// <param name="runToCompletion">Also with routines and continuations on the rings' readers,
+    /// where a burst of replies is sent at once (<see cref="DriverIsolation.Kernel.CompletionBatch"/>).</param>
+    [Theory]
+    [InlineData(false)]
+    [InlineData(true)]
+    public async Task Serve_FioVerifyWhileTheStorageHostIsKilled_NoVerifyErrorsAndEveryKillHidden(bool runToCompletion)
     {
         await NbdTools.EnsureAsync();
-        await using var serve = await ServeProcess.StartAsync("--nbd", "127.0.0.1:0", "--chaos-kill-every", "300ms");
+        string[] mode = runToCompletion ? ["--transport", "ring", "--run-to-completion"] : [];
+        await using var serve = await ServeProcess.StartAsync(["--nbd", "127.0.0.1:0", "--chaos-kill-every", "300ms", .. mode]);
         var killsBefore = serve.Count("Chaos: killing VBlock");
 
         // The same verified job again until the host has been killed at least five times while

@@ -646,8 +646,9 @@ internal sealed class NbdServer(Microkernel kernel, IPEndPoint endpoint, Action<
 
     /// <summary>
     /// A connection's replies, each holding its request's slot until it is out. The thread that
-    /// finishes a request sends its reply at once if no other is sending; otherwise it leaves it
-    /// to that one and returns, so however slowly a client reads, at most one thread per
+    /// finishes a request sends its reply at once if no other is sending (a host's reader once it
+    /// has handled the completions already waiting for it, so that a burst of replies goes out in
+    /// one send); otherwise it leaves it to that one and returns, so however slowly a client reads, at most one thread per
     /// connection waits on its socket, and never the connection's reader (a reply finished on it
     /// is sent from the pool), which goes on taking requests as long as there are slots.
     /// </summary>
@@ -691,41 +692,41 @@ internal sealed class NbdServer(Microkernel kernel, IPEndPoint endpoint, Action<
             {
                 ThreadPool.UnsafeQueueUserWorkItem(static writer => writer.Drain(), this, preferLocal: false);
             }
-            else
+            else if (!CompletionBatch.TryDefer(_drain ??= Drain))
             {
                 Drain();
             }
         }
 
+        private Action? _drain;
+        private readonly List<ArraySegment<byte>> _batch = [];
+        private readonly List<byte[]> _batchReplies = [];
+
+        /// <summary>Sends what is queued, all that is there in one send (a host's reader leaves
+        /// its replies until it has handled the completions already waiting, see
+        /// <see cref="CompletionBatch"/>), until the queue is empty.</summary>
         private void Drain()
         {
             while (true)
             {
-                byte[] next;
                 lock (_gate)
                 {
-                    if (!_queued.TryDequeue(out next!))
+                    if (_queued.Count == 0)
                     {
                         _sending = false;
                         return;
+                    }
+
+                    while (_queued.TryDequeue(out var reply))
+                    {
+                        _batchReplies.Add(reply);
+                        _batch.Add(reply);
                     }
                 }
 
                 try
                 {
-                    // Each send waits at most the socket's send timeout; a reply that is still not
-                    // out after that long ends the connection (a client taking a byte now and then
-                    // cannot hold this thread for longer than two timeouts).
-                    var started = Environment.TickCount64;
-                    for (var sent = 0; sent < next.Length;)
-                    {
-                        if (sent > 0 && Environment.TickCount64 - started > socket.SendTimeout)
-                        {
-                            throw new SocketException((int)SocketError.TimedOut);
-                        }
-
-                        sent += socket.Send(next, sent, next.Length - sent, SocketFlags.None);
-                    }
+                    SendAll();
                 }
                 catch (Exception ex) when (ex is SocketException or ObjectDisposedException)
                 {
@@ -734,12 +735,14 @@ internal sealed class NbdServer(Microkernel kernel, IPEndPoint endpoint, Action<
                     {
                         _broken = true;
                         _sending = false;
-                        dropped = _queued.Count;
+                        dropped = _queued.Count + _batchReplies.Count;
                         _queued.Clear();
                         Failure = ex.Message;
                     }
 
-                    slots.Release(dropped + 1);
+                    _batch.Clear();
+                    _batchReplies.Clear();
+                    slots.Release(dropped);
                     try
                     {
                         // The reader wakes and ends the connection.
@@ -753,7 +756,45 @@ internal sealed class NbdServer(Microkernel kernel, IPEndPoint endpoint, Action<
                     return;
                 }
 
-                slots.Release();
+                var count = _batchReplies.Count;
+                _batch.Clear();
+                _batchReplies.Clear();
+                slots.Release(count);
+            }
+        }
+
+        /// <summary>Sends every byte of the batch. Each send waits at most the socket's send
+        /// timeout; a batch that is still not out after that long ends the connection (a client
+        /// taking a byte now and then cannot hold this thread for longer than two timeouts).</summary>
+        private void SendAll()
+        {
+            var started = Environment.TickCount64;
+            var first = true;
+            while (_batch.Count > 0)
+            {
+                if (!first && Environment.TickCount64 - started > socket.SendTimeout)
+                {
+                    throw new SocketException((int)SocketError.TimedOut);
+                }
+
+                first = false;
+                var sent = _batch.Count == 1
+                    ? socket.Send(_batch[0].Array!, _batch[0].Offset, _batch[0].Count, SocketFlags.None)
+                    : socket.Send(_batch, SocketFlags.None);
+
+                // Drop what went out: whole replies, then the sent part of the next.
+                var whole = 0;
+                while (whole < _batch.Count && sent >= _batch[whole].Count)
+                {
+                    sent -= _batch[whole].Count;
+                    whole++;
+                }
+
+                _batch.RemoveRange(0, whole);
+                if (sent > 0)
+                {
+                    _batch[0] = _batch[0][sent..];
+                }
             }
         }
     }
