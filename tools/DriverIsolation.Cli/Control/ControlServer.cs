@@ -15,9 +15,9 @@ internal sealed class ControlServer(Microkernel kernel, LiveStatistics? statisti
 
     public async Task RunAsync(CancellationToken cancellationToken)
     {
-        while (!cancellationToken.IsCancellationRequested)
+        var pipe = Interlocked.Exchange(ref _first, null) ?? Listen();
+        while (true)
         {
-            var pipe = Interlocked.Exchange(ref _first, null) ?? Listen();
             try
             {
                 await pipe.WaitForConnectionAsync(cancellationToken).ConfigureAwait(false);
@@ -28,7 +28,13 @@ internal sealed class ControlServer(Microkernel kernel, LiveStatistics? statisti
                 return;
             }
 
+            // The next instance listens before this connection is served: on Unix the instances
+            // share one socket, closed with the last of them, and a connection answered (or
+            // dropped by its client) at once would otherwise take it down for a moment, and a
+            // client connecting then would be refused or reset.
+            var next = Listen();
             _ = ServeAsync(pipe);
+            pipe = next;
         }
     }
 
