@@ -9,63 +9,87 @@ namespace DriverIsolation.Kernel;
 /// <remarks>
 /// A reader flushes what was left to it before it waits for the host's next frame, and when it
 /// ends; it leaves the work only while it knows the next frame is already there (so a flush is
-/// never later than the frames already written behind the completion). Anywhere else (a
-/// continuation on the thread pool, a reader with nothing queued behind), <see cref="TryDefer"/>
-/// says no and the caller does the work at once.
+/// never later than the frames already written behind the completion). A reader that a
+/// continuation holds past the stall time is handed off: what was left to it is then run on the
+/// thread pool at once, not when the continuation lets go. Anywhere else (a continuation on the
+/// thread pool), <see cref="TryDefer"/> says no and the caller does the work at once.
 /// </remarks>
-public static class CompletionBatch
+public sealed class CompletionBatch
 {
     [ThreadStatic]
-    private static bool t_open;
+    private static CompletionBatch? t_current;
 
-    [ThreadStatic]
-    private static List<Action>? t_left;
+    private readonly Lock _gate = new();
+    private List<Action> _left = [];
+    private List<Action>? _spare = [];
 
     /// <summary>
-    /// True if this thread is a host's reader running a caller's continuation: it will run
-    /// <paramref name="flush"/> once it has handled the frames already waiting for it. False
+    /// True if this thread is a host's reader running a caller's continuation: the reader will
+    /// run <paramref name="flush"/> once it has handled the frames already waiting for it. False
     /// otherwise; the caller does the work itself then.
     /// </summary>
     public static bool TryDefer(Action flush)
     {
         ArgumentNullException.ThrowIfNull(flush);
-        if (!t_open)
+        if (t_current is not { } batch)
         {
             return false;
         }
 
-        (t_left ??= []).Add(flush);
+        lock (batch._gate)
+        {
+            batch._left.Add(flush);
+        }
+
         return true;
     }
 
-    /// <summary>Continuations run on this thread from now may leave work to it.</summary>
-    internal static void Open() => t_open = true;
+    /// <summary>Continuations run on this thread from now leave their work to this batch.</summary>
+    internal void Enter() => t_current = this;
 
-    /// <summary>No more: what continuations leave from now is theirs to do.</summary>
-    internal static void Close() => t_open = false;
+    /// <summary>No more: what continuations on this thread leave from now is theirs to do.</summary>
+    internal static void Leave() => t_current = null;
 
-    /// <summary>Whether work was left on this thread.</summary>
-    internal static bool Pending => t_left is { Count: > 0 };
-
-    /// <summary>Runs what was left on this thread, in the order it was left. A flush that throws
-    /// does not keep the others from running; its exception is reported to <paramref name="failed"/>.</summary>
-    internal static void Flush(Action<Exception> failed)
+    /// <summary>Whether work was left and not run yet.</summary>
+    internal bool Pending
     {
-        if (t_left is not { Count: > 0 } left)
+        get
         {
-            return;
+            lock (_gate)
+            {
+                return _left.Count > 0;
+            }
+        }
+    }
+
+    /// <summary>Runs what was left so far, in the order it was left, each once (whichever thread
+    /// flushes takes it). A flush that throws does not keep the others from running; its
+    /// exception goes to <paramref name="failed"/>.</summary>
+    internal void Flush(Action<Exception> failed)
+    {
+        List<Action> run;
+        lock (_gate)
+        {
+            if (_left.Count == 0)
+            {
+                return;
+            }
+
+            run = _left;
+            _left = _spare ?? [];
+            _spare = null;
         }
 
-        // A flush may itself finish work that defers (it runs outside the batch: Close first).
-        var open = t_open;
-        t_open = false;
+        // Work finished during a flush is done there and then (outside any batch).
+        var outer = t_current;
+        t_current = null;
         try
         {
-            for (var i = 0; i < left.Count; i++)
+            foreach (var flush in run)
             {
                 try
                 {
-                    left[i]();
+                    flush();
                 }
 #pragma warning disable CA1031 // One caller's failed flush must not lose the others', nor the reader.
                 catch (Exception ex)
@@ -77,8 +101,12 @@ public static class CompletionBatch
         }
         finally
         {
-            left.Clear();
-            t_open = open;
+            t_current = outer;
+            run.Clear();
+            lock (_gate)
+            {
+                _spare ??= run;
+            }
         }
     }
 }

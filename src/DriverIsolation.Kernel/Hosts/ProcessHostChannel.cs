@@ -96,7 +96,7 @@ internal sealed class ProcessHostChannel : IHostChannel
             }
         }
 
-        _ = DoReceiveAsync(0);
+        _ = DoReceiveAsync(0, _readerBatch);
         _ = WatchProcessAsync();
     }
 
@@ -109,6 +109,9 @@ internal sealed class ProcessHostChannel : IHostChannel
     private TimeSpan _watchPeriod;
     private long _inlineSince;
     private int _readerGeneration;
+
+    /// <summary>What continuations left to the current reader (a new one for each reader).</summary>
+    private CompletionBatch _readerBatch = new();
     private long _handoffs;
 
     /// <summary>How many times a caller's continuation held this host's reader so long that
@@ -117,7 +120,7 @@ internal sealed class ProcessHostChannel : IHostChannel
 
     /// <summary>Completes a caller's IRP on the reader (its continuation runs here); true if this
     /// reader still reads when it returns.</summary>
-    private bool CompleteInline(KernelIrp irp, int generation)
+    private bool CompleteInline(KernelIrp irp, int generation, CompletionBatch batch)
     {
         lock (_readerGate)
         {
@@ -131,14 +134,14 @@ internal sealed class ProcessHostChannel : IHostChannel
         }
 
         Interlocked.Increment(ref _completedInline);
-        CompletionBatch.Open();
+        batch.Enter();
         try
         {
             InlineCompletion.Run(irp);
         }
         finally
         {
-            CompletionBatch.Close();
+            CompletionBatch.Leave();
         }
 
         lock (_readerGate)
@@ -157,7 +160,7 @@ internal sealed class ProcessHostChannel : IHostChannel
     private long _completedInline;
 
     /// <summary>Runs what callers' continuations left to this reader (<see cref="CompletionBatch"/>).</summary>
-    private void FlushBatch() => CompletionBatch.Flush(_flushFailed ??= ex => Log.BatchFlushFailed(_logger, ex, Name));
+    private void FlushBatch(CompletionBatch batch) => batch.Flush(_flushFailed ??= ex => Log.BatchFlushFailed(_logger, ex, Name));
 
     private Action<Exception>? _flushFailed;
 
@@ -170,6 +173,7 @@ internal sealed class ProcessHostChannel : IHostChannel
     private void CheckStall()
     {
         int next;
+        CompletionBatch stalled, batch;
         lock (_readerGate)
         {
             if (!_inlineRunning)
@@ -189,10 +193,13 @@ internal sealed class ProcessHostChannel : IHostChannel
             _inlineRunning = false;
             next = ++_readerGeneration;
             Interlocked.Increment(ref _handoffs);
+            (stalled, batch) = (_readerBatch, _readerBatch = new CompletionBatch());
         }
 
-        // On the pool, not on the clock's thread (nor in whatever context its caller has).
-        ThreadPool.UnsafeQueueUserWorkItem(static s => _ = s.Channel.DoReceiveAsync(s.Next), (Channel: this, Next: next), preferLocal: false);
+        // On the pool, not on the clock's thread (nor in whatever context its caller has). What
+        // earlier continuations left to the held reader does not wait for it either.
+        ThreadPool.UnsafeQueueUserWorkItem(static s => _ = s.Channel.DoReceiveAsync(s.Next, s.Batch), (Channel: this, Next: next, Batch: batch), preferLocal: false);
+        ThreadPool.UnsafeQueueUserWorkItem(static s => s.Channel.FlushBatch(s.Stalled), (Channel: this, Stalled: stalled), preferLocal: false);
     }
 
     /// <summary>Starts heartbeats; <paramref name="onWatchdogKill"/> hears why the host was killed.</summary>
@@ -425,7 +432,7 @@ internal sealed class ProcessHostChannel : IHostChannel
     /// continuation holds it past the stall time, <see cref="CheckStall"/> starts the next reader
     /// (generation + 1), and this one ends when the continuation returns: exactly one reads at any
     /// time.</summary>
-    private async Task DoReceiveAsync(int generation)
+    private async Task DoReceiveAsync(int generation, CompletionBatch batch)
     {
         var handedOff = false;
         try
@@ -462,7 +469,7 @@ internal sealed class ProcessHostChannel : IHostChannel
                 }
 
                 // The caller's continuation, outside the lock (it may send, or close its handle).
-                if (finished is not null && !CompleteInline(finished, generation))
+                if (finished is not null && !CompleteInline(finished, generation, batch))
                 {
                     // Held past the stall time: the next reader reads on, and this one is done.
                     handedOff = true;
@@ -470,9 +477,9 @@ internal sealed class ProcessHostChannel : IHostChannel
                 }
 
                 // What the continuations left waits for the frames already behind them, no longer.
-                if (CompletionBatch.Pending && !_connection.FrameWaiting)
+                if (batch.Pending && !_connection.FrameWaiting)
                 {
-                    FlushBatch();
+                    FlushBatch(batch);
                 }
 
                 if (!go)
@@ -497,7 +504,7 @@ internal sealed class ProcessHostChannel : IHostChannel
         }
         finally
         {
-            FlushBatch();
+            FlushBatch(batch);
 
             // A host without its pipe is of no use to anyone: make sure it is gone.
             if (!handedOff && !_process.HasExited)

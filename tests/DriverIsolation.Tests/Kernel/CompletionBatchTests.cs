@@ -1,4 +1,5 @@
 using DriverIsolation.Kernel;
+using Microsoft.Extensions.Time.Testing;
 
 namespace DriverIsolation.Tests;
 
@@ -11,25 +12,26 @@ namespace DriverIsolation.Tests;
 public sealed class CompletionBatchTests
 {
     [Fact]
-    public Task OnlyAnOpenBatchTakesWork_AndAFlushRunsItInOrder_OnceEach() => OnOwnThread(() =>
+    public Task OnlyAThreadInABatchLeavesWork_AndAFlushRunsItInOrder_OnceEach() => OnOwnThread(() =>
     {
         var ran = new List<string>();
+        var batch = new CompletionBatch();
         Assert.False(CompletionBatch.TryDefer(() => ran.Add("before")));
 
-        CompletionBatch.Open();
+        batch.Enter();
         Assert.True(CompletionBatch.TryDefer(() => ran.Add("a")));
         Assert.True(CompletionBatch.TryDefer(() => ran.Add("b")));
-        CompletionBatch.Close();
-        Assert.False(CompletionBatch.TryDefer(() => ran.Add("closed")));
-        Assert.True(CompletionBatch.Pending);
+        CompletionBatch.Leave();
+        Assert.False(CompletionBatch.TryDefer(() => ran.Add("left")));
+        Assert.True(batch.Pending);
         Assert.Empty(ran);
 
-        CompletionBatch.Flush(ex => throw new InvalidOperationException("no flush fails here", ex));
+        batch.Flush(ex => throw new InvalidOperationException("no flush fails here", ex));
         Assert.Equal(["a", "b"], ran);
-        Assert.False(CompletionBatch.Pending);
+        Assert.False(batch.Pending);
 
         // Nothing left: a second flush runs nothing again.
-        CompletionBatch.Flush(ex => throw new InvalidOperationException("no flush fails here", ex));
+        batch.Flush(ex => throw new InvalidOperationException("no flush fails here", ex));
         Assert.Equal(["a", "b"], ran);
     });
 
@@ -38,24 +40,25 @@ public sealed class CompletionBatchTests
     {
         var ran = new List<string>();
         var failures = new List<Exception>();
-        CompletionBatch.Open();
+        var batch = new CompletionBatch();
+        batch.Enter();
         Assert.True(CompletionBatch.TryDefer(() => throw new InvalidOperationException("broken")));
         Assert.True(CompletionBatch.TryDefer(() =>
         {
-            // A flush that finishes more work does it itself: the batch is closed while it flushes.
+            // A flush that finishes more work does it itself: no batch takes work during a flush.
             ran.Add(CompletionBatch.TryDefer(() => ran.Add("left during the flush")) ? "deferred" : "done at once");
         }));
         Assert.True(CompletionBatch.TryDefer(() => ran.Add("last")));
 
-        CompletionBatch.Flush(failures.Add);
+        batch.Flush(failures.Add);
         Assert.Equal(["done at once", "last"], ran);
         Assert.Equal("broken", Assert.Single(failures).Message);
-        Assert.False(CompletionBatch.Pending);
+        Assert.False(batch.Pending);
 
-        // The batch is open again after the flush, as it was before it.
+        // The thread is in the batch again after the flush, as it was before it.
         Assert.True(CompletionBatch.TryDefer(() => ran.Add("after")));
-        CompletionBatch.Close();
-        CompletionBatch.Flush(failures.Add);
+        CompletionBatch.Leave();
+        batch.Flush(failures.Add);
         Assert.Equal(["done at once", "last", "after"], ran);
     });
 
@@ -131,6 +134,64 @@ public sealed class CompletionBatchTests
         await allDone.Task.Bounded();
         Assert.Equal(64, Volatile.Read(ref done));
         Assert.Equal(0, kernel.OutstandingIrps);
+    });
+
+    [Fact]
+    public Task WorkLeftToAReaderThatAContinuationHolds_RunsOnThePoolOnceTheReaderIsHandedOff_NotWhenItLetsGo() => Task.Run(async () =>
+    {
+        var time = new FakeTimeProvider();
+        await using var kernel = new Microkernel(new KernelOptions
+        {
+            HeartbeatPeriod = null,
+            InlineCompletions = true,
+            Transport = Transport.Ring,
+            WarmPoolSize = 0,
+            InlineStall = TimeSpan.FromMilliseconds(20),
+        }, timeProvider: time);
+        await kernel.StartAsync([TestManifests.Sample("Null")], IsolationModel.Process).Bounded();
+        await using var nul = await kernel.OpenAsync(@"\??\NUL").Bounded();
+        await Task.Yield();
+
+        // A continuation on the reader leaves work to it, then holds it.
+        using var release = new ManualResetEventSlim();
+        var left = new TaskCompletionSource<bool>(TaskCreationOptions.RunContinuationsAsynchronously);
+        Task<IoResult>? held = null;
+        for (var attempt = 0; held is null; attempt++)
+        {
+            Assert.True(attempt < 100, "no read's continuation ran on the kernel's reader in 100 attempts");
+            var holding = new TaskCompletionSource<bool>(TaskCreationOptions.RunContinuationsAsynchronously);
+            var read = Task.Run(async () =>
+            {
+                var result = await nul.ReadAsync(new byte[512]);
+                var deferred = CompletionBatch.TryDefer(() => left.TrySetResult(release.IsSet));
+                holding.TrySetResult(deferred);
+                if (deferred)
+                {
+                    release.Wait(TimeSpan.FromSeconds(60));
+                }
+
+                return result;
+            });
+            if (await holding.Task.Bounded())
+            {
+                held = read;
+            }
+            else
+            {
+                await read.Bounded();
+            }
+        }
+
+        // Not run while the reader is held, short of the stall time...
+        time.Advance(TimeSpan.FromMilliseconds(19));
+        Assert.False(left.Task.IsCompleted);
+
+        // ...and run at the hand-off, while the continuation still holds the old reader.
+        time.Advance(TimeSpan.FromMilliseconds(1));
+        Assert.False(await left.Task.Bounded(), "the work ran only once the continuation let go");
+        Assert.Equal(1, kernel.ReaderHandoffs("Null"));
+        release.Set();
+        Assert.Equal(NtStatus.Success, (await held.Bounded()).Status);
     });
 
     /// <summary>On a thread of its own: the batch is per thread, and a test must not leave one open on xUnit's.</summary>
