@@ -648,9 +648,10 @@ internal sealed class NbdServer(Microkernel kernel, IPEndPoint endpoint, Action<
     /// A connection's replies, each holding its request's slot until it is out. The thread that
     /// finishes a request sends its reply at once if no other is sending (a host's reader once it
     /// has handled the completions already waiting for it, so that a burst of replies goes out in
-    /// one send); otherwise it leaves it to that one and returns, so however slowly a client reads, at most one thread per
-    /// connection waits on its socket, and never the connection's reader (a reply finished on it
-    /// is sent from the pool), which goes on taking requests as long as there are slots.
+    /// one send); otherwise it leaves it to that one and returns, so however slowly a client
+    /// reads, at most one thread per connection waits on its socket, and never the connection's
+    /// reader (a reply finished on it is sent from the pool), which goes on taking requests as
+    /// long as there are slots.
     /// </summary>
     private sealed class ReplyWriter(Socket socket, SemaphoreSlim slots)
     {
