@@ -50,17 +50,10 @@ public sealed class CompletionBatch
     /// <summary>No more: what continuations on this thread leave from now is theirs to do.</summary>
     internal static void Leave() => t_current = null;
 
-    /// <summary>Whether work was left and not run yet.</summary>
-    internal bool Pending
-    {
-        get
-        {
-            lock (_gate)
-            {
-                return _left.Count > 0;
-            }
-        }
-    }
+    /// <summary>Whether work was left and not run yet. Read without the lock, once per frame: only
+    /// the reader itself adds to its batch until it is handed off, and a reader that sees false
+    /// wrongly still flushes when it ends.</summary>
+    internal bool Pending => Volatile.Read(ref _left).Count > 0;
 
     /// <summary>Runs what was left so far, in the order it was left, each once (whichever thread
     /// flushes takes it). A flush that throws does not keep the others from running; its

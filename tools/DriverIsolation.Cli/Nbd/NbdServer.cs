@@ -701,7 +701,6 @@ internal sealed class NbdServer(Microkernel kernel, IPEndPoint endpoint, Action<
 
         private Action? _drain;
         private readonly List<ArraySegment<byte>> _batch = [];
-        private readonly List<byte[]> _batchReplies = [];
 
         /// <summary>Sends what is queued, all that is there in one send (a host's reader leaves
         /// its replies until it has handled the completions already waiting, see
@@ -710,6 +709,7 @@ internal sealed class NbdServer(Microkernel kernel, IPEndPoint endpoint, Action<
         {
             while (true)
             {
+                int replies;
                 lock (_gate)
                 {
                     if (_queued.Count == 0)
@@ -718,9 +718,9 @@ internal sealed class NbdServer(Microkernel kernel, IPEndPoint endpoint, Action<
                         return;
                     }
 
+                    replies = _queued.Count;
                     while (_queued.TryDequeue(out var reply))
                     {
-                        _batchReplies.Add(reply);
                         _batch.Add(reply);
                     }
                 }
@@ -736,13 +736,12 @@ internal sealed class NbdServer(Microkernel kernel, IPEndPoint endpoint, Action<
                     {
                         _broken = true;
                         _sending = false;
-                        dropped = _queued.Count + _batchReplies.Count;
+                        dropped = _queued.Count + replies;
                         _queued.Clear();
                         Failure = ex.Message;
                     }
 
                     _batch.Clear();
-                    _batchReplies.Clear();
                     slots.Release(dropped);
                     try
                     {
@@ -757,10 +756,7 @@ internal sealed class NbdServer(Microkernel kernel, IPEndPoint endpoint, Action<
                     return;
                 }
 
-                var count = _batchReplies.Count;
-                _batch.Clear();
-                _batchReplies.Clear();
-                slots.Release(count);
+                slots.Release(replies); // SendAll left the batch empty.
             }
         }
 
