@@ -9,7 +9,44 @@ public sealed class ControlPipeTests : IDisposable
     private readonly List<Process> _processes = [];
 
     [Fact]
-    public async Task Serving_IsThePipesWhoseProcessMadeThem_NotOnesLeftBeforeTheirPidWasGivenAgain_NorDeadOnes()
+    public async Task Serving_IsThePipesAProcessListensOn_NotFilesLeftBehindWhateverTheirDatesAndPids()
+    {
+        var live = Start("sleep", "600");
+        var gone = Start("true");
+        await gone.WaitForExitAsync().Bounded();
+
+        // A kernel listening on its pipe; a killed kernel's socket file, left behind with the
+        // date of now and the PID of a live process (which the start times would have taken for
+        // its kernel); a socket still bound but not listening; the file of a dead PID.
+        using var serving = Socket(12345, listen: true);
+        LeftBehind(live.Id);
+        File.SetLastWriteTimeUtc(PathFor(live.Id), DateTime.UtcNow + TimeSpan.FromMinutes(1));
+        using var bound = Socket(23456, listen: false);
+        File.WriteAllText(PathFor(gone.Id), "");
+        File.WriteAllText(Path.Combine(_directory, $"CoreFxPipe_{ControlPipe.Prefix}not-a-pid"), "");
+
+        Assert.Equal([12345], ControlPipe.Serving(_directory, File.ReadAllText("/proc/net/unix")));
+        Assert.Contains(live.Id, ControlPipe.Serving(_directory, unixSockets: null));
+    }
+
+    [Fact]
+    public void ListeningPaths_AreTheBoundPathsOfSocketsFlaggedAsAccepting_SpacesKept()
+    {
+        const string table = """
+            Num       RefCount Protocol Flags    Type St Inode Path
+            00000000e62b690d: 00000003 00000000 00000000 0001 03  1141
+            000000006b2f7311: 00000002 00000000 00010000 0001 01 5020988 /tmp/CoreFxPipe_drviso-ctl-42
+            00000000d59f93b8: 00000002 00000000 00000000 0001 01 5020989 /tmp/CoreFxPipe_drviso-ctl-43
+            00000000aa2f7311: 00000002 00000000 00010000 0001 01 5020990 /tmp/a dir/CoreFxPipe_drviso-ctl-44
+            00000000bb2f7311: 00000002 00000000 00010000 0001 01 5020991 @abstract-name
+            """;
+
+        Assert.Equal(["/tmp/CoreFxPipe_drviso-ctl-42", "/tmp/a dir/CoreFxPipe_drviso-ctl-44"],
+            ControlPipe.ListeningPaths(table.ReplaceLineEndings("\n")).Order(StringComparer.Ordinal));
+    }
+
+    [Fact]
+    public async Task WithoutASocketTable_Serving_IsThePipesWhoseProcessMadeThem_NotOnesLeftBeforeTheirPidWasGivenAgain_NorDeadOnes()
     {
         var kernel = Start("sleep", "600");
         var newcomer = Start("sleep", "600");
@@ -23,7 +60,7 @@ public sealed class ControlPipeTests : IDisposable
         Pipe(gone.Id, DateTime.UtcNow);
         File.WriteAllText(Path.Combine(_directory, $"CoreFxPipe_{ControlPipe.Prefix}not-a-pid"), "");
 
-        Assert.Equal([kernel.Id], ControlPipe.Serving(_directory));
+        Assert.Equal([kernel.Id], ControlPipe.Serving(_directory, unixSockets: null));
     }
 
     public void Dispose()
@@ -49,10 +86,38 @@ public sealed class ControlPipeTests : IDisposable
         return process;
     }
 
+    private string PathFor(int pid) => Path.Combine(_directory, $"CoreFxPipe_{ControlPipe.Prefix}{pid}");
+
     private void Pipe(int pid, DateTime madeUtc)
     {
-        var path = Path.Combine(_directory, $"CoreFxPipe_{ControlPipe.Prefix}{pid}");
-        File.WriteAllText(path, "");
-        File.SetLastWriteTimeUtc(path, madeUtc);
+        File.WriteAllText(PathFor(pid), "");
+        File.SetLastWriteTimeUtc(PathFor(pid), madeUtc);
+    }
+
+    /// <summary>The socket file a killed process leaves: bound, never unlinked (a socket
+    /// disposed here deletes its file, so the file is moved away while it is).</summary>
+    private void LeftBehind(int pid)
+    {
+        var aside = PathFor(pid) + ".aside";
+        using (Socket(pid, listen: true))
+        {
+            File.Move(PathFor(pid), aside);
+        }
+
+        File.Move(aside, PathFor(pid));
+    }
+
+    /// <summary>A Unix socket bound at the pipe path of <paramref name="pid"/> (its file stays
+    /// when it is closed, as a killed kernel's does).</summary>
+    private System.Net.Sockets.Socket Socket(int pid, bool listen)
+    {
+        var socket = new System.Net.Sockets.Socket(System.Net.Sockets.AddressFamily.Unix, System.Net.Sockets.SocketType.Stream, System.Net.Sockets.ProtocolType.Unspecified);
+        socket.Bind(new System.Net.Sockets.UnixDomainSocketEndPoint(PathFor(pid)));
+        if (listen)
+        {
+            socket.Listen();
+        }
+
+        return socket;
     }
 }

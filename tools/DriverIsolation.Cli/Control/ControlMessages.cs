@@ -57,25 +57,67 @@ internal static class ControlPipe
 
     /// <summary>PIDs of the kernels serving on this machine, from their control pipes (on Unix a
     /// named pipe is a socket file in the temp directory).</summary>
-    public static IReadOnlyList<int> Serving() => Serving(Path.GetTempPath());
+    public static IReadOnlyList<int> Serving() => Serving(Path.GetTempPath(), ReadUnixSockets());
 
-    /// <summary>The PIDs of the control pipes in <paramref name="directory"/> whose kernel is still
-    /// the process of that PID. A kernel that was killed leaves its socket file behind, and the
-    /// system may since have given its PID to another process (or a thread): that one started
-    /// after the file was made, so the file is not its.</summary>
-    internal static IReadOnlyList<int> Serving(string directory)
+    /// <summary>
+    /// The PIDs of the control pipes in <paramref name="directory"/> that a process is listening
+    /// on. A kernel that was killed leaves its socket file behind, and the system may since have
+    /// given its PID to another process: on Linux the file counts only if the system's table of
+    /// Unix sockets (<paramref name="unixSockets"/>, the text of /proc/net/unix) has a listening
+    /// socket bound to that path, which no process but the kernel that made it can have. Where
+    /// there is no such table (null), a file counts if its PID's process started before the file
+    /// was made (what a wall clock stepped forward can fool).
+    /// </summary>
+    internal static IReadOnlyList<int> Serving(string directory, string? unixSockets)
     {
+        var listening = unixSockets is null ? null : ListeningPaths(unixSockets);
         var pids = new List<int>();
         foreach (var path in Directory.EnumerateFiles(directory, $"CoreFxPipe_{Prefix}*"))
         {
-            if (int.TryParse(Path.GetFileName(path)[($"CoreFxPipe_{Prefix}".Length)..], System.Globalization.CultureInfo.InvariantCulture, out var pid)
-                && IsAliveSince(pid, File.GetLastWriteTimeUtc(path)))
+            if (int.TryParse(Path.GetFileName(path)[($"CoreFxPipe_{Prefix}".Length)..], System.Globalization.NumberStyles.None, System.Globalization.CultureInfo.InvariantCulture, out var pid)
+                && (listening?.Contains(Path.GetFullPath(path)) ?? IsAliveSince(pid, File.GetLastWriteTimeUtc(path))))
             {
                 pids.Add(pid);
             }
         }
 
+        pids.Sort();
         return pids;
+    }
+
+    private static string? ReadUnixSockets()
+    {
+        try
+        {
+            return File.ReadAllText("/proc/net/unix");
+        }
+        catch (Exception ex) when (ex is IOException or UnauthorizedAccessException)
+        {
+            return null; // Not Linux, or no /proc: the start times tell.
+        }
+    }
+
+    // /proc/net/unix: "Num RefCount Protocol Flags Type St Inode Path", one socket a line; a
+    // listening socket has __SO_ACCEPTCON (0x10000) in its flags. The path, last, may hold spaces.
+    private const int AcceptingConnections = 0x10000;
+
+    /// <summary>The paths of the listening sockets in the text of /proc/net/unix.</summary>
+    internal static HashSet<string> ListeningPaths(string unixSockets)
+    {
+        var paths = new HashSet<string>(StringComparer.Ordinal);
+        foreach (var line in unixSockets.Split('\n').Skip(1))
+        {
+            var fields = line.Split(' ', 8, StringSplitOptions.RemoveEmptyEntries);
+            if (fields.Length == 8
+                && int.TryParse(fields[3], System.Globalization.NumberStyles.HexNumber, System.Globalization.CultureInfo.InvariantCulture, out var flags)
+                && (flags & AcceptingConnections) != 0
+                && fields[7].StartsWith('/'))
+            {
+                paths.Add(fields[7]);
+            }
+        }
+
+        return paths;
     }
 
     // How far a process's start time may seem to be after its own pipe's: the system tells the
