@@ -30,6 +30,32 @@ public sealed class ControlPipeTests : IDisposable
     }
 
     [Fact]
+    public async Task RemoveLeftovers_DeletesOnlyPipesOfDeadPidsThatNoOneListensOn()
+    {
+        var live = Start("sleep", "600");
+        var gone = Start("true");
+        await gone.WaitForExitAsync().Bounded();
+        var goneToo = Start("true");
+        await goneToo.WaitForExitAsync().Bounded();
+
+        // Kept: a pipe listened on (its PID dead or not), one bound by a live process that does
+        // not listen yet (a kernel starting), a file that names no PID. Deleted: a dead kernel's
+        // socket file and a plain file with a dead PID.
+        using var serving = Socket(gone.Id, listen: true);
+        using var starting = Socket(live.Id, listen: false);
+        LeftBehind(goneToo.Id);
+        var stray = Path.Combine(_directory, $"CoreFxPipe_{ControlPipe.Prefix}{int.MaxValue}");
+        File.WriteAllText(stray, "");
+        var notAPid = Path.Combine(_directory, $"CoreFxPipe_{ControlPipe.Prefix}not-a-pid");
+        File.WriteAllText(notAPid, "");
+
+        Assert.Equal(0, ControlPipe.RemoveLeftovers(_directory, unixSockets: null));
+        Assert.Equal(2, ControlPipe.RemoveLeftovers(_directory, File.ReadAllText("/proc/net/unix")));
+        Assert.Equal(new[] { PathFor(gone.Id), PathFor(live.Id), notAPid }.Order(StringComparer.Ordinal).ToArray(),
+            Directory.EnumerateFiles(_directory).Order(StringComparer.Ordinal).ToArray());
+    }
+
+    [Fact]
     public void ListeningPaths_AreTheBoundPathsOfSocketsFlaggedAsAccepting_SpacesKept()
     {
         const string table = """

@@ -85,6 +85,57 @@ internal static class ControlPipe
         return pids;
     }
 
+    /// <summary>Deletes the control pipes in the temp directory that killed kernels left behind.</summary>
+    public static int RemoveLeftovers() => RemoveLeftovers(Path.GetTempPath(), ReadUnixSockets());
+
+    /// <summary>
+    /// Deletes the control pipes in <paramref name="directory"/> that no process listens on and
+    /// whose PID is no process at all: a kernel between making its pipe and listening on it is a
+    /// live process, so only what a dead kernel left goes. Without a socket table (null) nothing
+    /// is deleted. Returns how many were.
+    /// </summary>
+    internal static int RemoveLeftovers(string directory, string? unixSockets)
+    {
+        if (unixSockets is null)
+        {
+            return 0;
+        }
+
+        var listening = ListeningPaths(unixSockets);
+        var removed = 0;
+        foreach (var path in Directory.EnumerateFiles(directory, $"CoreFxPipe_{Prefix}*"))
+        {
+            if (int.TryParse(Path.GetFileName(path)[($"CoreFxPipe_{Prefix}".Length)..], System.Globalization.NumberStyles.None, System.Globalization.CultureInfo.InvariantCulture, out var pid)
+                && !listening.Contains(Path.GetFullPath(path)) && !IsProcess(pid))
+            {
+                try
+                {
+                    File.Delete(path);
+                    removed++;
+                }
+                catch (Exception ex) when (ex is IOException or UnauthorizedAccessException)
+                {
+                    // Another user's, or gone already.
+                }
+            }
+        }
+
+        return removed;
+    }
+
+    private static bool IsProcess(int pid)
+    {
+        try
+        {
+            using var process = System.Diagnostics.Process.GetProcessById(pid);
+            return true;
+        }
+        catch (ArgumentException)
+        {
+            return false;
+        }
+    }
+
     private static string? ReadUnixSockets()
     {
         try
