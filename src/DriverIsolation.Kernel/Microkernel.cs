@@ -40,6 +40,7 @@ public sealed class Microkernel : IAsyncDisposable
     public Microkernel(KernelOptions? options = null, ILoggerFactory? loggerFactory = null, TimeProvider? timeProvider = null)
     {
         _options = options ?? new KernelOptions();
+        LeftoverFiles.RemoveOnce(); // What kernels killed before this one left: their memory is RAM.
         _loggerFactory = loggerFactory ?? NullLoggerFactory.Instance;
         _logger = _loggerFactory.CreateLogger("DriverIsolation.Kernel");
         var time = timeProvider ?? TimeProvider.System;

@@ -165,7 +165,6 @@ internal static class ServeCommand
             return 2;
         }
 
-        ControlPipe.RemoveLeftovers(); // What killed kernels left in the temp directory.
         using var control = new ControlServer(kernel, statistics);
         AnsiConsole.MarkupLine($"serving: kernel PID {Microkernel.ProcessId}; control pipe {ControlPipe.NameFor(Microkernel.ProcessId)}; IOMMU {iommuMode.ToString().ToLowerInvariant()}");
         DriversCommand.Print(kernel.GetDrivers().Select(d => new ControlDriver(d.Name, d.State.ToString(), d.Isolation.ToManifestName(), d.ProcessId, d.Restarts, d.Failure)).ToList(), kernel.SafeModeReason);

@@ -1,3 +1,4 @@
+using DriverIsolation.Kernel;
 using System.Text.Json.Serialization;
 
 namespace DriverIsolation.Cli.Control;
@@ -57,7 +58,7 @@ internal static class ControlPipe
 
     /// <summary>PIDs of the kernels serving on this machine, from their control pipes (on Unix a
     /// named pipe is a socket file in the temp directory).</summary>
-    public static IReadOnlyList<int> Serving() => Serving(Path.GetTempPath(), ReadUnixSockets());
+    public static IReadOnlyList<int> Serving() => Serving(Path.GetTempPath(), LeftoverFiles.ReadUnixSockets());
 
     /// <summary>
     /// The PIDs of the control pipes in <paramref name="directory"/> that a process is listening
@@ -70,7 +71,7 @@ internal static class ControlPipe
     /// </summary>
     internal static IReadOnlyList<int> Serving(string directory, string? unixSockets)
     {
-        var listening = unixSockets is null ? null : ListeningPaths(unixSockets);
+        var listening = unixSockets is null ? null : LeftoverFiles.ListeningPaths(unixSockets);
         var pids = new List<int>();
         foreach (var path in Directory.EnumerateFiles(directory, $"CoreFxPipe_{Prefix}*"))
         {
@@ -83,92 +84,6 @@ internal static class ControlPipe
 
         pids.Sort();
         return pids;
-    }
-
-    /// <summary>Deletes the control pipes in the temp directory that killed kernels left behind.</summary>
-    public static int RemoveLeftovers() => RemoveLeftovers(Path.GetTempPath(), ReadUnixSockets());
-
-    /// <summary>
-    /// Deletes the control pipes in <paramref name="directory"/> that no process listens on and
-    /// whose PID is no process at all: a kernel between making its pipe and listening on it is a
-    /// live process, so only what a dead kernel left goes. Without a socket table (null) nothing
-    /// is deleted. Returns how many were.
-    /// </summary>
-    internal static int RemoveLeftovers(string directory, string? unixSockets)
-    {
-        if (unixSockets is null)
-        {
-            return 0;
-        }
-
-        var listening = ListeningPaths(unixSockets);
-        var removed = 0;
-        foreach (var path in Directory.EnumerateFiles(directory, $"CoreFxPipe_{Prefix}*"))
-        {
-            if (int.TryParse(Path.GetFileName(path)[($"CoreFxPipe_{Prefix}".Length)..], System.Globalization.NumberStyles.None, System.Globalization.CultureInfo.InvariantCulture, out var pid)
-                && !listening.Contains(Path.GetFullPath(path)) && !IsProcess(pid))
-            {
-                try
-                {
-                    File.Delete(path);
-                    removed++;
-                }
-                catch (Exception ex) when (ex is IOException or UnauthorizedAccessException)
-                {
-                    // Another user's, or gone already.
-                }
-            }
-        }
-
-        return removed;
-    }
-
-    private static bool IsProcess(int pid)
-    {
-        try
-        {
-            using var process = System.Diagnostics.Process.GetProcessById(pid);
-            return true;
-        }
-        catch (ArgumentException)
-        {
-            return false;
-        }
-    }
-
-    private static string? ReadUnixSockets()
-    {
-        try
-        {
-            return File.ReadAllText("/proc/net/unix");
-        }
-        catch (Exception ex) when (ex is IOException or UnauthorizedAccessException)
-        {
-            return null; // Not Linux, or no /proc: the start times tell.
-        }
-    }
-
-    // /proc/net/unix: "Num RefCount Protocol Flags Type St Inode Path", one socket a line; a
-    // listening socket has __SO_ACCEPTCON (0x10000) in its flags. The path, last, may hold spaces.
-    private const int AcceptingConnections = 0x10000;
-
-    /// <summary>The paths of the listening sockets in the text of /proc/net/unix.</summary>
-    internal static HashSet<string> ListeningPaths(string unixSockets)
-    {
-        var paths = new HashSet<string>(StringComparer.Ordinal);
-        foreach (var line in unixSockets.Split('\n').Skip(1))
-        {
-            var fields = line.Split(' ', 8, StringSplitOptions.RemoveEmptyEntries);
-            if (fields.Length == 8
-                && int.TryParse(fields[3], System.Globalization.NumberStyles.HexNumber, System.Globalization.CultureInfo.InvariantCulture, out var flags)
-                && (flags & AcceptingConnections) != 0
-                && fields[7].StartsWith('/'))
-            {
-                paths.Add(fields[7]);
-            }
-        }
-
-        return paths;
     }
 
     // How far a process's start time may seem to be after its own pipe's: the system tells the
