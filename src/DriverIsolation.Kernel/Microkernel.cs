@@ -297,6 +297,9 @@ public sealed class Microkernel : IAsyncDisposable
     /// (<see cref="KernelOptions.InlineCompletions"/>); 0 for a driver not in a host process.</summary>
     internal long CompletedInline(string driverName) => ChannelOf(driverName)?.CompletedInline ?? 0;
 
+    /// <summary>Whether a caller's continuation holds the kernel's reader of a driver's host now.</summary>
+    internal bool ReaderRunningInline(string driverName) => ChannelOf(driverName)?.RunningInline ?? false;
+
     /// <summary>The bytes the runtime of a driver's host process has allocated since the host
     /// started, as the host reports them once it has handled everything sent to it before; null
     /// for a driver that is not in a host process, or whose host did not answer within

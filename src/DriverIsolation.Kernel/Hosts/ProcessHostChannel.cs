@@ -159,6 +159,19 @@ internal sealed class ProcessHostChannel : IHostChannel
 
     private long _completedInline;
 
+    /// <summary>A caller's continuation runs on this host's reader now (the reader has not yet
+    /// taken back its running marker after one).</summary>
+    internal bool RunningInline
+    {
+        get
+        {
+            lock (_readerGate)
+            {
+                return _inlineRunning;
+            }
+        }
+    }
+
     /// <summary>Runs what callers' continuations left to this reader (<see cref="CompletionBatch"/>).</summary>
     private void FlushBatch(CompletionBatch batch) => batch.Flush(_flushFailed ??= ex => Log.BatchFlushFailed(_logger, ex, Name));
 

@@ -29,6 +29,11 @@ public sealed class InlineCompletionTests
         await kernel.StartAsync([TestManifests.Sample("Null")], IsolationModel.Process).Bounded();
         await using var nul = await kernel.OpenAsync(@"\??\NUL").Bounded();
         await Task.Yield();
+
+        // The open's continuation (this method, up to the yield) ran on the reader, which may not
+        // have taken back its running marker yet: a clock advanced before that would find that
+        // continuation running for as long as the clock moved, and hand the reader off.
+        Assert.True(SpinWait.SpinUntil(() => !kernel.ReaderRunningInline("Null"), Waits.Default));
         if (idleFirst)
         {
             time.Advance(TimeSpan.FromMilliseconds(100));
