@@ -40,9 +40,14 @@ public sealed class Microkernel : IAsyncDisposable
     public Microkernel(KernelOptions? options = null, ILoggerFactory? loggerFactory = null, TimeProvider? timeProvider = null)
     {
         _options = options ?? new KernelOptions();
-        LeftoverFiles.RemoveOnce(); // What kernels killed before this one left: their memory is RAM.
         _loggerFactory = loggerFactory ?? NullLoggerFactory.Instance;
         _logger = _loggerFactory.CreateLogger("DriverIsolation.Kernel");
+
+        // What kernels killed before this one left (their memory is RAM), once per process.
+        if (LeftoverFiles.RemoveOnce() is ({ } files and > 0, var bytes))
+        {
+            Log.LeftoversRemoved(_logger, files, bytes);
+        }
         var time = timeProvider ?? TimeProvider.System;
         _time = time;
         Events = new KernelEventLog(time);

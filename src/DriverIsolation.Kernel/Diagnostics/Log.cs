@@ -26,6 +26,9 @@ internal static partial class Log
     [LoggerMessage(1006, LogLevel.Warning, "A second connection to the pipe of host {Host} was refused: {Reason}")]
     public static partial void ConnectionRefused(ILogger logger, string host, string reason);
 
+    [LoggerMessage(1007, LogLevel.Information, "Removed {Files} files that killed kernels left behind ({Bytes} bytes)")]
+    public static partial void LeftoversRemoved(ILogger logger, int files, long bytes);
+
     [LoggerMessage(2001, LogLevel.Information, "Driver {Driver} loaded ({Isolation}, host {Host})")]
     public static partial void DriverLoaded(ILogger logger, string driver, string isolation, string host);
 

@@ -18,7 +18,9 @@ public sealed class ControlPipeTests : IDisposable
         // A kernel listening on its pipe; a killed kernel's socket file, left behind with the
         // date of now and the PID of a live process (which the start times would have taken for
         // its kernel); a socket still bound but not listening; the file of a dead PID.
-        using var serving = UnixSocketFiles.Bind(PathFor(12345), listen: true);
+        // (Bound by a path written with "//" in it, as a TMPDIR ending in '/' gives: the socket
+        // table lists it so.)
+        using var serving = UnixSocketFiles.Bind($"{_directory}//CoreFxPipe_{ControlPipe.Prefix}12345", listen: true);
         UnixSocketFiles.LeaveBehind(PathFor(live.Id));
         File.SetLastWriteTimeUtc(PathFor(live.Id), DateTime.UtcNow + TimeSpan.FromMinutes(1));
         using var bound = UnixSocketFiles.Bind(PathFor(23456), listen: false);

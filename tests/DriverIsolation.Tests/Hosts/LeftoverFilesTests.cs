@@ -20,29 +20,64 @@ public sealed class LeftoverFilesTests : IDisposable
         // Left by a killed kernel (or host): deleted.
         string[] leftovers =
         [
-            Make($"drviso-phys-{d}-0123abcd"), Make($"drviso-ring-{d}-4567ef"), Make($"drviso-chaos-{d}-RamDisk0"),
+            Make($"drviso-phys-{d}-0123abcd", 8192), Make($"drviso-ring-{d}-4567ef", 4096), Make($"drviso-chaos-{d}-RamDisk0", 512),
             Make($"CoreFxPipe_drvhost-rehearsal-{d}-89ab"), Make($"CoreFxPipe_drviso-bench-{d}-cdef"),
+            Path.Combine(_directory, $"CoreFxPipe_drviso-{d}-0f0f"), Path.Combine(_directory, $"CoreFxPipe_drviso-ctl-{d}"),
         ];
-        UnixSocketFiles.LeaveBehind(Path.Combine(_directory, $"CoreFxPipe_drviso-{d}-0f0f"));
-        UnixSocketFiles.LeaveBehind(Path.Combine(_directory, $"CoreFxPipe_drviso-ctl-{d}"));
+        UnixSocketFiles.LeaveBehind(leftovers[^2]);
+        UnixSocketFiles.LeaveBehind(leftovers[^1]);
 
         // Kept: physical memory a kernel has mapped, though its name's PID is dead here (a kernel
         // in another PID namespace); a pipe listened on; a live process's files, in use or not;
-        // names that are not ours or carry no PID.
+        // a dead PID's file changed under a minute ago; a FIFO and a symbolic link with a dead
+        // PID's name (a FIFO opened would wait for a writer); names not ours or without a PID.
         using var mapped = new PhysicalMemory(64 * PhysicalMemory.FrameSize, 4 * PhysicalMemory.FrameSize, Path.Combine(_directory, $"drviso-phys-{d}-live"));
-        using var listening = UnixSocketFiles.Bind(Path.Combine(_directory, $"CoreFxPipe_drviso-ctl-{d + 1_000_000}"), listen: true);
-        using var starting = UnixSocketFiles.Bind(Path.Combine(_directory, $"CoreFxPipe_drviso-{live.Id}-1111"), listen: false);
+        var listened = Path.Combine(_directory, $"CoreFxPipe_drviso-ctl-{d + 1_000_000}");
+        using var listening = UnixSocketFiles.Bind(listened, listen: true);
+        var starting = Path.Combine(_directory, $"CoreFxPipe_drviso-{live.Id}-1111");
+        using var bound = UnixSocketFiles.Bind(starting, listen: false);
+        var recent = Make($"drviso-phys-{d}-recent", 4096);
+        var fifo = Path.Combine(_directory, $"drviso-phys-{d}-fifo");
+        await Start("mkfifo", fifo).WaitForExitAsync().Bounded();
+        var target = Make("target", 4096);
+        var link = Path.Combine(_directory, $"drviso-phys-{d}-link");
+        File.CreateSymbolicLink(link, target);
         string[] kept =
         [
-            mapped.Path, Path.Combine(_directory, $"CoreFxPipe_drviso-ctl-{d + 1_000_000}"), Path.Combine(_directory, $"CoreFxPipe_drviso-{live.Id}-1111"),
-            Make($"drviso-phys-{live.Id}-2222"), Make($"CoreFxPipe_drviso-ctl-{live.Id}"),
-            Make("drviso-test-0123abcd"), Make("CoreFxPipe_drviso-ctl-not-a-pid"), Make($"drviso-phys--{d}"), Make($"other-{d}-3333"),
+            mapped.Path, listened, starting, recent, fifo, target, link,
+            Make($"drviso-phys-{live.Id}-2222", 4096), Make($"CoreFxPipe_drviso-ctl-{live.Id}"),
+            Make("drviso-test-0123abcd", 4096), Make("CoreFxPipe_drviso-ctl-not-a-pid"), Make($"drviso-phys--{d}", 4096), Make($"other-{d}-3333", 4096),
         ];
 
+        // "Now" is two minutes on; the recent file was changed then.
+        var now = DateTime.UtcNow + TimeSpan.FromMinutes(2);
+        File.SetLastWriteTimeUtc(recent, now);
         var isProcess = (int pid) => pid != d + 1_000_000 && LeftoverFiles.IsProcess(pid);
-        Assert.Equal(leftovers.Length + 2, LeftoverFiles.Remove([_directory], File.ReadAllText("/proc/net/unix"), isProcess));
-        Assert.Equal(kept.Order(StringComparer.Ordinal), Directory.EnumerateFiles(_directory).Order(StringComparer.Ordinal));
-        Assert.Equal(0, LeftoverFiles.Remove([_directory], File.ReadAllText("/proc/net/unix"), isProcess));
+        var removed = await Task.Run(() => LeftoverFiles.Remove([_directory, _directory + "/"], File.ReadAllText("/proc/net/unix"), isProcess, now)).Bounded();
+
+        Assert.Equal((leftovers.Length, 8192L + 4096 + 512), removed);
+        Assert.Equal(kept.Order(StringComparer.Ordinal), Directory.EnumerateFileSystemEntries(_directory).Order(StringComparer.Ordinal));
+        Assert.Equal((0, 0L), LeftoverFiles.Remove([_directory], File.ReadAllText("/proc/net/unix"), isProcess, now));
+    }
+
+    [Fact]
+    public void Remove_WithoutTheListenersInTheSocketTable_KeepsAControlPipeThatAnswers()
+    {
+        // Sockets of another network namespace are not in this one's table: a control pipe that
+        // takes a connection is kept; one that refuses, deleted. A host pipe is not asked (a
+        // stranger connecting to it could pass for its host): after a minute it is not needed.
+        var answering = Path.Combine(_directory, "CoreFxPipe_drviso-ctl-999999991");
+        using var control = UnixSocketFiles.Bind(answering, listen: true);
+        var refusing = Path.Combine(_directory, "CoreFxPipe_drviso-ctl-999999992");
+        UnixSocketFiles.LeaveBehind(refusing);
+        var hostPipe = Path.Combine(_directory, "CoreFxPipe_drviso-999999993-abcd");
+        using var host = UnixSocketFiles.Bind(hostPipe, listen: true);
+        const string onlyTheHeader = "Num       RefCount Protocol Flags    Type St Inode Path\n";
+
+        var removed = LeftoverFiles.Remove([_directory], onlyTheHeader, LeftoverFiles.IsProcess, DateTime.UtcNow + TimeSpan.FromMinutes(2));
+
+        Assert.Equal((2, 0L), removed);
+        Assert.Equal([answering], Directory.EnumerateFileSystemEntries(_directory));
     }
 
     [Fact]
@@ -50,9 +85,9 @@ public sealed class LeftoverFilesTests : IDisposable
     {
         using var mapped = new PhysicalMemory(64 * PhysicalMemory.FrameSize, 4 * PhysicalMemory.FrameSize, Path.Combine(_directory, "drviso-phys-999999999-live"));
         var mine = Make($"CoreFxPipe_drviso-ctl-{Environment.ProcessId}");
-        var leftover = Make("drviso-phys-999999999-gone");
+        var leftover = Make("drviso-phys-999999999-gone", 4096);
 
-        Assert.Equal(1, LeftoverFiles.Remove([_directory], unixSockets: null, LeftoverFiles.IsProcess));
+        Assert.Equal((1, 4096L), LeftoverFiles.Remove([_directory], unixSockets: null, LeftoverFiles.IsProcess, DateTime.UtcNow + TimeSpan.FromMinutes(2)));
         Assert.False(File.Exists(leftover));
         Assert.True(File.Exists(mapped.Path));
         Assert.True(File.Exists(mine));
@@ -114,10 +149,10 @@ public sealed class LeftoverFilesTests : IDisposable
         return process;
     }
 
-    private string Make(string name)
+    private string Make(string name, int length = 0)
     {
         var path = Path.Combine(_directory, name);
-        File.WriteAllText(path, "");
+        File.WriteAllBytes(path, new byte[length]);
         return path;
     }
 }

@@ -71,12 +71,14 @@ internal static class ControlPipe
     /// </summary>
     internal static IReadOnlyList<int> Serving(string directory, string? unixSockets)
     {
-        var listening = unixSockets is null ? null : LeftoverFiles.ListeningPaths(unixSockets);
+        // By name: a socket's path is listed as it was bound ("/tmp//CoreFxPipe_..." if that is how
+        // the temp directory was written), not as it is enumerated here.
+        var listening = unixSockets is null ? null : LeftoverFiles.ListeningPaths(unixSockets).Select(Path.GetFileName).ToHashSet(StringComparer.Ordinal);
         var pids = new List<int>();
         foreach (var path in Directory.EnumerateFiles(directory, $"CoreFxPipe_{Prefix}*"))
         {
             if (int.TryParse(Path.GetFileName(path)[($"CoreFxPipe_{Prefix}".Length)..], System.Globalization.NumberStyles.None, System.Globalization.CultureInfo.InvariantCulture, out var pid)
-                && (listening?.Contains(Path.GetFullPath(path)) ?? IsAliveSince(pid, File.GetLastWriteTimeUtc(path))))
+                && (listening?.Contains(Path.GetFileName(path)) ?? IsAliveSince(pid, File.GetLastWriteTimeUtc(path))))
             {
                 pids.Add(pid);
             }

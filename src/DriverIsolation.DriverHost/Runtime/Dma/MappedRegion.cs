@@ -36,12 +36,30 @@ public sealed unsafe class MappedRegion : MemoryManager<byte>
     public static MappedRegion Create(string path, int length)
     {
         ArgumentOutOfRangeException.ThrowIfNegativeOrZero(length);
-        using (var stream = new FileStream(path, FileMode.Create, FileAccess.ReadWrite, FileShare.ReadWrite))
+        // Mapped through the stream that made it: the file is never without an open handle (and
+        // so a lock, see LeftoverFiles) between its making and its mapping.
+        var stream = new FileStream(path, FileMode.Create, FileAccess.ReadWrite, FileShare.ReadWrite);
+        MemoryMappedFile file;
+        try
         {
             stream.SetLength(length);
+            file = MemoryMappedFile.CreateFromFile(stream, mapName: null, length, MemoryMappedFileAccess.ReadWrite, HandleInheritability.None, leaveOpen: false);
+        }
+        catch
+        {
+            stream.Dispose();
+            throw;
         }
 
-        return Open(path, 0, length);
+        try
+        {
+            return new MappedRegion(file, 0, length);
+        }
+        catch
+        {
+            file.Dispose();
+            throw;
+        }
     }
 
     /// <summary>Maps <paramref name="length"/> bytes at <paramref name="offset"/> of an existing file.</summary>
