@@ -2,7 +2,8 @@ using Microsoft.Extensions.Logging;
 
 namespace DriverIsolation.Kernel;
 
-/// <summary>The kernel's log lines, with stable event ids (1xxx hosts, 2xxx drivers, 3xxx IRPs).</summary>
+/// <summary>The kernel's log lines, with stable event ids, one per line (1xxx hosts, 2xxx drivers, 3xxx IRPs,
+/// 4xxx recovery, 5xxx the IOMMU).</summary>
 internal static partial class Log
 {
     [LoggerMessage(1001, LogLevel.Information, "Host {Host} started as PID {ProcessId} ({Isolation})")]
@@ -23,7 +24,7 @@ internal static partial class Log
     [LoggerMessage(1005, LogLevel.Warning, "Host {Host} refused at the handshake: {Reason}")]
     public static partial void HandshakeRefused(ILogger logger, string host, string reason);
 
-    [LoggerMessage(1006, LogLevel.Warning, "A second connection to the pipe of host {Host} was refused: {Reason}")]
+    [LoggerMessage(1008, LogLevel.Warning, "A second connection to the pipe of host {Host} was refused: {Reason}")]
     public static partial void ConnectionRefused(ILogger logger, string host, string reason);
 
     [LoggerMessage(1007, LogLevel.Information, "Removed {Files} files that killed kernels left behind ({Bytes} bytes)")]
@@ -74,6 +75,6 @@ internal static partial class Log
     [LoggerMessage(3004, LogLevel.Critical, "Kernel memory corrupted: {Damage}")]
     public static partial void KernelMemoryCorrupted(ILogger logger, string damage);
 
-    [LoggerMessage(4001, LogLevel.Warning, "IOMMU fault {Fault}")]
+    [LoggerMessage(5001, LogLevel.Warning, "IOMMU fault {Fault}")]
     public static partial void IommuFault(ILogger logger, string fault);
 }
