@@ -48,6 +48,7 @@ public sealed class Microkernel : IAsyncDisposable
         {
             Log.LeftoversRemoved(_logger, files, bytes);
         }
+
         var time = timeProvider ?? TimeProvider.System;
         _time = time;
         Events = new KernelEventLog(time);

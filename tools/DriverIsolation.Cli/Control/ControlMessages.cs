@@ -1,5 +1,5 @@
-using DriverIsolation.Kernel;
 using System.Text.Json.Serialization;
+using DriverIsolation.Kernel;
 
 namespace DriverIsolation.Cli.Control;
 
@@ -65,7 +65,7 @@ internal static class ControlPipe
     /// on. A kernel that was killed leaves its socket file behind, and the system may since have
     /// given its PID to another process: on Linux the file counts only if the system's table of
     /// Unix sockets (<paramref name="unixSockets"/>, the text of /proc/net/unix) has a listening
-    /// socket bound to that path, which no process but the kernel that made it can have. Where
+    /// socket of that name, which only the kernel of that PID makes. Where
     /// there is no such table (null), a file counts if its PID's process started before the file
     /// was made (what a wall clock stepped forward can fool).
     /// </summary>
