@@ -7,7 +7,7 @@ namespace DriverIsolation.Tests;
 public sealed class LeftoverFilesTests : IDisposable
 {
     private readonly string _directory = Directory.CreateTempSubdirectory("drviso-leftover-test-").FullName;
-    private readonly List<Process> _processes = [];
+    private readonly ChildProcesses _children = new();
 
     [Fact]
     public async Task Remove_TakesTheFilesOfDeadMakersThatNothingUses_AndNothingElse()
@@ -128,26 +128,11 @@ public sealed class LeftoverFilesTests : IDisposable
 
     public void Dispose()
     {
-        foreach (var process in _processes)
-        {
-            if (!process.HasExited)
-            {
-                process.Kill(entireProcessTree: true);
-                process.WaitForExit();
-            }
-
-            process.Dispose();
-        }
-
+        _children.Dispose();
         Directory.Delete(_directory, recursive: true);
     }
 
-    private Process Start(string file, params string[] arguments)
-    {
-        var process = Process.Start(new ProcessStartInfo(file, arguments)) ?? throw new InvalidOperationException($"cannot start {file}");
-        _processes.Add(process);
-        return process;
-    }
+    private Process Start(string file, params string[] arguments) => _children.Start(file, arguments);
 
     private string Make(string name, int length = 0)
     {
