@@ -44,7 +44,7 @@ public sealed class Microkernel : IAsyncDisposable
         _logger = _loggerFactory.CreateLogger("DriverIsolation.Kernel");
 
         // What kernels killed before this one left (their memory is RAM), once per process.
-        if (LeftoverFiles.RemoveOnce() is ({ } files and > 0, var bytes))
+        if (LeftoverFiles.RemoveOnce() is (> 0 and var files, var bytes))
         {
             Log.LeftoversRemoved(_logger, files, bytes);
         }

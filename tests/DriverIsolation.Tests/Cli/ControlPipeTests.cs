@@ -12,8 +12,7 @@ public sealed class ControlPipeTests : IDisposable
     public async Task Serving_IsThePipesAProcessListensOn_NotFilesLeftBehindWhateverTheirDatesAndPids()
     {
         var live = Start("sleep", "600");
-        var gone = Start("true");
-        await gone.WaitForExitAsync().Bounded();
+        var gone = await _children.ExitedPidAsync();
 
         // A kernel listening on its pipe; a killed kernel's socket file, left behind with the
         // date of now and the PID of a live process (which the start times would have taken for
@@ -24,7 +23,7 @@ public sealed class ControlPipeTests : IDisposable
         UnixSocketFiles.LeaveBehind(PathFor(live.Id));
         File.SetLastWriteTimeUtc(PathFor(live.Id), DateTime.UtcNow + TimeSpan.FromMinutes(1));
         using var bound = UnixSocketFiles.Bind(PathFor(23456), listen: false);
-        File.WriteAllText(PathFor(gone.Id), "");
+        File.WriteAllText(PathFor(gone), "");
         File.WriteAllText(Path.Combine(_directory, $"CoreFxPipe_{ControlPipe.Prefix}not-a-pid"), "");
 
         Assert.Equal([12345], ControlPipe.Serving(_directory, File.ReadAllText("/proc/net/unix")));
@@ -36,14 +35,13 @@ public sealed class ControlPipeTests : IDisposable
     {
         var kernel = Start("sleep", "600");
         var newcomer = Start("sleep", "600");
-        var gone = Start("true");
-        await gone.WaitForExitAsync().Bounded();
+        var gone = await _children.ExitedPidAsync();
 
         // A kernel's own pipe is made after it starts; a killed kernel's pipe stays behind, and its
         // PID may since have been given to a process that started long after it.
         Pipe(kernel.Id, DateTime.UtcNow);
         Pipe(newcomer.Id, DateTime.UtcNow - TimeSpan.FromHours(1));
-        Pipe(gone.Id, DateTime.UtcNow);
+        Pipe(gone, DateTime.UtcNow);
         File.WriteAllText(Path.Combine(_directory, $"CoreFxPipe_{ControlPipe.Prefix}not-a-pid"), "");
 
         Assert.Equal([kernel.Id], ControlPipe.Serving(_directory, unixSockets: null));

@@ -13,9 +13,7 @@ public sealed class LeftoverFilesTests : IDisposable
     public async Task Remove_TakesTheFilesOfDeadMakersThatNothingUses_AndNothingElse()
     {
         var live = Start("sleep", "600");
-        var dead = Start("true");
-        await dead.WaitForExitAsync().Bounded();
-        var d = dead.Id;
+        var d = await _children.ExitedPidAsync();
 
         // Left by a killed kernel (or host): deleted.
         string[] leftovers =

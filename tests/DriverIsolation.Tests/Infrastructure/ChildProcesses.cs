@@ -15,6 +15,14 @@ internal sealed class ChildProcesses : IDisposable
         return process;
     }
 
+    /// <summary>The PID of a process that has run and been reaped: no process has it now.</summary>
+    public async Task<int> ExitedPidAsync()
+    {
+        var process = Start("true");
+        await process.WaitForExitAsync().Bounded();
+        return process.Id;
+    }
+
     public void Dispose()
     {
         foreach (var process in _processes)
