@@ -303,6 +303,29 @@ public sealed class Microkernel : IAsyncDisposable
     /// (<see cref="KernelOptions.InlineCompletions"/>); 0 for a driver not in a host process.</summary>
     internal long CompletedInline(string driverName) => ChannelOf(driverName)?.CompletedInline ?? 0;
 
+    /// <summary>
+    /// Has the kernel's ring reader of the host that takes a device's requests (the host of the
+    /// device's top driver) poll <paramref name="companion"/> while it spins on an empty ring: a
+    /// caller that would otherwise wake a thread of its own for each request (a network client's
+    /// connection) lets that reader take the requests as they come, and send them on, while it waits
+    /// for the host's answers anyway. False if the device is unknown, its top driver is not in a host
+    /// process, does not use the ring transport, or its reader already has a companion. A host that
+    /// is restarted (or the kernel stopping) detaches it (<see cref="IRingCompanion.Detached"/>); it
+    /// may attach again to the next. Disposing the attachment detaches it.
+    /// </summary>
+    public IDisposable? AttachRingCompanion(string deviceName, IRingCompanion companion)
+    {
+        ArgumentNullException.ThrowIfNull(companion);
+        return _namespace.Resolve(deviceName) is { Layers: [var top, ..] } && top.Host is ProcessHostChannel channel && channel.TryAttach(companion)
+            ? new RingCompanionAttachment(channel, companion)
+            : null;
+    }
+
+    private sealed class RingCompanionAttachment(ProcessHostChannel channel, IRingCompanion companion) : IDisposable
+    {
+        public void Dispose() => channel.Detach(companion);
+    }
+
     /// <summary>Whether a caller's continuation holds the kernel's reader of a driver's host now.</summary>
     internal bool ReaderRunningInline(string driverName) => ChannelOf(driverName)?.RunningInline ?? false;
 

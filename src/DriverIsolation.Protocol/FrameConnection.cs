@@ -64,6 +64,9 @@ public sealed class FrameConnection : IAsyncDisposable
     private volatile bool _pipeEnded;
     private ProtocolException? _pipeError;
 
+    /// <summary>What the ring's reader polls while it spins (see <see cref="TryAttach"/>).</summary>
+    private IRingCompanion? _companion;
+
     /// <param name="stream">The duplex stream; owned and disposed by the connection.</param>
     /// <param name="untrustedPeer">True on the kernel side: every read uses
     /// <see cref="FrameCodec.UntrustedOptions"/>.</param>
@@ -130,6 +133,7 @@ public sealed class FrameConnection : IAsyncDisposable
 
                 if (!SpinForRing())
                 {
+                    Volatile.Read(ref _companion)?.Released();
                     cancellationToken.ThrowIfCancellationRequested();
                     await sleeper.WaitAsync(cancellationToken).ConfigureAwait(false);
                 }
@@ -612,6 +616,7 @@ public sealed class FrameConnection : IAsyncDisposable
         finally
         {
             _pipeEnded = true;
+            DetachCompanion();
             WakeReader();
         }
     }
@@ -675,6 +680,14 @@ public sealed class FrameConnection : IAsyncDisposable
         var spinner = default(SpinWait);
         while (Stopwatch.GetTimestamp() < until)
         {
+            if (Volatile.Read(ref _companion) is { } companion && companion.Poll())
+            {
+                // It took work (which may have sent frames whose answers come to this ring): the
+                // spin starts over.
+                until = Stopwatch.GetTimestamp() + _spinTicks;
+                spinner = default;
+            }
+
             lock (_ringGate)
             {
                 if (_receiveRing is not { } ring || ring.HasData)
@@ -687,6 +700,49 @@ public sealed class FrameConnection : IAsyncDisposable
         }
 
         return false;
+    }
+
+    /// <summary>
+    /// Has this connection's ring reader call <paramref name="companion"/> while it spins on an
+    /// empty ring (and tell it when it stops: <see cref="IRingCompanion.Released"/> before it
+    /// sleeps, <see cref="IRingCompanion.Detached"/> when the connection closes). False where the
+    /// reader does not spin on a ring of its own thread (the pipe transport, no futex, no spin), or
+    /// already has a companion. Only one companion at a time.
+    /// </summary>
+    public bool TryAttach(IRingCompanion companion)
+    {
+        ArgumentNullException.ThrowIfNull(companion);
+        if (_sleeper is null || _spinTicks <= 0 || _pipeEnded || Interlocked.CompareExchange(ref _companion, companion, null) is not null)
+        {
+            return false;
+        }
+
+        if (_pipeEnded)
+        {
+            // Closed meanwhile: the close may have looked for a companion before there was one.
+            Detach(companion);
+            return false;
+        }
+
+        return true;
+    }
+
+    /// <summary>Stops the reader calling <paramref name="companion"/> (if it is this connection's);
+    /// it is told <see cref="IRingCompanion.Detached"/>.</summary>
+    public void Detach(IRingCompanion companion)
+    {
+        if (Interlocked.CompareExchange(ref _companion, null, companion) == companion)
+        {
+            companion.Detached();
+        }
+    }
+
+    private void DetachCompanion()
+    {
+        if (Interlocked.Exchange(ref _companion, null) is { } companion)
+        {
+            companion.Detached();
+        }
     }
 
     /// <summary>Says the reader sleeps, then looks once more (a frame written just before the
@@ -731,6 +787,7 @@ public sealed class FrameConnection : IAsyncDisposable
     private void DisposeRings()
     {
         _pipeEnded = true;
+        DetachCompanion();
         _sleeper?.Stop();
         lock (_sendGate)
         {
@@ -800,6 +857,7 @@ public sealed class FrameConnection : IAsyncDisposable
         _aborted.Cancel();
         _input.CancelPendingRead();
         _pipeEnded = true;
+        DetachCompanion();
         WakeReader();
         try
         {

@@ -159,6 +159,12 @@ internal sealed class ProcessHostChannel : IHostChannel
 
     private long _completedInline;
 
+    /// <summary>Has this host's ring reader poll <paramref name="companion"/> while it spins (see
+    /// <see cref="FrameConnection.TryAttach"/>).</summary>
+    internal bool TryAttach(IRingCompanion companion) => IsAlive && _connection.TryAttach(companion);
+
+    internal void Detach(IRingCompanion companion) => _connection.Detach(companion);
+
     /// <summary>A caller's continuation runs on this host's reader now (the reader has not yet
     /// taken back its running marker after one).</summary>
     internal bool RunningInline

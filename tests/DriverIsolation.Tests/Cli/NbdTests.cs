@@ -4,6 +4,7 @@ using System.Diagnostics;
 using System.Net.Sockets;
 using System.Text;
 using System.Text.Json;
+using static DriverIsolation.Tests.NbdWire;
 
 namespace DriverIsolation.Tests;
 
@@ -266,52 +267,6 @@ public sealed class NbdTests : IDisposable
     }
 
     private static Task<(int ExitCode, string Output)> Tool(string program, params string[] args) => NbdTools.RunAsync(program, args, ToolTimeout);
-
-    private static async Task SendGoAsync(NetworkStream stream, string name)
-    {
-        var nameBytes = Encoding.UTF8.GetBytes(name);
-        var message = new byte[16 + 4 + nameBytes.Length + 2];
-        BinaryPrimitives.WriteUInt64BigEndian(message, 0x49484156454F5054UL);
-        BinaryPrimitives.WriteUInt32BigEndian(message.AsSpan(8), 7);
-        BinaryPrimitives.WriteUInt32BigEndian(message.AsSpan(12), (uint)(4 + nameBytes.Length + 2));
-        BinaryPrimitives.WriteUInt32BigEndian(message.AsSpan(16), (uint)nameBytes.Length);
-        nameBytes.CopyTo(message, 20);
-        await stream.WriteAsync(message);
-    }
-
-    private static async Task<(uint Option, uint Type, byte[] Data)> ReadOptionReplyAsync(NetworkStream stream)
-    {
-        var header = await ReadAsync(stream, 20);
-        Assert.Equal(0x3e889045565a9UL, BinaryPrimitives.ReadUInt64BigEndian(header));
-        var data = await ReadAsync(stream, (int)BinaryPrimitives.ReadUInt32BigEndian(header.AsSpan(16)));
-        return (BinaryPrimitives.ReadUInt32BigEndian(header.AsSpan(8)), BinaryPrimitives.ReadUInt32BigEndian(header.AsSpan(12)), data);
-    }
-
-    private static async Task SendRequestAsync(NetworkStream stream, ushort type, ulong cookie, long offset, int length, byte[]? payload = null)
-    {
-        var request = new byte[28 + (payload?.Length ?? 0)];
-        BinaryPrimitives.WriteUInt32BigEndian(request, 0x25609513);
-        BinaryPrimitives.WriteUInt16BigEndian(request.AsSpan(6), type);
-        BinaryPrimitives.WriteUInt64BigEndian(request.AsSpan(8), cookie);
-        BinaryPrimitives.WriteInt64BigEndian(request.AsSpan(16), offset);
-        BinaryPrimitives.WriteUInt32BigEndian(request.AsSpan(24), (uint)length);
-        payload?.CopyTo(request, 28);
-        await stream.WriteAsync(request);
-    }
-
-    private static async Task<(uint Error, ulong Cookie)> ReadReplyAsync(NetworkStream stream)
-    {
-        var reply = await ReadAsync(stream, 16);
-        Assert.Equal(0x67446698u, BinaryPrimitives.ReadUInt32BigEndian(reply));
-        return (BinaryPrimitives.ReadUInt32BigEndian(reply.AsSpan(4)), BinaryPrimitives.ReadUInt64BigEndian(reply.AsSpan(8)));
-    }
-
-    private static async Task<byte[]> ReadAsync(NetworkStream stream, int length)
-    {
-        var buffer = new byte[length];
-        await stream.ReadExactlyAsync(buffer).AsTask().Bounded();
-        return buffer;
-    }
 
     /// <summary>A running <c>drviso serve</c>: its NBD endpoint, its output so far (drained all
     /// the time so it never blocks on a full pipe), and its process tree killed on dispose.</summary>

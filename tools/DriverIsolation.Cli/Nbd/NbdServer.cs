@@ -18,7 +18,7 @@ internal sealed record NbdExport(string Name, string Device, long Size);
 /// handle to the device, through whatever drivers (and hosts) its stack has; statuses become NBD
 /// error numbers. A client that breaks the protocol loses its connection, nothing else.
 /// </summary>
-internal sealed class NbdServer(Microkernel kernel, IPEndPoint endpoint, Action<string>? log = null, TimeSpan? clientTimeout = null) : IAsyncDisposable
+internal sealed partial class NbdServer(Microkernel kernel, IPEndPoint endpoint, Action<string>? log = null, TimeSpan? clientTimeout = null) : IAsyncDisposable
 {
     /// <summary>Largest request a client may send (the block-size info says so).</summary>
     public const int MaxRequest = 32 << 20;
@@ -38,7 +38,18 @@ internal sealed class NbdServer(Microkernel kernel, IPEndPoint endpoint, Action<
 
     private readonly int _clientTimeoutMs = (int)Math.Clamp((clientTimeout ?? DefaultClientTimeout).TotalMilliseconds, 1, int.MaxValue);
 
+    private long _takenByRingReader;
+    private long _ringReaderAttachments;
+
     public IPEndPoint LocalEndpoint => (IPEndPoint)_listener.LocalEndpoint;
+
+    /// <summary>How many requests, on all connections so far, a kernel's ring reader took (see
+    /// <see cref="RequestIntake"/>); the rest were read by the connections' own threads.</summary>
+    internal long TakenByRingReader => Interlocked.Read(ref _takenByRingReader);
+
+    /// <summary>How many times a connection had a kernel's ring reader take its requests (once per
+    /// connection and host: again after a host restart).</summary>
+    internal long RingReaderAttachments => Interlocked.Read(ref _ringReaderAttachments);
 
     public IReadOnlyList<NbdExport> Exports { get; private set; } = [];
 
@@ -381,65 +392,32 @@ internal sealed class NbdServer(Microkernel kernel, IPEndPoint endpoint, Action<
         stream.Write(reply);
     }
 
-    /// <summary>Requests, each served on its own as soon as it is read; replies in the order
-    /// they finish. The requests are read on this thread with blocking receives through a buffer
-    /// (a burst of them costs one receive); each runs up to its first IRP here, the rest on the
-    /// IRP's completion.</summary>
+    /// <summary>
+    /// Requests, each served on its own as soon as it is read; replies in the order they finish.
+    /// Each request runs up to its first IRP on the thread that read it, the rest on the IRP's
+    /// completion. Requests are read by this thread with blocking calls, or, while the kernel's
+    /// ring reader of the device's host spins waiting for the host's answers, by that reader (see
+    /// <see cref="RequestIntake"/>): then no thread is woken for a request that arrives while
+    /// others are in flight.
+    /// </summary>
     private void Transmit(Socket socket, NbdExport export, string peer, CancellationToken stop)
     {
         var device = kernel.OpenAsync(export.Device, stop).GetAwaiter().GetResult();
         using var slots = new SemaphoreSlim(MaxInFlight);
         var writer = new ReplyWriter(socket, slots);
         ReplyWriter.MarkReader();
-        var running = new List<Task>();
-        var input = new RequestReader(socket);
+        using var intake = new RequestIntake(this, socket, device, export, writer, slots, stop);
         try
         {
-            Span<byte> header = stackalloc byte[RequestHeader];
-            while (input.TryRead(header))
-            {
-                if (BinaryPrimitives.ReadUInt32BigEndian(header) != RequestMagic)
-                {
-                    throw new NbdProtocolException("a request without its magic");
-                }
-
-                var flags = BinaryPrimitives.ReadUInt16BigEndian(header[4..]);
-                var type = BinaryPrimitives.ReadUInt16BigEndian(header[6..]);
-                var cookie = BinaryPrimitives.ReadUInt64BigEndian(header[8..]);
-                var offset = BinaryPrimitives.ReadUInt64BigEndian(header[16..]);
-                var length = BinaryPrimitives.ReadUInt32BigEndian(header[24..]);
-                if (type == CmdDisconnect)
-                {
-                    return;
-                }
-
-                byte[]? payload = null;
-                if (type == CmdWrite)
-                {
-                    if (length > MaxRequest)
-                    {
-                        throw new NbdProtocolException($"a write of {length} bytes, over the {MaxRequest} the client was told");
-                    }
-
-                    payload = new byte[length];
-                    input.Read(payload);
-                }
-
-                slots.Wait(stop);
-                if (running.Count >= MaxInFlight)
-                {
-                    running.RemoveAll(t => t.IsCompleted);
-                }
-
-                running.Add(ServeRequestAsync(writer, device, export, slots, type, flags, cookie, offset, length, payload));
-            }
+            intake.Run(kernel);
         }
         finally
         {
-            // Every request read gets its answer (or the socket is gone) before the handle closes.
+            // No request is started once this returns; every one started gets its answer (or the
+            // socket is gone) before the handle closes.
             try
             {
-                Task.WhenAll(running).GetAwaiter().GetResult();
+                intake.Close();
             }
             catch (Exception ex) when (ex is IOException or SocketException or OperationCanceledException or ObjectDisposedException)
             {
@@ -463,9 +441,9 @@ internal sealed class NbdServer(Microkernel kernel, IPEndPoint endpoint, Action<
 
     /// <summary>One request: its IRPs, then its reply. Runs up to its first IRP on the reading
     /// thread, the rest on the IRP's completion.</summary>
-    private async Task ServeRequestAsync(ReplyWriter writer, DeviceHandle device, NbdExport export, SemaphoreSlim slots,
-        ushort type, ushort flags, ulong cookie, ulong offset, uint length, byte[]? payload)
+    private async Task ServeRequestAsync(RequestIntake intake, ushort type, ushort flags, ulong cookie, ulong offset, uint length, byte[]? payload)
     {
+        var (writer, device, export, slots) = (intake.Writer, intake.Device, intake.Export, intake.Slots);
         // The slot is the reply's once it is handed to the writer (released when it is out).
         var handed = false;
         try
@@ -499,6 +477,7 @@ internal sealed class NbdServer(Microkernel kernel, IPEndPoint endpoint, Action<
         }
         finally
         {
+            intake.Finished(length);
             if (!handed)
             {
                 slots.Release();
@@ -591,57 +570,6 @@ internal sealed class NbdServer(Microkernel kernel, IPEndPoint endpoint, Action<
         var buffer = new byte[length];
         stream.ReadExactly(buffer);
         return buffer;
-    }
-
-    /// <summary>A connection's requests, read with blocking receives through one buffer.</summary>
-    private sealed class RequestReader(Socket socket)
-    {
-        private readonly byte[] _buffer = new byte[64 << 10];
-        private int _start;
-        private int _end;
-
-        /// <summary>The next request header; false if the client hung up between requests.</summary>
-        public bool TryRead(Span<byte> header)
-        {
-            while (_end - _start < header.Length)
-            {
-                if (_buffer.Length - _start < header.Length)
-                {
-                    _buffer.AsSpan(_start, _end - _start).CopyTo(_buffer);
-                    (_start, _end) = (0, _end - _start);
-                }
-
-                var received = socket.Receive(_buffer, _end, _buffer.Length - _end, SocketFlags.None);
-                if (received == 0)
-                {
-                    return _end == _start ? false : throw new EndOfStreamException("the client hung up in the middle of a request");
-                }
-
-                _end += received;
-            }
-
-            _buffer.AsSpan(_start, header.Length).CopyTo(header);
-            _start += header.Length;
-            return true;
-        }
-
-        /// <summary>Fills <paramref name="into"/>: what is buffered, then straight from the socket.</summary>
-        public void Read(Span<byte> into)
-        {
-            var buffered = Math.Min(into.Length, _end - _start);
-            _buffer.AsSpan(_start, buffered).CopyTo(into);
-            _start += buffered;
-            for (var done = buffered; done < into.Length;)
-            {
-                var received = socket.Receive(into[done..], SocketFlags.None);
-                if (received == 0)
-                {
-                    throw new EndOfStreamException("the client hung up in the middle of a write's data");
-                }
-
-                done += received;
-            }
-        }
     }
 
     /// <summary>

@@ -1,0 +1,392 @@
+using System.Buffers.Binary;
+using System.Net.Sockets;
+using DriverIsolation.Kernel;
+using DriverIsolation.Protocol;
+using static DriverIsolation.Cli.Nbd.NbdProtocol;
+
+namespace DriverIsolation.Cli.Nbd;
+
+internal sealed partial class NbdServer
+{
+    /// <summary>
+    /// A connection's requests, read from its socket through one buffer and started as they are
+    /// read, by one of two threads (never both at once: the gate):
+    /// <list type="bullet">
+    /// <item>the kernel's ring reader of the device's host, while it spins on its empty ring
+    /// waiting for the host's answers (the intake is its <see cref="IRingCompanion"/>): it takes
+    /// what the socket holds without blocking, and only requests of at most <see cref="Chunk"/>
+    /// while at most <see cref="ReaderBudget"/> bytes are in flight (it must never wait: a ring
+    /// reader that waits for room in the host's ring while the host waits for room in its own
+    /// would wait forever);</item>
+    /// <item>the connection's own thread (<see cref="Run"/>), with blocking calls, whenever the
+    /// reader does not: it sleeps, it is busy, it left a request to this thread, or the device's
+    /// host is not a process on the ring transport.</item>
+    /// </list>
+    /// Under load the reader, awake anyway for the host's answers, takes every request, and the
+    /// connection's thread sleeps: one thread fewer woken per request.
+    /// </summary>
+    private sealed class RequestIntake(NbdServer server, Socket socket, DeviceHandle device, NbdExport export, ReplyWriter writer,
+        SemaphoreSlim slots, CancellationToken stop) : IRingCompanion, IDisposable
+    {
+        /// <summary>Bytes in flight (requests' lengths) past which the ring reader leaves new
+        /// requests to the connection's thread: a quarter of the rings' default 4 MiB.</summary>
+        public const long ReaderBudget = 1 << 20;
+
+        /// <summary>How long the reader may not have polled before this thread reads again
+        /// (a reader busy for that long, or one that went away without a word).</summary>
+        private const long ReaderQuietMs = 20;
+
+        private readonly Lock _gate = new();
+        private readonly AutoResetEvent _turn = new(false);
+        private readonly List<Task> _running = [];
+        /// <summary>Room for a request header and a whole <see cref="Chunk"/> of a write's data.</summary>
+        private readonly byte[] _buffer = new byte[RequestHeader + Chunk];
+        private int _start;
+        private int _end;
+        private volatile bool _ended;
+        private volatile bool _threadsTurn;
+        private volatile bool _attached;
+        private int _readerPolls;
+        private long _lastPoll;
+        private long _lastHangUpCheck;
+        private long _bytesInFlight;
+        private IDisposable? _attachment;
+        private Exception? _failure;
+
+        public ReplyWriter Writer => writer;
+
+        public DeviceHandle Device => device;
+
+        public NbdExport Export => export;
+
+        public SemaphoreSlim Slots => slots;
+
+        /// <summary>Reads and starts requests on this thread, with the ring reader's help, until
+        /// the client hangs up (or sends DISC), breaks the protocol (thrown), or <c>stop</c>.</summary>
+        public void Run(Microkernel kernel)
+        {
+            long nextAttach = 0;
+            while (!_ended && !stop.IsCancellationRequested)
+            {
+                if (_failure is { } failure)
+                {
+                    throw failure;
+                }
+
+                if (!_threadsTurn && ReaderPolling())
+                {
+                    _turn.WaitOne(TimeSpan.FromMilliseconds(ReaderQuietMs));
+                    continue;
+                }
+
+                if (!_attached && Environment.TickCount64 >= nextAttach)
+                {
+                    // Again after a host restart (the old reader detached it); tried at most once a
+                    // second where there is no ring reader to attach to.
+                    nextAttach = Environment.TickCount64 + 1000;
+                    _attached = true;
+                    _attachment?.Dispose();
+                    _attachment = kernel.AttachRingCompanion(export.Device, this);
+                    _attached = _attachment is not null;
+                    if (_attached)
+                    {
+                        Interlocked.Increment(ref server._ringReaderAttachments);
+                    }
+                }
+
+                lock (_gate)
+                {
+                    Pump(onReader: false);
+                }
+            }
+
+            if (_failure is { } last)
+            {
+                throw last;
+            }
+        }
+
+        /// <summary>No request is started after this; waits for every one started to finish.</summary>
+        public void Close()
+        {
+            _attachment?.Dispose();
+            Task[] running;
+            lock (_gate)
+            {
+                _ended = true;
+                running = [.. _running];
+            }
+
+            Task.WhenAll(running).GetAwaiter().GetResult();
+        }
+
+        /// <summary>A request has its answer (or will have none): its bytes are no longer in flight.</summary>
+        public void Finished(uint length) => Interlocked.Add(ref _bytesInFlight, -length);
+
+        public bool Poll()
+        {
+            Volatile.Write(ref _lastPoll, Environment.TickCount64);
+            if (_threadsTurn || _ended)
+            {
+                return false;
+            }
+
+            Volatile.Write(ref _readerPolls, 1);
+            if (!_gate.TryEnter())
+            {
+                return false;
+            }
+
+            try
+            {
+                return Pump(onReader: true);
+            }
+#pragma warning disable CA1031 // Whatever the client did is this connection's end, not the reader's: its thread reports it.
+            catch (Exception ex)
+#pragma warning restore CA1031
+            {
+                _failure = ex;
+                HandToThread();
+                return false;
+            }
+            finally
+            {
+                _gate.Exit();
+            }
+        }
+
+        public void Released()
+        {
+            Volatile.Write(ref _readerPolls, 0);
+            Wake();
+        }
+
+        public void Detached()
+        {
+            _attached = false;
+            Released();
+        }
+
+        public void Dispose()
+        {
+            _attachment?.Dispose();
+            _turn.Dispose();
+        }
+
+        private bool ReaderPolling() =>
+            Volatile.Read(ref _readerPolls) == 1 && Environment.TickCount64 - Volatile.Read(ref _lastPoll) < ReaderQuietMs;
+
+        private void HandToThread()
+        {
+            _threadsTurn = true;
+            Wake();
+        }
+
+        private void Wake()
+        {
+            try
+            {
+                _turn.Set();
+            }
+            catch (ObjectDisposedException)
+            {
+                // The connection is done: a reader that read its companion just before it was
+                // detached may still say it sleeps.
+            }
+        }
+
+        /// <summary>Starts every whole request buffered, then receives what the socket holds and
+        /// goes on; true if it took anything. On the reader it never blocks: it stops at a request
+        /// that is not all here yet, and hands a request to the connection's thread where it would
+        /// have to wait for it. On the connection's thread it blocks for the next bytes unless the
+        /// reader polls, and returns after one receive (its loop looks at the reader again, see
+        /// <see cref="Run"/>). Called under the gate.</summary>
+        private bool Pump(bool onReader)
+        {
+            var took = false;
+            var received = 0;
+            while (!_ended)
+            {
+                if (!StartBuffered(onReader, ref took))
+                {
+                    return took; // Left to the connection's thread.
+                }
+
+                if (!onReader)
+                {
+                    // What the reader left to this thread is started: the reader may take over again.
+                    _threadsTurn = false;
+                }
+
+                if (_ended || (!onReader && received > 0))
+                {
+                    break;
+                }
+
+                if (_start > 0)
+                {
+                    // A part of a request is left (or nothing): to the front, so the rest fits.
+                    _buffer.AsSpan(_start, _end - _start).CopyTo(_buffer);
+                    (_start, _end) = (0, _end - _start);
+                }
+
+                var want = _buffer.Length - _end;
+                if (onReader)
+                {
+                    var available = socket.Available;
+                    if (available == 0)
+                    {
+                        // Nothing to read. Now and then the reader looks whether the client hung
+                        // up (a socket readable with nothing in it): its thread sees to that.
+                        if (Environment.TickCount64 - _lastHangUpCheck >= 10)
+                        {
+                            _lastHangUpCheck = Environment.TickCount64;
+                            if (socket.Poll(0, SelectMode.SelectRead) && socket.Available == 0)
+                            {
+                                HandToThread();
+                            }
+                        }
+
+                        return took;
+                    }
+
+                    want = Math.Min(want, available);
+                }
+                else if (ReaderPolling() && !socket.Poll(0, SelectMode.SelectRead))
+                {
+                    return took; // The reader takes what comes next.
+                }
+
+                // On this thread: blocks until the client sends or hangs up (at once if it did); the
+                // reader cannot take anything meanwhile (the gate).
+                received = socket.Receive(_buffer, _end, want, SocketFlags.None);
+                if (received == 0)
+                {
+                    _ended = true;
+                    return _start == _end ? took : throw new EndOfStreamException("the client hung up in the middle of a request");
+                }
+
+                _end += received;
+                took = true;
+            }
+
+            return took;
+        }
+
+        /// <summary>Starts the whole requests in the buffer. False if the reader leaves the next
+        /// one to the connection's thread (it would have to wait for it); true once the buffer holds
+        /// no whole request.</summary>
+        private bool StartBuffered(bool onReader, ref bool took)
+        {
+            while (!_ended && _end - _start >= RequestHeader)
+            {
+                var header = _buffer.AsSpan(_start, RequestHeader);
+                if (BinaryPrimitives.ReadUInt32BigEndian(header) != RequestMagic)
+                {
+                    throw new NbdProtocolException("a request without its magic");
+                }
+
+                var flags = BinaryPrimitives.ReadUInt16BigEndian(header[4..]);
+                var type = BinaryPrimitives.ReadUInt16BigEndian(header[6..]);
+                var cookie = BinaryPrimitives.ReadUInt64BigEndian(header[8..]);
+                var offset = BinaryPrimitives.ReadUInt64BigEndian(header[16..]);
+                var length = BinaryPrimitives.ReadUInt32BigEndian(header[24..]);
+                if (type == CmdDisconnect)
+                {
+                    _start += RequestHeader;
+                    _ended = true;
+                    return true;
+                }
+
+                if (type == CmdWrite && length > MaxRequest)
+                {
+                    throw new NbdProtocolException($"a write of {length} bytes, over the {MaxRequest} the client was told");
+                }
+
+                var data = type == CmdWrite ? (int)length : 0;
+                if (onReader)
+                {
+                    var big = type is CmdRead or CmdWrite && length > Chunk;
+                    var inFlight = Interlocked.Read(ref _bytesInFlight);
+                    if (big || (inFlight > 0 && inFlight + length > ReaderBudget))
+                    {
+                        HandToThread();
+                        return false;
+                    }
+
+                    if (_end - _start < RequestHeader + data)
+                    {
+                        // Its data is not all here yet: the reader takes it once it is (the buffer
+                        // holds a whole Chunk), or the connection's thread does.
+                        if (RequestHeader + data > _buffer.Length)
+                        {
+                            HandToThread();
+                            return false;
+                        }
+
+                        return true;
+                    }
+
+                    if (!slots.Wait(0))
+                    {
+                        HandToThread();
+                        return false;
+                    }
+                }
+                else
+                {
+                    slots.Wait(stop);
+                }
+
+                byte[]? payload = null;
+                _start += RequestHeader;
+                if (type == CmdWrite)
+                {
+                    // Every byte is written over: the data, from the buffer and then (on the
+                    // connection's thread) straight from the socket.
+                    payload = GC.AllocateUninitializedArray<byte>(data);
+                    var buffered = Math.Min(data, _end - _start);
+                    _buffer.AsSpan(_start, buffered).CopyTo(payload);
+                    _start += buffered;
+                    ReceiveExactly(payload.AsSpan(buffered));
+                }
+
+                if (_start == _end)
+                {
+                    (_start, _end) = (0, 0);
+                }
+
+                Interlocked.Add(ref _bytesInFlight, length);
+                if (onReader)
+                {
+                    Interlocked.Increment(ref server._takenByRingReader);
+                }
+
+                if (_running.Count >= MaxInFlight)
+                {
+                    _running.RemoveAll(t => t.IsCompleted);
+                }
+
+                _running.Add(server.ServeRequestAsync(this, type, flags, cookie, offset, length, payload));
+                took = true;
+            }
+
+            return true;
+        }
+
+        private void ReceiveExactly(Span<byte> into)
+        {
+            for (var done = 0; done < into.Length;)
+            {
+                var received = socket.Receive(into[done..], SocketFlags.None);
+                if (received == 0)
+                {
+                    _ended = true;
+                    throw new EndOfStreamException("the client hung up in the middle of a write's data");
+                }
+
+                done += received;
+            }
+        }
+    }
+}
