@@ -308,7 +308,7 @@ public sealed class Microkernel : IAsyncDisposable
     /// device's top driver) poll <paramref name="companion"/> while it spins on an empty ring: a
     /// caller that would otherwise wake a thread of its own for each request (a network client's
     /// connection) lets that reader take the requests as they come, and send them on, while it waits
-    /// for the host's answers anyway. False if the device is unknown, its top driver is not in a host
+    /// for the host's answers anyway. Null if the device is unknown, its top driver is not in a host
     /// process, does not use the ring transport, or its reader already has a companion. A host that
     /// is restarted (or the kernel stopping) detaches it (<see cref="IRingCompanion.Detached"/>); it
     /// may attach again to the next. Disposing the attachment detaches it.

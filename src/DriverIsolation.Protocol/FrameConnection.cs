@@ -133,7 +133,7 @@ public sealed class FrameConnection : IAsyncDisposable
 
                 if (!SpinForRing())
                 {
-                    Volatile.Read(ref _companion)?.Released();
+                    CompanionReleased();
                     cancellationToken.ThrowIfCancellationRequested();
                     await sleeper.WaitAsync(cancellationToken).ConfigureAwait(false);
                 }
@@ -680,7 +680,7 @@ public sealed class FrameConnection : IAsyncDisposable
         var spinner = default(SpinWait);
         while (Stopwatch.GetTimestamp() < until)
         {
-            if (Volatile.Read(ref _companion) is { } companion && companion.Poll())
+            if (Volatile.Read(ref _companion) is { } companion && PollCompanion(companion))
             {
                 // It took work (which may have sent frames whose answers come to this ring): the
                 // spin starts over.
@@ -733,7 +733,57 @@ public sealed class FrameConnection : IAsyncDisposable
     {
         if (Interlocked.CompareExchange(ref _companion, null, companion) == companion)
         {
+            TellDetached(companion);
+        }
+    }
+
+    private static void TellDetached(IRingCompanion companion)
+    {
+        try
+        {
             companion.Detached();
+        }
+#pragma warning disable CA1031 // As in PollCompanion: the connection's close goes on.
+        catch (Exception)
+#pragma warning restore CA1031
+        {
+            // Detached all the same.
+        }
+    }
+
+    /// <summary>The companion's poll; one that throws is detached (the reader goes on: what a
+    /// companion does is not the peer's doing).</summary>
+    private bool PollCompanion(IRingCompanion companion)
+    {
+        try
+        {
+            return companion.Poll();
+        }
+#pragma warning disable CA1031 // A companion's failure must not end the connection to the host.
+        catch (Exception)
+#pragma warning restore CA1031
+        {
+            Detach(companion);
+            return false;
+        }
+    }
+
+    private void CompanionReleased()
+    {
+        if (Volatile.Read(ref _companion) is not { } companion)
+        {
+            return;
+        }
+
+        try
+        {
+            companion.Released();
+        }
+#pragma warning disable CA1031 // As in PollCompanion.
+        catch (Exception)
+#pragma warning restore CA1031
+        {
+            Detach(companion);
         }
     }
 
@@ -741,7 +791,7 @@ public sealed class FrameConnection : IAsyncDisposable
     {
         if (Interlocked.Exchange(ref _companion, null) is { } companion)
         {
-            companion.Detached();
+            TellDetached(companion);
         }
     }
 

@@ -9,8 +9,9 @@ namespace DriverIsolation.Protocol;
 public interface IRingCompanion
 {
     /// <summary>Called on the reader's thread, again and again while its ring is empty and it
-    /// spins. Must not block. True if it did something (the reader then spins for its full time
-    /// again).</summary>
+    /// spins. It should not wait for anything: while it runs, the reader reads nothing. True if it
+    /// did something (the reader then spins for its full time again). One that throws is
+    /// detached.</summary>
     bool Poll();
 
     /// <summary>The reader stops calling <see cref="Poll"/> for now: it goes to sleep. Called on

@@ -81,6 +81,45 @@ public sealed class NbdRequestIntakeTests
         await WriteThenReadBackAsync(other.GetStream(), seed: 1);
     }
 
+    [Fact]
+    public async Task ClientsThatHangUpInARequest_OrSayDisc_EndTheirConnections_AndTheServerStops()
+    {
+        var serve = await Served.StartAsync();
+        try
+        {
+            // In a big write's data (the connection's thread reads it, past the buffer), in a
+            // small write's data, in a header: each connection ends, and owes nothing.
+            var big = new byte[1 << 20];
+            foreach (var (bytes, at) in new[] { (Request(1, 1, 0, big.Length, big), 28 + 100_000), (Request(1, 2, 0, 4096, new byte[4096]), 28 + 1000), (Request(0, 3, 0, 4096), 20) })
+            {
+                using var client = new TcpClient { NoDelay = true };
+                await OpenExportAsync(client, "127.0.0.1", serve.Port, "VBlock0");
+                await WriteThenReadBackAsync(client.GetStream(), seed: at);
+                await client.GetStream().WriteAsync(bytes.AsMemory(0, at));
+            }
+
+            await serve.Logged("the client hung up in the middle of a write's data").Bounded();
+            await serve.Logged("the client hung up in the middle of a request").Bounded();
+
+            // DISC: the server hangs up.
+            using (var client = new TcpClient { NoDelay = true })
+            {
+                await OpenExportAsync(client, "127.0.0.1", serve.Port, "VBlock0");
+                var stream = client.GetStream();
+                await WriteThenReadBackAsync(stream, seed: 9);
+                await stream.WriteAsync(Request(2, 4, 0, 0));
+                Assert.Equal(0, await stream.ReadAsync(new byte[1]).AsTask().Bounded());
+            }
+        }
+        finally
+        {
+            // Every connection gave back its slots and closed its handle: the server stops.
+            await serve.DisposeAsync().AsTask().Bounded();
+        }
+
+        Assert.Equal(0, serve.Kernel.OutstandingIrps);
+    }
+
     /// <summary>Sends <paramref name="bytes"/> in pieces, cut at <paramref name="cuts"/>, each
     /// piece its own segment (no delay on the client's socket).</summary>
     private static async Task SendCutAsync(NetworkStream stream, byte[] bytes, params int[] cuts)

@@ -477,7 +477,7 @@ internal sealed partial class NbdServer(Microkernel kernel, IPEndPoint endpoint,
         }
         finally
         {
-            intake.Finished(length);
+            intake.Finished(type, length);
             if (!handed)
             {
                 slots.Release();
@@ -577,9 +577,10 @@ internal sealed partial class NbdServer(Microkernel kernel, IPEndPoint endpoint,
     /// finishes a request sends its reply at once if no other is sending (a host's reader once it
     /// has handled the completions already waiting for it, so that a burst of replies goes out in
     /// one send); otherwise it leaves it to that one and returns, so however slowly a client
-    /// reads, at most one thread per connection waits on its socket, and never the connection's
-    /// reader (a reply finished on it is sent from the pool), which goes on taking requests as
-    /// long as there are slots.
+    /// reads, at most one thread per connection waits on its socket, and never a thread that reads
+    /// the connection's requests (a reply finished on it is sent from the pool: the connection's
+    /// own thread, or a kernel's ring reader while it takes requests), which goes on taking
+    /// requests as long as there are slots.
     /// </summary>
     private sealed class ReplyWriter(Socket socket, SemaphoreSlim slots)
     {
@@ -596,6 +597,15 @@ internal sealed partial class NbdServer(Microkernel kernel, IPEndPoint endpoint,
 
         /// <summary>This thread reads a connection's requests: it never waits to send a reply.</summary>
         public static void MarkReader() => t_reader = true;
+
+        /// <summary>Marks (or unmarks) this thread as one that reads requests for now; the mark it
+        /// had before.</summary>
+        public static bool SetReader(bool reader)
+        {
+            var before = t_reader;
+            t_reader = reader;
+            return before;
+        }
 
         /// <summary>Sends (or queues) a reply; its slot is released once it is out or dropped.</summary>
         public void Send(byte[] reply)

@@ -1,5 +1,6 @@
 using System.Buffers.Binary;
 using System.Net.Sockets;
+using System.Runtime.ExceptionServices;
 using DriverIsolation.Kernel;
 using DriverIsolation.Protocol;
 using static DriverIsolation.Cli.Nbd.NbdProtocol;
@@ -14,31 +15,43 @@ internal sealed partial class NbdServer
     /// <list type="bullet">
     /// <item>the kernel's ring reader of the device's host, while it spins on its empty ring
     /// waiting for the host's answers (the intake is its <see cref="IRingCompanion"/>): it takes
-    /// what the socket holds without blocking, and only requests of at most <see cref="Chunk"/>
-    /// while at most <see cref="ReaderBudget"/> bytes are in flight (it must never wait: a ring
-    /// reader that waits for room in the host's ring while the host waits for room in its own
-    /// would wait forever);</item>
+    /// what the socket holds without blocking, and starts only requests that are all here, of at
+    /// most <see cref="Chunk"/>, while a slot is free and at most <see cref="ReaderBudget"/> bytes
+    /// are in flight; anything else it leaves to the connection's thread. Replies it finishes at
+    /// once (an error, a TRIM) are sent from the pool, as the connection's thread's are;</item>
     /// <item>the connection's own thread (<see cref="Run"/>), with blocking calls, whenever the
     /// reader does not: it sleeps, it is busy, it left a request to this thread, or the device's
     /// host is not a process on the ring transport.</item>
     /// </list>
-    /// Under load the reader, awake anyway for the host's answers, takes every request, and the
+    /// Under load the reader, awake anyway for the host's answers, takes the requests, and the
     /// connection's thread sleeps: one thread fewer woken per request.
     /// </summary>
     private sealed class RequestIntake(NbdServer server, Socket socket, DeviceHandle device, NbdExport export, ReplyWriter writer,
         SemaphoreSlim slots, CancellationToken stop) : IRingCompanion, IDisposable
     {
-        /// <summary>Bytes in flight (requests' lengths) past which the ring reader leaves new
-        /// requests to the connection's thread: a quarter of the rings' default 4 MiB.</summary>
+        /// <summary>
+        /// The bytes of reads and writes in flight past which the ring reader leaves new requests
+        /// to the connection's thread: a quarter of a ring's default 4 MiB. The reader sends a
+        /// request's frame itself: a send waits while the host's ring is full, and a reader that
+        /// waits is not reading the host's answers. Keeping what one connection has in flight well
+        /// below a ring keeps that wait short (as it is for a continuation that runs on the reader
+        /// and sends, <see cref="KernelOptions.InlineCompletions"/>).
+        /// </summary>
         public const long ReaderBudget = 1 << 20;
 
         /// <summary>How long the reader may not have polled before this thread reads again
         /// (a reader busy for that long, or one that went away without a word).</summary>
         private const long ReaderQuietMs = 20;
 
+        /// <summary>How long this thread waits for the socket, without blocking the reader out,
+        /// while requests are in flight (the reader then spins for their answers, and takes what
+        /// comes next).</summary>
+        private const int InFlightPollMicroseconds = 1000;
+
         private readonly Lock _gate = new();
         private readonly AutoResetEvent _turn = new(false);
         private readonly List<Task> _running = [];
+
         /// <summary>Room for a request header and a whole <see cref="Chunk"/> of a write's data.</summary>
         private readonly byte[] _buffer = new byte[RequestHeader + Chunk];
         private int _start;
@@ -46,12 +59,14 @@ internal sealed partial class NbdServer
         private volatile bool _ended;
         private volatile bool _threadsTurn;
         private volatile bool _attached;
+        private bool _wouldWait;
         private int _readerPolls;
         private long _lastPoll;
         private long _lastHangUpCheck;
         private long _bytesInFlight;
+        private int _requestsInFlight;
         private IDisposable? _attachment;
-        private Exception? _failure;
+        private ExceptionDispatchInfo? _failure;
 
         public ReplyWriter Writer => writer;
 
@@ -68,11 +83,7 @@ internal sealed partial class NbdServer
             long nextAttach = 0;
             while (!_ended && !stop.IsCancellationRequested)
             {
-                if (_failure is { } failure)
-                {
-                    throw failure;
-                }
-
+                _failure?.Throw();
                 if (!_threadsTurn && ReaderPolling())
                 {
                     _turn.WaitOne(TimeSpan.FromMilliseconds(ReaderQuietMs));
@@ -82,28 +93,39 @@ internal sealed partial class NbdServer
                 if (!_attached && Environment.TickCount64 >= nextAttach)
                 {
                     // Again after a host restart (the old reader detached it); tried at most once a
-                    // second where there is no ring reader to attach to.
+                    // second where there is no reader to attach to (or another connection has it).
                     nextAttach = Environment.TickCount64 + 1000;
                     _attached = true;
                     _attachment?.Dispose();
                     _attachment = kernel.AttachRingCompanion(export.Device, this);
-                    _attached = _attachment is not null;
-                    if (_attached)
+                    if (_attachment is null)
                     {
+                        _attached = false;
+                    }
+                    else
+                    {
+                        // (If the host went since, Detached has cleared _attached already.)
                         Interlocked.Increment(ref server._ringReaderAttachments);
                     }
                 }
 
+                bool wouldWait;
                 lock (_gate)
                 {
                     Pump(onReader: false);
+                    wouldWait = _wouldWait;
+                }
+
+                if (wouldWait && !_ended && !ReaderPolling())
+                {
+                    // Requests are in flight: the reader is about to spin for their answers. Wait
+                    // for the client here, not in a receive under the gate (that would keep the
+                    // reader out and have this thread woken for the next request after all).
+                    socket.Poll(InFlightPollMicroseconds, SelectMode.SelectRead);
                 }
             }
 
-            if (_failure is { } last)
-            {
-                throw last;
-            }
+            _failure?.Throw();
         }
 
         /// <summary>No request is started after this; waits for every one started to finish.</summary>
@@ -120,8 +142,12 @@ internal sealed partial class NbdServer
             Task.WhenAll(running).GetAwaiter().GetResult();
         }
 
-        /// <summary>A request has its answer (or will have none): its bytes are no longer in flight.</summary>
-        public void Finished(uint length) => Interlocked.Add(ref _bytesInFlight, -length);
+        /// <summary>A request has its answer (or will have none).</summary>
+        public void Finished(ushort type, uint length)
+        {
+            Interlocked.Add(ref _bytesInFlight, -DataOf(type, length));
+            Interlocked.Decrement(ref _requestsInFlight);
+        }
 
         public bool Poll()
         {
@@ -132,11 +158,20 @@ internal sealed partial class NbdServer
             }
 
             Volatile.Write(ref _readerPolls, 1);
+            if (stop.IsCancellationRequested)
+            {
+                HandToThread();
+                return false;
+            }
+
             if (!_gate.TryEnter())
             {
                 return false;
             }
 
+            // A reply this thread finishes at once goes out from the pool: the reader never
+            // waits on the client's socket.
+            var wasReader = ReplyWriter.SetReader(true);
             try
             {
                 return Pump(onReader: true);
@@ -145,12 +180,13 @@ internal sealed partial class NbdServer
             catch (Exception ex)
 #pragma warning restore CA1031
             {
-                _failure = ex;
+                _failure = ExceptionDispatchInfo.Capture(ex);
                 HandToThread();
                 return false;
             }
             finally
             {
+                ReplyWriter.SetReader(wasReader);
                 _gate.Exit();
             }
         }
@@ -172,6 +208,9 @@ internal sealed partial class NbdServer
             _attachment?.Dispose();
             _turn.Dispose();
         }
+
+        /// <summary>The bytes a request moves through the rings (none for FLUSH, TRIM).</summary>
+        private static long DataOf(ushort type, uint length) => type is CmdRead or CmdWrite ? length : 0;
 
         private bool ReaderPolling() =>
             Volatile.Read(ref _readerPolls) == 1 && Environment.TickCount64 - Volatile.Read(ref _lastPoll) < ReaderQuietMs;
@@ -195,21 +234,25 @@ internal sealed partial class NbdServer
             }
         }
 
-        /// <summary>Starts every whole request buffered, then receives what the socket holds and
-        /// goes on; true if it took anything. On the reader it never blocks: it stops at a request
-        /// that is not all here yet, and hands a request to the connection's thread where it would
-        /// have to wait for it. On the connection's thread it blocks for the next bytes unless the
-        /// reader polls, and returns after one receive (its loop looks at the reader again, see
-        /// <see cref="Run"/>). Called under the gate.</summary>
+        /// <summary>
+        /// Starts every whole request buffered, then receives what the socket holds and goes on;
+        /// true if it started a request. On the reader it never blocks: it stops at a request that
+        /// is not all here yet, and hands a request to the connection's thread where it would have
+        /// to wait for it. On the connection's thread it returns after one receive (its loop looks
+        /// at the reader again, see <see cref="Run"/>), and instead of blocking in a receive it
+        /// returns with <see cref="_wouldWait"/> set while the reader polls or requests are in
+        /// flight. Called under the gate.
+        /// </summary>
         private bool Pump(bool onReader)
         {
-            var took = false;
+            var started = false;
             var received = 0;
+            _wouldWait = false;
             while (!_ended)
             {
-                if (!StartBuffered(onReader, ref took))
+                if (!StartBuffered(onReader, ref started))
                 {
-                    return took; // Left to the connection's thread.
+                    return started; // Left to the connection's thread.
                 }
 
                 if (!onReader)
@@ -247,14 +290,15 @@ internal sealed partial class NbdServer
                             }
                         }
 
-                        return took;
+                        return started;
                     }
 
                     want = Math.Min(want, available);
                 }
-                else if (ReaderPolling() && !socket.Poll(0, SelectMode.SelectRead))
+                else if ((ReaderPolling() || (_attached && Volatile.Read(ref _requestsInFlight) > 0)) && !socket.Poll(0, SelectMode.SelectRead))
                 {
-                    return took; // The reader takes what comes next.
+                    _wouldWait = true;
+                    return started;
                 }
 
                 // On this thread: blocks until the client sends or hangs up (at once if it did); the
@@ -263,20 +307,20 @@ internal sealed partial class NbdServer
                 if (received == 0)
                 {
                     _ended = true;
-                    return _start == _end ? took : throw new EndOfStreamException("the client hung up in the middle of a request");
+                    Wake();
+                    return _start == _end ? started : throw new EndOfStreamException("the client hung up in the middle of a request");
                 }
 
                 _end += received;
-                took = true;
             }
 
-            return took;
+            return started;
         }
 
         /// <summary>Starts the whole requests in the buffer. False if the reader leaves the next
         /// one to the connection's thread (it would have to wait for it); true once the buffer holds
         /// no whole request.</summary>
-        private bool StartBuffered(bool onReader, ref bool took)
+        private bool StartBuffered(bool onReader, ref bool started)
         {
             while (!_ended && _end - _start >= RequestHeader)
             {
@@ -295,6 +339,7 @@ internal sealed partial class NbdServer
                 {
                     _start += RequestHeader;
                     _ended = true;
+                    Wake();
                     return true;
                 }
 
@@ -306,9 +351,8 @@ internal sealed partial class NbdServer
                 var data = type == CmdWrite ? (int)length : 0;
                 if (onReader)
                 {
-                    var big = type is CmdRead or CmdWrite && length > Chunk;
                     var inFlight = Interlocked.Read(ref _bytesInFlight);
-                    if (big || (inFlight > 0 && inFlight + length > ReaderBudget))
+                    if ((type is CmdRead or CmdWrite && length > Chunk) || (inFlight > 0 && inFlight + DataOf(type, length) > ReaderBudget))
                     {
                         HandToThread();
                         return false;
@@ -316,14 +360,8 @@ internal sealed partial class NbdServer
 
                     if (_end - _start < RequestHeader + data)
                     {
-                        // Its data is not all here yet: the reader takes it once it is (the buffer
-                        // holds a whole Chunk), or the connection's thread does.
-                        if (RequestHeader + data > _buffer.Length)
-                        {
-                            HandToThread();
-                            return false;
-                        }
-
+                        // Its data is not all here yet (the buffer has room for it): the reader
+                        // takes it once it is, or the connection's thread does.
                         return true;
                     }
 
@@ -333,13 +371,9 @@ internal sealed partial class NbdServer
                         return false;
                     }
                 }
-                else
-                {
-                    slots.Wait(stop);
-                }
 
-                byte[]? payload = null;
                 _start += RequestHeader;
+                byte[]? payload = null;
                 if (type == CmdWrite)
                 {
                     // Every byte is written over: the data, from the buffer and then (on the
@@ -351,12 +385,19 @@ internal sealed partial class NbdServer
                     ReceiveExactly(payload.AsSpan(buffered));
                 }
 
+                if (!onReader)
+                {
+                    // Once the request is all here (a client that hangs up in its data owes no slot).
+                    slots.Wait(stop);
+                }
+
                 if (_start == _end)
                 {
                     (_start, _end) = (0, 0);
                 }
 
-                Interlocked.Add(ref _bytesInFlight, length);
+                Interlocked.Add(ref _bytesInFlight, DataOf(type, length));
+                Interlocked.Increment(ref _requestsInFlight);
                 if (onReader)
                 {
                     Interlocked.Increment(ref server._takenByRingReader);
@@ -367,8 +408,9 @@ internal sealed partial class NbdServer
                     _running.RemoveAll(t => t.IsCompleted);
                 }
 
+                // Owns the slot from here (it releases it, or its reply does).
                 _running.Add(server.ServeRequestAsync(this, type, flags, cookie, offset, length, payload));
-                took = true;
+                started = true;
             }
 
             return true;
