@@ -680,20 +680,26 @@ public sealed class FrameConnection : IAsyncDisposable
         var spinner = default(SpinWait);
         while (Stopwatch.GetTimestamp() < until)
         {
-            if (Volatile.Read(ref _companion) is { } companion && PollCompanion(companion))
-            {
-                // It took work (which may have sent frames whose answers come to this ring): the
-                // spin starts over.
-                until = Stopwatch.GetTimestamp() + _spinTicks;
-                spinner = default;
-            }
-
+            bool roomToSend;
             lock (_ringGate)
             {
                 if (_receiveRing is not { } ring || ring.HasData)
                 {
                     return true;
                 }
+
+                // A companion sends from this thread: only while what it sends fits in the peer's
+                // ring at once (a reader waiting for room there reads nothing meanwhile).
+                roomToSend = _sendRing is { } send && send.FreeBytes >= send.Capacity / 2;
+            }
+
+            if (roomToSend && Volatile.Read(ref _companion) is { } companion && PollCompanion(companion))
+            {
+                // It took work (which may have sent frames whose answers come to this ring): the
+                // spin starts over.
+                until = Stopwatch.GetTimestamp() + _spinTicks;
+                spinner = default;
+                continue;
             }
 
             spinner.SpinOnce(sleep1Threshold: -1);

@@ -9,9 +9,10 @@ namespace DriverIsolation.Protocol;
 public interface IRingCompanion
 {
     /// <summary>Called on the reader's thread, again and again while its ring is empty and it
-    /// spins. It should not wait for anything: while it runs, the reader reads nothing. True if it
-    /// did something (the reader then spins for its full time again). One that throws is
-    /// detached.</summary>
+    /// spins, and the ring it sends on (to the peer) is at least half free. It should not wait for
+    /// anything, and should send less than half that ring in one call: while it runs, the reader
+    /// reads nothing. True if it did something (the reader then spins for its full time again).
+    /// One that throws is detached.</summary>
     bool Poll();
 
     /// <summary>The reader stops calling <see cref="Poll"/> for now: it goes to sleep. Called on

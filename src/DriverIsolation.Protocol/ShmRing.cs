@@ -107,6 +107,18 @@ public sealed unsafe class ShmRing : IDisposable
         return true;
     }
 
+    /// <summary>Bytes free for the producer now, as the indexes published say (a consumer may
+    /// free more at any time).</summary>
+    public long FreeBytes
+    {
+        get
+        {
+            var tail = Volatile.Read(ref *(long*)(_base + TailOffset));
+            var head = Math.Clamp(Volatile.Read(ref *(long*)(_base + HeadOffset)), tail - _capacity, tail);
+            return _capacity - (tail - head);
+        }
+    }
+
     /// <summary>
     /// Consumer: copies the next frame's body into <paramref name="into"/> (grown as needed) and
     /// returns its length; 0 when the ring is empty.

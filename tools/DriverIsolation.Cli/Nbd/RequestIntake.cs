@@ -43,6 +43,13 @@ internal sealed partial class NbdServer
         /// (a reader busy for that long, or one that went away without a word).</summary>
         private const long ReaderQuietMs = 20;
 
+        /// <summary>Requests, and bytes of their data, the reader starts in one poll at most: it
+        /// reads nothing of the host's meanwhile, and sends their frames itself (the ring reader
+        /// polls only while the host's ring is at least half free; these keep what one poll sends
+        /// well under that).</summary>
+        private const int MaxPerPoll = 16;
+        private const long MaxBytesPerPoll = Chunk;
+
         /// <summary>How long this thread waits for the socket, without blocking the reader out,
         /// while requests are in flight (the reader then spins for their answers, and takes what
         /// comes next).</summary>
@@ -60,6 +67,8 @@ internal sealed partial class NbdServer
         private volatile bool _threadsTurn;
         private volatile bool _attached;
         private bool _wouldWait;
+        private int _pollStarted;
+        private long _pollBytes;
         private int _readerPolls;
         private long _lastPoll;
         private long _lastHangUpCheck;
@@ -172,6 +181,7 @@ internal sealed partial class NbdServer
             // A reply this thread finishes at once goes out from the pool: the reader never
             // waits on the client's socket.
             var wasReader = ReplyWriter.SetReader(true);
+            (_pollStarted, _pollBytes) = (0, 0);
             try
             {
                 return Pump(onReader: true);
@@ -235,13 +245,14 @@ internal sealed partial class NbdServer
         }
 
         /// <summary>
-        /// Starts every whole request buffered, then receives what the socket holds and goes on;
-        /// true if it started a request. On the reader it never blocks: it stops at a request that
-        /// is not all here yet, and hands a request to the connection's thread where it would have
-        /// to wait for it. On the connection's thread it returns after one receive (its loop looks
-        /// at the reader again, see <see cref="Run"/>), and instead of blocking in a receive it
-        /// returns with <see cref="_wouldWait"/> set while the reader polls or requests are in
-        /// flight. Called under the gate.
+        /// Starts every whole request buffered, receives once what the socket holds, and starts
+        /// what that completed; true if it started a request. On the reader it never blocks: it
+        /// stops at a request that is not all here yet, hands a request to the connection's thread
+        /// where it would have to wait for it, and stops after <see cref="MaxPerPoll"/> requests or
+        /// <see cref="MaxBytesPerPoll"/> bytes. On the connection's thread, instead of blocking in
+        /// a receive it returns with <see cref="_wouldWait"/> set while the reader polls or
+        /// requests are in flight (its loop looks at the reader again, see <see cref="Run"/>).
+        /// Called under the gate.
         /// </summary>
         private bool Pump(bool onReader)
         {
@@ -250,9 +261,9 @@ internal sealed partial class NbdServer
             _wouldWait = false;
             while (!_ended)
             {
-                if (!StartBuffered(onReader, ref started))
+                if (StartBuffered(onReader, ref started) is not Buffered.Drained)
                 {
-                    return started; // Left to the connection's thread.
+                    return started; // Left to the connection's thread, or enough for one poll.
                 }
 
                 if (!onReader)
@@ -261,7 +272,7 @@ internal sealed partial class NbdServer
                     _threadsTurn = false;
                 }
 
-                if (_ended || (!onReader && received > 0))
+                if (_ended || received > 0)
                 {
                     break;
                 }
@@ -317,10 +328,21 @@ internal sealed partial class NbdServer
             return started;
         }
 
-        /// <summary>Starts the whole requests in the buffer. False if the reader leaves the next
-        /// one to the connection's thread (it would have to wait for it); true once the buffer holds
-        /// no whole request.</summary>
-        private bool StartBuffered(bool onReader, ref bool started)
+        private enum Buffered
+        {
+            /// <summary>No whole request is left in the buffer.</summary>
+            Drained,
+
+            /// <summary>The reader left the next request to the connection's thread (it would have
+            /// to wait for it).</summary>
+            HandedOver,
+
+            /// <summary>The reader started as much as one poll may.</summary>
+            PollFull,
+        }
+
+        /// <summary>Starts the whole requests in the buffer (see <see cref="Buffered"/>).</summary>
+        private Buffered StartBuffered(bool onReader, ref bool started)
         {
             while (!_ended && _end - _start >= RequestHeader)
             {
@@ -340,7 +362,7 @@ internal sealed partial class NbdServer
                     _start += RequestHeader;
                     _ended = true;
                     Wake();
-                    return true;
+                    return Buffered.Drained;
                 }
 
                 if (type == CmdWrite && length > MaxRequest)
@@ -355,21 +377,29 @@ internal sealed partial class NbdServer
                     if ((type is CmdRead or CmdWrite && length > Chunk) || (inFlight > 0 && inFlight + DataOf(type, length) > ReaderBudget))
                     {
                         HandToThread();
-                        return false;
+                        return Buffered.HandedOver;
+                    }
+
+                    if (_pollStarted >= MaxPerPoll || (_pollStarted > 0 && _pollBytes + DataOf(type, length) > MaxBytesPerPoll))
+                    {
+                        return Buffered.PollFull;
                     }
 
                     if (_end - _start < RequestHeader + data)
                     {
                         // Its data is not all here yet (the buffer has room for it): the reader
                         // takes it once it is, or the connection's thread does.
-                        return true;
+                        return Buffered.Drained;
                     }
 
                     if (!slots.Wait(0))
                     {
                         HandToThread();
-                        return false;
+                        return Buffered.HandedOver;
                     }
+
+                    _pollStarted++;
+                    _pollBytes += DataOf(type, length);
                 }
 
                 _start += RequestHeader;
@@ -413,7 +443,7 @@ internal sealed partial class NbdServer
                 started = true;
             }
 
-            return true;
+            return Buffered.Drained;
         }
 
         private void ReceiveExactly(Span<byte> into)
