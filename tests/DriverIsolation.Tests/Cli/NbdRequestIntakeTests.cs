@@ -82,6 +82,39 @@ public sealed class NbdRequestIntakeTests
     }
 
     [Fact]
+    public async Task HundredsOfRequestsInOneSend_AreAllAnswered()
+    {
+        // More than one poll of the reader takes (and more than the 64 slots): TRIMs, errors and
+        // reads in one burst, each answered once.
+        await using var serve = await Served.StartAsync();
+        using var client = new TcpClient { NoDelay = true };
+        await OpenExportAsync(client, "127.0.0.1", serve.Port, "VBlock0");
+        var stream = client.GetStream();
+        await WriteThenReadBackAsync(stream, seed: 5);
+        var burst = Enumerable.Range(0, 300).SelectMany(i => (i % 3) switch
+        {
+            0 => Request(4, (ulong)i, i * 4096L, 4096), // TRIM
+            1 => Request(0, (ulong)i, 1, 512), // unaligned: EINVAL
+            _ => Request(0, (ulong)i, i * 4096L, 512),
+        }).ToArray();
+        await stream.WriteAsync(burst);
+        var answered = new List<ulong>();
+        for (var i = 0; i < 300; i++)
+        {
+            var (error, cookie) = await ReadReplyAsync(stream);
+            Assert.Equal(cookie % 3 == 1 ? 22u : 0u, error);
+            if (cookie % 3 == 2)
+            {
+                await ReadAsync(stream, 512);
+            }
+
+            answered.Add(cookie);
+        }
+
+        Assert.Equal(Enumerable.Range(0, 300).Select(i => (ulong)i), answered.Order());
+    }
+
+    [Fact]
     public async Task ClientsThatHangUpInARequest_OrSayDisc_EndTheirConnections_AndTheServerStops()
     {
         var serve = await Served.StartAsync();
