@@ -30,13 +30,7 @@ public sealed class NbdRequestIntakeTests
         Assert.Equal(16L << 20, await OpenExportAsync(client, "127.0.0.1", serve.Port, "VBlock0"));
         var stream = client.GetStream();
 
-        var rounds = 0;
-        while (serve.Server.TakenByRingReader == 0 && rounds < MaxRounds)
-        {
-            await WriteThenReadBackAsync(stream, seed: rounds++);
-        }
-
-        Assert.True(serve.Server.TakenByRingReader > 0, $"the ring reader took no request in {rounds} rounds of eight");
+        await UntilTheReaderTakesAsync(serve, stream);
         Assert.Equal(1, serve.Server.RingReaderAttachments);
 
         // And once it takes them, still right.
@@ -172,11 +166,7 @@ public sealed class NbdRequestIntakeTests
         using var client = new TcpClient { NoDelay = true };
         await OpenExportAsync(client, "127.0.0.1", serve.Port, "VBlock0");
         var stream = client.GetStream();
-        var rounds = 0;
-        while (serve.Server.TakenByRingReader == 0 && rounds < MaxRounds)
-        {
-            await WriteThenReadBackAsync(stream, seed: rounds++);
-        }
+        var rounds = await UntilTheReaderTakesAsync(serve, stream);
 
         Assert.Equal(1, serve.Server.RingReaderAttachments);
         var restarted = serve.Kernel.Events.WaitForAsync(KernelEventKind.DriverRestarted);
@@ -201,6 +191,20 @@ public sealed class NbdRequestIntakeTests
         Assert.Equal(2, serve.Server.RingReaderAttachments);
         Assert.True(serve.Server.TakenByRingReader > taken, "the new host's reader took no request");
         Assert.Equal(1, serve.Kernel.GetDrivers().Single().Restarts);
+    }
+
+    /// <summary>Pipelined rounds (<see cref="WriteThenReadBackAsync"/>) until the ring reader has
+    /// taken a request; how many it took.</summary>
+    private static async Task<int> UntilTheReaderTakesAsync(Served serve, NetworkStream stream)
+    {
+        var rounds = 0;
+        while (serve.Server.TakenByRingReader == 0 && rounds < MaxRounds)
+        {
+            await WriteThenReadBackAsync(stream, seed: rounds++);
+        }
+
+        Assert.True(serve.Server.TakenByRingReader > 0, $"the ring reader took no request in {rounds} rounds of eight");
+        return rounds;
     }
 
     /// <summary>Eight writes of distinct blocks sent in one go, their eight replies (in any order),

@@ -171,7 +171,8 @@ internal sealed partial class NbdServer(Microkernel kernel, IPEndPoint endpoint,
     /// <summary>
     /// One client, on its own thread with blocking socket calls: a client's request wakes this
     /// thread directly (an asynchronous receive would wake the runtime's socket thread, which
-    /// hands the continuation to a pool thread: two hand-offs instead of one). Replies are sent by
+    /// hands the continuation to a pool thread: two hand-offs instead of one), unless the kernel's
+    /// ring reader of the disk's host takes it (<see cref="RequestIntake"/>). Replies are sent by
     /// whichever thread finishes a request (<see cref="ReplyWriter"/>). A client that leaves the
     /// handshake unanswered for the client timeout is hung up on; one in transmission may stay
     /// idle as long as it likes.
