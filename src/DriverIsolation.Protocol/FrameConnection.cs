@@ -680,7 +680,7 @@ public sealed class FrameConnection : IAsyncDisposable
         var spinner = default(SpinWait);
         while (Stopwatch.GetTimestamp() < until)
         {
-            bool roomToSend;
+            var companion = Volatile.Read(ref _companion);
             lock (_ringGate)
             {
                 if (_receiveRing is not { } ring || ring.HasData)
@@ -690,10 +690,13 @@ public sealed class FrameConnection : IAsyncDisposable
 
                 // A companion sends from this thread: only while what it sends fits in the peer's
                 // ring at once (a reader waiting for room there reads nothing meanwhile).
-                roomToSend = _sendRing is { } send && send.FreeBytes >= send.Capacity / 2;
+                if (companion is not null && !(_sendRing is { } send && send.FreeBytes >= send.Capacity / 2))
+                {
+                    companion = null;
+                }
             }
 
-            if (roomToSend && Volatile.Read(ref _companion) is { } companion && PollCompanion(companion))
+            if (companion is not null && PollCompanion(companion))
             {
                 // It took work (which may have sent frames whose answers come to this ring): the
                 // spin starts over.

@@ -26,8 +26,7 @@ public sealed class NbdRequestIntakeTests
     public async Task PipelinedRequests_AreTakenByTheRingReader_AndEveryReplyAndItsDataIsRight()
     {
         await using var serve = await Served.StartAsync();
-        using var client = new TcpClient { NoDelay = true };
-        Assert.Equal(16L << 20, await OpenExportAsync(client, "127.0.0.1", serve.Port, "VBlock0"));
+        using var client = await serve.ConnectAsync();
         var stream = client.GetStream();
 
         await UntilTheReaderTakesAsync(serve, stream);
@@ -45,9 +44,8 @@ public sealed class NbdRequestIntakeTests
     public async Task RequestsSplitAnywhere_ArePutTogether_AndGarbageEndsThatConnectionOnly()
     {
         await using var serve = await Served.StartAsync();
-        using (var client = new TcpClient { NoDelay = true })
+        using (var client = await serve.ConnectAsync())
         {
-            await OpenExportAsync(client, "127.0.0.1", serve.Port, "VBlock0");
             var stream = client.GetStream();
             var block = new byte[4096];
             new Random(7).NextBytes(block);
@@ -70,8 +68,7 @@ public sealed class NbdRequestIntakeTests
         await serve.Logged("a request without its magic").Bounded();
 
         // Another client is served.
-        using var other = new TcpClient { NoDelay = true };
-        await OpenExportAsync(other, "127.0.0.1", serve.Port, "VBlock0");
+        using var other = await serve.ConnectAsync();
         await WriteThenReadBackAsync(other.GetStream(), seed: 1);
     }
 
@@ -81,8 +78,7 @@ public sealed class NbdRequestIntakeTests
         // More than one poll of the reader takes (and more than the 64 slots): TRIMs, errors and
         // reads in one burst, each answered once.
         await using var serve = await Served.StartAsync();
-        using var client = new TcpClient { NoDelay = true };
-        await OpenExportAsync(client, "127.0.0.1", serve.Port, "VBlock0");
+        using var client = await serve.ConnectAsync();
         var stream = client.GetStream();
         await WriteThenReadBackAsync(stream, seed: 5);
         var burst = Enumerable.Range(0, 300).SelectMany(i => (i % 3) switch
@@ -119,8 +115,7 @@ public sealed class NbdRequestIntakeTests
             var big = new byte[1 << 20];
             foreach (var (bytes, at) in new[] { (Request(1, 1, 0, big.Length, big), 28 + 100_000), (Request(1, 2, 0, 4096, new byte[4096]), 28 + 1000), (Request(0, 3, 0, 4096), 20) })
             {
-                using var client = new TcpClient { NoDelay = true };
-                await OpenExportAsync(client, "127.0.0.1", serve.Port, "VBlock0");
+                using var client = await serve.ConnectAsync();
                 await WriteThenReadBackAsync(client.GetStream(), seed: at);
                 await client.GetStream().WriteAsync(bytes.AsMemory(0, at));
             }
@@ -129,9 +124,8 @@ public sealed class NbdRequestIntakeTests
             await serve.Logged("the client hung up in the middle of a request").Bounded();
 
             // DISC: the server hangs up.
-            using (var client = new TcpClient { NoDelay = true })
+            using (var client = await serve.ConnectAsync())
             {
-                await OpenExportAsync(client, "127.0.0.1", serve.Port, "VBlock0");
                 var stream = client.GetStream();
                 await WriteThenReadBackAsync(stream, seed: 9);
                 await stream.WriteAsync(Request(2, 4, 0, 0));
@@ -163,8 +157,7 @@ public sealed class NbdRequestIntakeTests
     public async Task AHostKilledAndRestarted_HasTheNextHostsReaderTakeTheRequests()
     {
         await using var serve = await Served.StartAsync();
-        using var client = new TcpClient { NoDelay = true };
-        await OpenExportAsync(client, "127.0.0.1", serve.Port, "VBlock0");
+        using var client = await serve.ConnectAsync();
         var stream = client.GetStream();
         var rounds = await UntilTheReaderTakesAsync(serve, stream);
 
@@ -280,6 +273,22 @@ public sealed class NbdRequestIntakeTests
             catch
             {
                 await served.DisposeAsync();
+                throw;
+            }
+        }
+
+        /// <summary>A client connected to VBlock0 (16 MiB), past the handshake, in transmission.</summary>
+        public async Task<TcpClient> ConnectAsync()
+        {
+            var client = new TcpClient { NoDelay = true };
+            try
+            {
+                Assert.Equal(16L << 20, await OpenExportAsync(client, "127.0.0.1", Port, "VBlock0"));
+                return client;
+            }
+            catch
+            {
+                client.Dispose();
                 throw;
             }
         }

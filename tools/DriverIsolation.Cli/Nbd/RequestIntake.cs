@@ -66,7 +66,6 @@ internal sealed partial class NbdServer
         private volatile bool _ended;
         private volatile bool _threadsTurn;
         private volatile bool _attached;
-        private bool _wouldWait;
         private int _pollStarted;
         private long _pollBytes;
         private int _readerPolls;
@@ -121,8 +120,7 @@ internal sealed partial class NbdServer
                 bool wouldWait;
                 lock (_gate)
                 {
-                    Pump(onReader: false);
-                    wouldWait = _wouldWait;
+                    Pump(onReader: false, out wouldWait);
                 }
 
                 if (wouldWait && !_ended && !ReaderPolling())
@@ -184,7 +182,7 @@ internal sealed partial class NbdServer
             (_pollStarted, _pollBytes) = (0, 0);
             try
             {
-                return Pump(onReader: true);
+                return Pump(onReader: true, out _);
             }
 #pragma warning disable CA1031 // Whatever the client did is this connection's end, not the reader's: its thread reports it.
             catch (Exception ex)
@@ -250,15 +248,15 @@ internal sealed partial class NbdServer
         /// stops at a request that is not all here yet, hands a request to the connection's thread
         /// where it would have to wait for it, and stops after <see cref="MaxPerPoll"/> requests or
         /// <see cref="MaxBytesPerPoll"/> bytes. On the connection's thread, instead of blocking in
-        /// a receive it returns with <see cref="_wouldWait"/> set while the reader polls or
+        /// a receive it returns with <paramref name="wouldWait"/> set while the reader polls or
         /// requests are in flight (its loop looks at the reader again, see <see cref="Run"/>).
         /// Called under the gate.
         /// </summary>
-        private bool Pump(bool onReader)
+        private bool Pump(bool onReader, out bool wouldWait)
         {
             var started = false;
             var received = 0;
-            _wouldWait = false;
+            wouldWait = false;
             while (!_ended)
             {
                 if (StartBuffered(onReader, ref started) is not Buffered.Drained)
@@ -308,7 +306,7 @@ internal sealed partial class NbdServer
                 }
                 else if ((ReaderPolling() || (_attached && Volatile.Read(ref _requestsInFlight) > 0)) && !socket.Poll(0, SelectMode.SelectRead))
                 {
-                    _wouldWait = true;
+                    wouldWait = true;
                     return started;
                 }
 
